@@ -1,0 +1,3 @@
+//! switchboard-routing: the domain model and the lock-free routing table.
+
+pub mod model;

@@ -1,0 +1,191 @@
+//! The domain model, in the JSON shapes of the public API pages (`shared/seeds`).
+//!
+//! These types are the contract between the admin API (which validates and serialises them),
+//! the store (which persists them) and the routing snapshot (which compiles them for lookup).
+//! They carry no org/workspace: every stored record is paired with a [`Scope`].
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The org and workspace a record belongs to. Phone numbers are global (a carrier number rings
+/// in one place); everything else is looked up within its scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Scope {
+    pub org_id: String,
+    pub workspace_id: String,
+}
+
+impl Scope {
+    pub fn new(org_id: impl Into<String>, workspace_id: impl Into<String>) -> Self {
+        Self { org_id: org_id.into(), workspace_id: workspace_id.into() }
+    }
+}
+
+/// Seed 000/001/002: agent + phone numbers + schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub deployment_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub app_id: String,
+    pub app_version: u32,
+    pub connection_configs: Vec<ConnectionConfig>,
+    pub channel_direction: ChannelDirection,
+    pub status: DeploymentStatus,
+    /// Absent means the deployment takes calls 24/7.
+    #[serde(default)]
+    pub inbound_config: Option<InboundConfig>,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_by: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    pub connection_id: String,
+    /// Stored normalised to E.164 (`+` and digits).
+    pub phone_numbers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelDirection {
+    Inbound,
+    Outbound,
+    InboundOutbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    Active,
+    Paused,
+}
+
+/// Business hours: `start_time` inclusive, `end_time` exclusive, evaluated in `timezone`.
+/// A window whose end is before its start runs overnight (22:00–06:00).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// "HH:MM", 24-hour.
+    pub start_time: String,
+    /// "HH:MM", 24-hour, exclusive.
+    pub end_time: String,
+    /// Day names as the seed spells them: "Monday" … "Sunday".
+    pub allowed_days: Vec<String>,
+    /// IANA name, e.g. "Asia/Kolkata".
+    pub timezone: String,
+}
+
+/// A trunk: where a carrier's INVITEs may come from and how they authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub connection_id: String,
+    pub allowed_addresses: Vec<IpNet>,
+    #[serde(default)]
+    pub digest: Option<DigestCredentials>,
+    #[serde(default)]
+    pub provider: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Seed 004's lifecycle for one agent version's runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeStatus {
+    Provisioning,
+    Ready,
+    Error,
+}
+
+/// One version of an agent (app) and the runtime endpoint that serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppVersion {
+    pub app_id: String,
+    pub version: u32,
+    /// `ws://` or `wss://` URL of the agent runtime.
+    pub runtime_url: String,
+    /// Media Streams dialect spoken by the runtime; only "twilio" today.
+    pub dialect: String,
+    pub status: RuntimeStatus,
+    #[serde(default)]
+    pub status_detail: Option<String>,
+}
+
+/// Seed 003: per agent, a percentage split of traffic across its versions ("branches").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficSplit {
+    pub app_id: String,
+    /// version → percentage (0..=100); the values total 100.
+    pub percentages: BTreeMap<u32, f64>,
+}
+
+/// The seed's `app_overrides`: what a cohort row may change about the agent's start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_bot_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_state_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_language_name: Option<String>,
+}
+
+/// One caller's personalisation within a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CohortMember {
+    /// Normalised E.164.
+    pub phone_number: String,
+    pub user_identifier: String,
+    #[serde(default)]
+    pub app_variables: BTreeMap<String, String>,
+    #[serde(default)]
+    pub app_overrides: AppOverrides,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CohortStatus {
+    Processing,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CohortResult {
+    pub total_records: u64,
+    pub valid_records: u64,
+    pub rejected_records: u64,
+}
+
+/// A rejected cohort row and why (1-based row number, header excluded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CohortRejection {
+    pub row: u64,
+    pub reason: String,
+}
+
+/// An uploaded cohort. `sequence` orders uploads: the latest cohort wins for a number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cohort {
+    pub cohort_id: String,
+    pub deployment_id: String,
+    pub name: String,
+    pub status: CohortStatus,
+    pub result: CohortResult,
+    #[serde(default)]
+    pub rejections: Vec<CohortRejection>,
+    pub sequence: u64,
+}
