@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as README's quick start runs it:
+#   tests/run.sh
+# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, a Python
+# venv for the Pipecat check) when missing, starts a throwaway PostgreSQL on loopback, runs every
+# Rust test in the workspace, then the Pipecat compatibility check. Nothing here is mocked.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing: ${missing[*]}"
+        [ -n "${SWITCHBOARD_APT_UPDATED:-}" ] || apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "missing packages (install them as root): ${missing[*]}" >&2
+    fi
+fi
+
+eval "$(tests/pg.sh start)"
+trap 'tests/pg.sh stop >/dev/null 2>&1 || true' EXIT
+
+cargo test --workspace --locked
+
+if [ -x tests/pipecat/run.sh ]; then
+    tests/pipecat/run.sh
+fi
