@@ -1,0 +1,152 @@
+//! Live-call registry entries: what the admin side may see of and do to a call in progress.
+//!
+//! Every answered (or ringing) call registers a [`CallHandle`] in `AppState::calls`, keyed by
+//! its Twilio-style call SID (`CA` + 32 hex digits, the id the agent sees in its `start` event).
+//! The admin API looks calls up there to hang them up (the Twilio-compatible call update) and
+//! to report them; the call task owns the other end of the command channel.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+/// How many commands may wait for a call task. A call acts on the first hang-up; a few slots
+/// absorb a double click without ever blocking the admin handler.
+pub const CALL_COMMAND_QUEUE: usize = 4;
+
+/// Why a call is being ended from outside its own task (goes into the BYE's Reason header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HangupCause {
+    /// `POST …/Calls/{CallSid}.json` with `Status=completed`.
+    RestApi,
+    /// An operator action or shutdown.
+    Admin(String),
+}
+
+/// Commands the admin side sends to a live call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallCommand {
+    /// End the call: BYE if answered, 487/480 to the INVITE if still ringing.
+    Hangup(HangupCause),
+}
+
+/// The call is already over (its task has ended or is ending); nothing was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("call has already ended")]
+pub struct CallEnded;
+
+/// A live call as the rest of the gateway sees it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CallHandle {
+    /// `CA…`: the id in the agent's `start` event and in the REST API path.
+    pub call_sid: String,
+    /// The SIP Call-ID of the inbound dialog (for logs and operators).
+    pub sip_call_id: String,
+    /// Called number, E.164.
+    pub to: String,
+    /// Caller number as presented (E.164 when it could be normalised).
+    pub from: String,
+    pub deployment_id: String,
+    /// Wall-clock start, for listings.
+    pub started_at: SystemTime,
+    commands: mpsc::Sender<CallCommand>,
+}
+
+impl CallHandle {
+    /// Creates a handle and the receiver the call task listens on.
+    pub fn new(
+        call_sid: String,
+        sip_call_id: String,
+        to: String,
+        from: String,
+        deployment_id: String,
+    ) -> (Self, mpsc::Receiver<CallCommand>) {
+        let (commands, rx) = mpsc::channel(CALL_COMMAND_QUEUE);
+        let handle = Self {
+            call_sid,
+            sip_call_id,
+            to,
+            from,
+            deployment_id,
+            started_at: SystemTime::now(),
+            commands,
+        };
+        (handle, rx)
+    }
+
+    /// Asks the call to end. Never blocks: if the call's queue is full a hang-up is already
+    /// pending, which is just as good.
+    pub fn hangup(&self, cause: HangupCause) -> Result<(), CallEnded> {
+        match self.commands.try_send(CallCommand::Hangup(cause)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(CallEnded),
+        }
+    }
+
+    /// True while the call task still listens for commands.
+    pub fn is_live(&self) -> bool {
+        !self.commands.is_closed()
+    }
+}
+
+/// A fresh Twilio-style SID: `prefix` (e.g. `CA`, `MZ`) + 32 lowercase hex digits (128 random
+/// bits, so SIDs never collide in practice and can't be guessed from each other).
+pub fn new_sid(prefix: &str) -> String {
+    let bits: u128 = rand::random();
+    let mut sid = String::with_capacity(prefix.len() + 32);
+    sid.push_str(prefix);
+    let _ = write!(sid, "{bits:032x}");
+    sid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sid_has_prefix_and_32_hex_digits() {
+        let sid = new_sid("CA");
+        assert_eq!(sid.len(), 34);
+        assert!(sid.starts_with("CA"));
+        assert!(sid[2..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(sid, new_sid("CA"));
+    }
+
+    #[tokio::test]
+    async fn hangup_reaches_the_call_and_fails_once_it_ended() {
+        let (handle, mut rx) = CallHandle::new(
+            new_sid("CA"),
+            "abc@host".into(),
+            "+918047168000".into(),
+            "+919999999999".into(),
+            "dep-1".into(),
+        );
+        assert!(handle.is_live());
+        handle.hangup(HangupCause::RestApi).unwrap();
+        assert_eq!(
+            rx.recv().await,
+            Some(CallCommand::Hangup(HangupCause::RestApi))
+        );
+        drop(rx);
+        assert!(!handle.is_live());
+        assert_eq!(handle.hangup(HangupCause::RestApi), Err(CallEnded));
+    }
+
+    #[test]
+    fn full_queue_still_counts_as_delivered() {
+        let (handle, _rx) = CallHandle::new(
+            "CA1".into(),
+            "x".into(),
+            "+1".into(),
+            "+2".into(),
+            "d".into(),
+        );
+        for _ in 0..CALL_COMMAND_QUEUE + 3 {
+            handle.hangup(HangupCause::RestApi).unwrap();
+        }
+    }
+}
