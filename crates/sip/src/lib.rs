@@ -1,2 +1,3 @@
 //! placeholder
 pub mod transaction;
+pub mod auth;
