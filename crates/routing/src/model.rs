@@ -19,7 +19,10 @@ pub struct Scope {
 
 impl Scope {
     pub fn new(org_id: impl Into<String>, workspace_id: impl Into<String>) -> Self {
-        Self { org_id: org_id.into(), workspace_id: workspace_id.into() }
+        Self {
+            org_id: org_id.into(),
+            workspace_id: workspace_id.into(),
+        }
     }
 }
 
