@@ -1,3 +1,55 @@
-//! placeholder
-pub mod transaction;
+//! Sans-IO SIP for switchboard: a zero-copy message codec and the RFC 3261 transaction layer.
+//! No tokio, no sockets, no clock: callers pass bytes and `now` in and take bytes out.
+//!
+//! # Codec layout (read top to bottom)
+//! - [`message`]: [`parse`] indexes one datagram in a single pass — start line, header lines
+//!   (case-insensitive names, compact forms, folds, `Name : value`) — into byte ranges held
+//!   in a fixed inline array, and frames the body by Content-Length (trailing octets
+//!   ignored, RFC 4475 §3.1.1.8). [`Message`] borrows the datagram; [`OwnedMessage`] keeps a
+//!   `bytes::Bytes` plus the index for transactions. Typed views (`via()`, `from()`, `to()`,
+//!   `cseq()`, `contacts()`, ...) parse on demand, so rejecting a message early is cheap.
+//! - [`validate`](Message::validate): RFC 3261 §8.1.1/§8.2 checks (required and duplicated
+//!   headers, CSeq method, Request-URI scheme → 416) and [`Message::check_require`] (420).
+//! - [`uri`], [`name_addr`], [`via`], [`values`], [`params`]: the typed views.
+//! - [`builder`]: responses from a request per §8.2.6 and requests the gateway originates;
+//!   Content-Length is always computed.
+//! - [`stream`]: [`StreamDecoder`] frames TCP by Content-Length.
+//! - [`error`]: [`SipError`]; [`SipError::response_status`] says 400/416/420/505/513 or
+//!   `None` (discard: malformed responses).
+//!
+//! The transaction layer (`transaction`, `endpoint`, `dialog`, `auth`) builds on these.
+//!
+//! Design choices, with the RFC text that allows them: bare-LF line ends are accepted;
+//! extra SP in the request line is ignored (RFC 4475 §3.1.2.9-10); Request-URIs with
+//! `<>` or `?headers` are rejected with 400 (§3.1.2.7, §3.1.2.11); the Date header is never
+//! interpreted (§3.1.2.12); display names and addr-specs are parsed strictly (400 for
+//! §3.1.2.6, .13, .14, .15).
+
+pub mod builder;
+pub mod error;
+pub mod header;
+mod lex;
+pub mod message;
+pub mod method;
+pub mod name_addr;
+pub mod params;
+pub mod stream;
+pub mod uri;
+mod validate;
+pub mod values;
+pub mod via;
+
 pub mod auth;
+pub mod transaction;
+
+pub use builder::{reason_phrase, MessageBuilder};
+pub use error::SipError;
+pub use header::HeaderName;
+pub use message::{parse, ContactValue, Header, Message, OwnedMessage, MAX_HEADERS};
+pub use method::Method;
+pub use name_addr::NameAddr;
+pub use params::{Param, Params};
+pub use stream::{Frame, StreamDecoder, DEFAULT_MAX_MESSAGE_SIZE};
+pub use uri::{percent_decode, Host, SipUri, TelUri, Uri};
+pub use values::{CSeq, ContentType};
+pub use via::{Rport, Transport, Via, MAGIC_COOKIE};
