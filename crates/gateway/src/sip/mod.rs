@@ -5,10 +5,14 @@
 //! - [`ports`]: RTP port pairs with an RAII guard.
 //! - [`rate_limit`]: per-source token buckets applied in the socket readers.
 //! - [`metrics`]: SIP counters on the gateway's Prometheus registry.
+//! - [`identity`]: called and calling numbers of an INVITE.
+//! - [`trunk`]: source allowlists and digest authentication per connection.
 
 pub mod calls;
+pub mod identity;
 pub mod metrics;
 pub mod ports;
 pub mod rate_limit;
+pub mod trunk;
 
 pub use calls::{CallCommand, CallEnded, CallHandle, HangupCause};
