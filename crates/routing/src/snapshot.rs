@@ -714,6 +714,11 @@ impl RoutingSnapshot {
         deployment_id: &str,
         members: impl IntoIterator<Item = CohortMember>,
     ) -> Result<(), RoutingError> {
+        let mut members = members.into_iter().peekable();
+        if members.peek().is_none() {
+            // No rows, nothing to attach: a no-op even for an unknown deployment, as in `build`.
+            return Ok(());
+        }
         let unknown = || RoutingError::UnknownDeployment {
             scope: scope.clone(),
             deployment_id: deployment_id.to_string(),
@@ -724,7 +729,6 @@ impl RoutingSnapshot {
             .ok_or_else(unknown)?;
         let entry = self.deployments.get(slot).ok_or_else(unknown)?;
         let mut entry = (**entry).clone();
-        let members = members.into_iter();
         let expected = entry.cohort.len() + members.size_hint().0;
         if expected
             > (1usize << entry.cohort.bits()) * COHORT_ROWS_PER_SHARD * COHORT_RESHARD_FACTOR
