@@ -7,12 +7,14 @@
 //! - [`metrics`]: SIP counters on the gateway's Prometheus registry.
 //! - [`identity`]: called and calling numbers of an INVITE.
 //! - [`trunk`]: source allowlists and digest authentication per connection.
+//! - [`transport`]: UDP/TCP listeners, readers with rate limiting, non-blocking sends.
 
 pub mod calls;
 pub mod identity;
 pub mod metrics;
 pub mod ports;
 pub mod rate_limit;
+pub mod transport;
 pub mod trunk;
 
 pub use calls::{CallCommand, CallEnded, CallHandle, HangupCause};

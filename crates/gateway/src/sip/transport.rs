@@ -1,0 +1,568 @@
+//! SIP over UDP and TCP: the socket side of the front end.
+//!
+//! Readers (one task per UDP socket, one per TCP connection) turn datagrams and framed
+//! stream messages into [`Inbound`] items on a bounded queue to the endpoint task. Before
+//! anything is queued, each message is charged to its source's token bucket
+//! ([`RateLimiter`]) and checked against `[sip] max_message_bytes`, so a flood is shed in
+//! the reader and never fills the queue other carriers share. Excess INVITEs get a
+//! stateless `503` with `Retry-After` (a few per second per source); the rest is dropped.
+//!
+//! Sending never blocks the endpoint task: UDP uses `try_send_to` (a full socket buffer
+//! drops the datagram; the transaction layer retransmits), TCP hands the bytes to the
+//! connection's writer task through a bounded queue. TCP responses go out on the connection
+//! the request came in on (RFC 3261 §18.2.2), looked up by the peer's address.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use switchboard_sip::transaction::Transport;
+use switchboard_sip::{Frame, StreamDecoder};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::metrics::SipMetrics;
+use super::rate_limit::{RateLimiter, Verdict};
+
+/// Messages waiting for the endpoint task. At ~10 µs per message this is ~40 ms of work:
+/// enough to ride out a burst, small enough that a stalled task is noticed (drops are
+/// counted in `sip_queue_full_total{queue="inbound"}`).
+pub const INBOUND_QUEUE: usize = 4096;
+
+/// Outgoing messages queued per TCP connection before further ones are dropped (a peer
+/// that does not read its socket must not make us buffer without bound).
+pub const TCP_WRITE_QUEUE: usize = 256;
+
+/// Concurrent TCP connections; more are refused at accept. Carriers open a handful each.
+pub const MAX_TCP_CONNECTIONS: usize = 4096;
+
+/// A TCP connection that carried nothing (not even a CRLF keep-alive) for this long is
+/// closed. Carriers ping every 30–60 s; five minutes of silence means the peer is gone.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `Retry-After` in the stateless 503 for a rate-limited source: the bucket refills within a
+/// second or two, so retrying sooner would only be shed again.
+pub const RATE_LIMIT_RETRY_AFTER_SECS: u32 = 2;
+
+/// Read buffer for TCP; messages larger than this are assembled across reads.
+const TCP_READ_CHUNK: usize = 16 * 1024;
+
+/// One message from the network, for the endpoint task.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Where it came from (IPv4-mapped addresses already turned into IPv4).
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub bytes: Bytes,
+}
+
+/// What the readers share: limits, the rate limiter, metrics and the queue to the endpoint.
+#[derive(Debug, Clone)]
+pub struct ReaderShared {
+    pub max_message_bytes: usize,
+    pub limiter: Arc<Mutex<RateLimiter>>,
+    pub metrics: SipMetrics,
+    pub inbound: mpsc::Sender<Inbound>,
+}
+
+impl ReaderShared {
+    /// Rate-limits and queues one message; returns a stateless response to send back (a 503
+    /// for a shed INVITE), if any.
+    fn admit(&self, source: SocketAddr, transport: Transport, bytes: Bytes) -> Option<Bytes> {
+        let verdict = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(Instant::now(), source.ip());
+        match verdict {
+            Verdict::Allow => match self.inbound.try_send(Inbound {
+                source,
+                transport,
+                bytes,
+            }) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    self.metrics
+                        .queue_full
+                        .with_label_values(&["inbound"])
+                        .inc();
+                    overload_response(&item.bytes, "overloaded: inbound queue full", &self.metrics)
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => None,
+            },
+            Verdict::RejectWithReply => {
+                let reply =
+                    overload_response(&bytes, "rate limit exceeded for this source", &self.metrics);
+                let action = if reply.is_some() { "503" } else { "dropped" };
+                self.metrics.rate_limited.with_label_values(&[action]).inc();
+                reply
+            }
+            Verdict::Drop => {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["dropped"])
+                    .inc();
+                None
+            }
+        }
+    }
+}
+
+/// A stateless `503 Service Unavailable` + `Retry-After` for an INVITE we cannot take, or
+/// `None` for anything else (ACKs and responses are never answered; other requests are
+/// retransmitted by the peer and shed again).
+pub fn overload_response(bytes: &[u8], why: &str, metrics: &SipMetrics) -> Option<Bytes> {
+    if !bytes.starts_with(b"INVITE ") {
+        return None;
+    }
+    let request = switchboard_sip::parse(bytes).ok()?;
+    let response = request
+        .response(503)
+        .to_tag(&super::calls::new_sid("t"))
+        .header("Retry-After", RATE_LIMIT_RETRY_AFTER_SECS)
+        .header("Reason", format!("Q.850;cause=42;text=\"{why}\""))
+        .header("Warning", format!("399 switchboard \"{why}\""))
+        .build()
+        .ok()?;
+    metrics.response(503);
+    Some(response)
+}
+
+/// Canonical form of a peer address: IPv4-mapped IPv6 (dual-stack sockets) becomes IPv4, so
+/// allowlists and rate limits see one address per peer.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Sends SIP messages; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    udp: Arc<UdpSocket>,
+    udp_is_v6: bool,
+    tcp: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    metrics: SipMetrics,
+}
+
+impl Outbound {
+    /// Sends `bytes` to `destination` without waiting. Returns false when the message was
+    /// dropped (full buffer, no such TCP connection); callers rely on retransmission.
+    pub fn send(&self, transport: Transport, destination: SocketAddr, bytes: Bytes) -> bool {
+        match transport {
+            Transport::Udp => {
+                let destination = match (self.udp_is_v6, destination) {
+                    (true, SocketAddr::V4(v4)) => {
+                        SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+                    }
+                    _ => destination,
+                };
+                match self.udp.try_send_to(&bytes, destination) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        self.metrics
+                            .queue_full
+                            .with_label_values(&["udp_send"])
+                            .inc();
+                        tracing::debug!(%destination, error = %e, "UDP send failed");
+                        false
+                    }
+                }
+            }
+            _ => {
+                let Some(writer) = self.tcp.get(&destination).map(|w| w.clone()) else {
+                    tracing::debug!(%destination, "no TCP connection to send on");
+                    return false;
+                };
+                match writer.try_send(bytes) {
+                    Ok(()) => true,
+                    Err(_) => {
+                        self.metrics
+                            .queue_full
+                            .with_label_values(&["tcp_write"])
+                            .inc();
+                        false
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bound listeners, before their tasks run.
+#[derive(Debug)]
+pub struct Listeners {
+    pub udp: Arc<UdpSocket>,
+    pub tcp: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the UDP socket and the TCP listener (port 0 allowed). An IPv6 wildcard address
+    /// is dual-stack on Linux, so `[::]:5060` serves IPv4 and IPv6 peers.
+    pub async fn bind(udp: SocketAddr, tcp: SocketAddr) -> std::io::Result<Listeners> {
+        let udp = Arc::new(UdpSocket::bind(udp).await?);
+        let tcp = TcpListener::bind(tcp).await?;
+        Ok(Listeners { udp, tcp })
+    }
+
+    /// Spawns the readers and the acceptor; returns the sending half.
+    pub fn spawn(
+        self,
+        shared: ReaderShared,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> std::io::Result<Outbound> {
+        let udp_is_v6 = self.udp.local_addr()?.is_ipv6();
+        let tcp_conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>> = Arc::default();
+        let outbound = Outbound {
+            udp: Arc::clone(&self.udp),
+            udp_is_v6,
+            tcp: Arc::clone(&tcp_conns),
+            metrics: shared.metrics.clone(),
+        };
+        tasks.spawn(udp_reader(self.udp, shared.clone(), shutdown.clone()));
+        tasks.spawn(tcp_acceptor(
+            self.tcp,
+            shared,
+            tcp_conns,
+            shutdown,
+            tasks.clone(),
+        ));
+        Ok(outbound)
+    }
+}
+
+async fn udp_reader(socket: Arc<UdpSocket>, shared: ReaderShared, shutdown: CancellationToken) {
+    // One byte more than the limit tells an oversized datagram from one that fits exactly.
+    let mut buf = vec![0u8; shared.max_message_bytes.saturating_add(1).min(65_536)];
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (len, source) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP port unreachable from an earlier send surfaces here on some systems.
+                tracing::debug!(error = %e, "UDP receive error");
+                continue;
+            }
+        };
+        if len > shared.max_message_bytes {
+            shared.metrics.oversized.inc();
+            continue;
+        }
+        let source = canonical(source);
+        let bytes = Bytes::copy_from_slice(&buf[..len]);
+        if let Some(reply) = shared.admit(source, Transport::Udp, bytes) {
+            let _ = socket.try_send_to(&reply, source);
+        }
+    }
+}
+
+/// Removes a connection's writer from the registry when its reader ends.
+struct Registered {
+    peer: SocketAddr,
+    conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.conns.remove(&self.peer);
+    }
+}
+
+async fn tcp_acceptor(
+    listener: TcpListener,
+    shared: ReaderShared,
+    conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIP TCP accept failed");
+                    // EMFILE: back off briefly instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if conns.len() >= MAX_TCP_CONNECTIONS {
+            shared
+                .metrics
+                .queue_full
+                .with_label_values(&["tcp_connections"])
+                .inc();
+            drop(stream);
+            continue;
+        }
+        let peer = canonical(peer);
+        let _ = stream.set_nodelay(true);
+        let (writer_tx, writer_rx) = mpsc::channel(TCP_WRITE_QUEUE);
+        conns.insert(peer, writer_tx.clone());
+        let registered = Registered {
+            peer,
+            conns: Arc::clone(&conns),
+        };
+        tasks.spawn(tcp_connection(
+            stream,
+            peer,
+            shared.clone(),
+            writer_tx,
+            writer_rx,
+            registered,
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn tcp_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: ReaderShared,
+    writer_tx: mpsc::Sender<Bytes>,
+    mut writer_rx: mpsc::Receiver<Bytes>,
+    registered: Registered,
+    shutdown: CancellationToken,
+) {
+    let (mut read, mut write) = stream.into_split();
+    let writer_shutdown = shutdown.child_token();
+    let writer_done = writer_shutdown.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            let bytes = tokio::select! {
+                () = writer_shutdown.cancelled() => break,
+                next = writer_rx.recv() => match next {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            if write.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    let mut decoder = StreamDecoder::new(shared.max_message_bytes);
+    let mut buf = BytesMut::with_capacity(TCP_READ_CHUNK);
+    'conn: loop {
+        buf.reserve(TCP_READ_CHUNK);
+        let read_result = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = tokio::time::timeout(TCP_IDLE_TIMEOUT, read.read_buf(&mut buf)) => r,
+        };
+        match read_result {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+        }
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(Frame::KeepAlive)) => {
+                    // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
+                    let _ = writer_tx.try_send(Bytes::from_static(b"\r\n"));
+                }
+                Ok(Some(Frame::Message(message))) => {
+                    if let Some(reply) = shared.admit(peer, Transport::Tcp, message.bytes()) {
+                        let _ = writer_tx.try_send(reply);
+                    }
+                }
+                Err(e) => {
+                    // The stream can no longer be framed (RFC 3261 §18.3): answer what we
+                    // can, then close.
+                    shared
+                        .metrics
+                        .parse_errors
+                        .with_label_values(&["closed"])
+                        .inc();
+                    if matches!(e, switchboard_sip::SipError::MessageTooLarge { .. }) {
+                        shared.metrics.oversized.inc();
+                    }
+                    tracing::debug!(%peer, error = %e, "closing SIP TCP connection");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    drop(registered);
+    drop(writer_tx);
+    // Let queued responses drain, but not forever.
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        writer_done.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(
+        per_second: u32,
+        burst: u32,
+        queue: usize,
+    ) -> (ReaderShared, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let registry = prometheus::Registry::new();
+        let shared = ReaderShared {
+            max_message_bytes: 2048,
+            limiter: Arc::new(Mutex::new(RateLimiter::new(per_second, burst))),
+            metrics: SipMetrics::register(&registry).unwrap(),
+            inbound: tx,
+        };
+        (shared, rx)
+    }
+
+    const INVITE: &[u8] = b"INVITE sip:+918047168000@gw SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1\r\n\
+Max-Forwards: 70\r\nTo: <sip:+918047168000@gw>\r\nFrom: <sip:a@b>;tag=x\r\n\
+Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn over_limit_invites_get_a_stateless_503_with_retry_after() {
+        let (shared, mut rx) = shared(1, 1, 16);
+        let src: SocketAddr = "192.0.2.1:5060".parse().unwrap();
+        assert!(shared
+            .admit(src, Transport::Udp, Bytes::from_static(INVITE))
+            .is_none());
+        let reply = shared
+            .admit(src, Transport::Udp, Bytes::from_static(INVITE))
+            .unwrap();
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("SIP/2.0 503 "), "{text}");
+        assert!(text.contains("Retry-After: 2\r\n"), "{text}");
+        assert!(text.contains("Call-ID: c1\r\n"), "{text}");
+        // Within the reply interval a third INVITE is dropped silently.
+        assert!(shared
+            .admit(src, Transport::Udp, Bytes::from_static(INVITE))
+            .is_none());
+        assert_eq!(rx.try_recv().unwrap().source, src);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            shared
+                .metrics
+                .rate_limited
+                .with_label_values(&["503"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            shared
+                .metrics
+                .rate_limited
+                .with_label_values(&["dropped"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_full_queue_sheds_with_503_and_counts() {
+        let (shared, _rx) = shared(1000, 1000, 1);
+        let src: SocketAddr = "192.0.2.1:5060".parse().unwrap();
+        assert!(shared
+            .admit(src, Transport::Udp, Bytes::from_static(INVITE))
+            .is_none());
+        let reply = shared
+            .admit(src, Transport::Udp, Bytes::from_static(INVITE))
+            .unwrap();
+        assert!(reply.starts_with(b"SIP/2.0 503 "));
+        // Non-INVITEs are never answered statelessly.
+        assert!(shared
+            .admit(
+                src,
+                Transport::Udp,
+                Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+            )
+            .is_none());
+        assert_eq!(
+            shared
+                .metrics
+                .queue_full
+                .with_label_values(&["inbound"])
+                .get(),
+            2
+        );
+    }
+
+    #[test]
+    fn mapped_addresses_are_canonical() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5060".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.1:5060".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[tokio::test]
+    async fn udp_and_tcp_messages_reach_the_queue_and_tcp_replies_use_the_connection() {
+        let (shared, mut rx) = shared(1000, 1000, 16);
+        let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let udp_addr = listeners.udp.local_addr().unwrap();
+        let tcp_addr = listeners.tcp.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let outbound = listeners.spawn(shared, shutdown.clone(), &tasks).unwrap();
+
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(INVITE, udp_addr).await.unwrap();
+        let got = rx.recv().await.unwrap();
+        assert_eq!(
+            (got.transport, got.source),
+            (Transport::Udp, client.local_addr().unwrap())
+        );
+        assert_eq!(&got.bytes[..], INVITE);
+        assert!(outbound.send(Transport::Udp, got.source, Bytes::from_static(b"pong")));
+        let mut reply = [0u8; 16];
+        let (n, _) = client.recv_from(&mut reply).await.unwrap();
+        assert_eq!(&reply[..n], b"pong");
+
+        // Two messages in one TCP segment, the second split across writes.
+        let mut stream = TcpStream::connect(tcp_addr).await.unwrap();
+        let (first, second) = INVITE.split_at(40);
+        stream.write_all(&[INVITE, first].concat()).await.unwrap();
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got.transport, Transport::Tcp);
+        stream.write_all(second).await.unwrap();
+        let again = rx.recv().await.unwrap();
+        assert_eq!(&again.bytes[..], INVITE);
+        assert!(outbound.send(
+            Transport::Tcp,
+            got.source,
+            Bytes::from_static(b"SIP/2.0 200 OK\r\n")
+        ));
+        let mut reply = [0u8; 16];
+        stream.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"SIP/2.0 200 OK\r\n");
+
+        // A stream that cannot be framed is closed.
+        stream
+            .write_all(b"INVITE sip:x SIP/2.0\r\nContent-Length: -5\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(_))),
+            "connection not closed: {closed:?}"
+        );
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+}
