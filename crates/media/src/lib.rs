@@ -5,13 +5,26 @@
 //!   late offers and hold re-INVITEs.
 //! * [`twilio`] — the Twilio Media Streams JSON dialect spoken to the agent runtime.
 //! * [`g711`] — µ-law / A-law tables (the agent hears µ-law; PCMA callers are transcoded).
+//! * [`rtp`], [`dtmf`] — caller packets in (RFC 3550, RFC 4733), our packets out.
+//! * [`playout`] — the agent's audio queue with Twilio `mark` / `clear` semantics.
+//! * [`bridge`] — [`connect_agent`] before answering, [`spawn_bridge`] after: one task per
+//!   call owning its RTP socket and WebSocket, paced by a 20 ms interval.
 //!
 //! Errors from every module are one [`MediaError`].
 
+pub mod bridge;
+pub mod dtmf;
 mod error;
 pub mod g711;
+pub mod playout;
+pub mod rtp;
 pub mod sdp;
 pub mod twilio;
 
+pub use bridge::{
+    connect_agent, spawn_bridge, AgentLink, BridgeConfig, BridgeHandle, BridgeStats, EndReason,
+    IdleAudio, StartParams,
+};
 pub use error::MediaError;
 pub use sdp::{negotiate, Answer, Codec, Direction, NegotiatedMedia, SdpSession};
+pub use twilio::{CallInfo, CustomParameters, StreamIds};

@@ -1,0 +1,665 @@
+//! One call's media: caller RTP ⇄ agent WebSocket, in one tokio task.
+//!
+//! The gateway calls [`connect_agent`] before answering (a failure there becomes a 503), then
+//! [`spawn_bridge`] once the 200 OK is sent. The task owns the RTP socket and the WebSocket
+//! and reacts to four things: a caller datagram, an agent message, the 20 ms pacer tick and
+//! the [`BridgeHandle`] (hang-up, re-INVITE). It ends with an [`EndReason`] the gateway turns
+//! into a BYE (or not, when the caller hung up).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::dtmf::DtmfDetector;
+use crate::g711::{self, ALAW_SILENCE, ULAW_SILENCE};
+use crate::playout::Playout;
+use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
+use crate::sdp::{Codec, NegotiatedMedia};
+use crate::twilio::{parse_agent_message, AgentEvent, CustomParameters, Outbound, StreamIds};
+use crate::MediaError;
+
+/// One frame of audio: the pacer's period.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// Default `[media] timeout`: carriers send RTP continuously, so half a minute without a
+/// packet means the caller is gone (lost BYE, dropped NAT binding) and the call should end.
+pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on agent audio waiting to be played: a minute covers any sane TTS burst
+/// while bounding memory to 480 kB per call.
+pub const DEFAULT_MAX_AGENT_BACKLOG: Duration = Duration::from_secs(60);
+/// Largest WebSocket message accepted from the agent (a 60 s burst in base64 is ~640 kB).
+const MAX_AGENT_MESSAGE: usize = 1 << 20;
+/// An agent that does not read its socket for this long is treated as dead.
+const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the closing handshake with the agent may take once the call is over.
+const AGENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The latched caller address must be silent this long before a packet from another
+/// address (with another SSRC) may take over: resists RTP injection, follows NAT rebinding.
+const RELATCH_AFTER: Duration = Duration::from_millis(500);
+/// Receive buffer: G.711 packets are ~172 bytes; anything bigger than this is not ours.
+const RECV_BUFFER: usize = 2048;
+/// Consecutive socket errors after which the bridge gives up instead of spinning.
+const MAX_SOCKET_ERRORS: u32 = 100;
+/// µ-law bytes per millisecond at 8 kHz.
+const SAMPLES_PER_MS: u32 = 8;
+
+type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the `start` message says about the call.
+#[derive(Debug, Clone)]
+pub struct StartParams {
+    pub ids: StreamIds,
+    pub custom_parameters: CustomParameters,
+}
+
+/// An open WebSocket to the agent runtime that has received `connected` and `start`.
+#[derive(Debug)]
+pub struct AgentLink {
+    ws: AgentSocket,
+    outbound: Outbound,
+    url: String,
+}
+
+impl AgentLink {
+    pub fn ids(&self) -> &StreamIds {
+        self.outbound.ids()
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The call ended before media started (CANCEL, failed answer): tell the agent with
+    /// `stop` and close the socket politely.
+    pub async fn abandon(mut self) {
+        let stop = self.outbound.stop();
+        let _ = tokio::time::timeout(AGENT_CLOSE_TIMEOUT, async {
+            let _ = self.ws.send(Message::text(stop)).await;
+            let _ = self.ws.close(None).await;
+        })
+        .await;
+    }
+}
+
+/// Opens the WebSocket to `url` and sends `connected` and `start`, all within `timeout`.
+/// Call this before answering the INVITE: an error maps to 503 ([`MediaError::sip_status`]).
+/// Only `ws://` URLs are supported (the build has no TLS); `wss://` fails as a connect error.
+pub async fn connect_agent(
+    url: &str,
+    params: StartParams,
+    timeout: Duration,
+) -> Result<AgentLink, MediaError> {
+    let connect_error = |e: tokio_tungstenite::tungstenite::Error| MediaError::AgentConnect {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    };
+    let handshake = async {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_AGENT_MESSAGE))
+            .max_frame_size(Some(MAX_AGENT_MESSAGE));
+        // Nagle off: every 20 ms frame should leave at once.
+        let (mut ws, _response) =
+            tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+                .await
+                .map_err(connect_error)?;
+        let mut outbound = Outbound::new(params.ids);
+        ws.feed(Message::text(outbound.connected()))
+            .await
+            .map_err(connect_error)?;
+        ws.feed(Message::text(outbound.start(&params.custom_parameters)))
+            .await
+            .map_err(connect_error)?;
+        ws.flush().await.map_err(connect_error)?;
+        Ok(AgentLink {
+            ws,
+            outbound,
+            url: url.to_owned(),
+        })
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| MediaError::AgentTimeout {
+            url: url.to_owned(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        })?
+}
+
+/// What the bridge sends while the agent has nothing to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleAudio {
+    /// Silence frames every 20 ms: keeps carrier RTP-inactivity timers and NAT bindings
+    /// alive. The default, because carriers hang up calls that go quiet.
+    #[default]
+    Silence,
+    /// Nothing (silence suppression); the marker bit flags each new talkspurt.
+    Nothing,
+}
+
+/// Per-call knobs.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// End the call when the caller sends no RTP for this long (`[media] timeout`).
+    pub media_timeout: Duration,
+    /// Cap on queued agent audio; excess is dropped.
+    pub max_agent_backlog: Duration,
+    pub idle_audio: IdleAudio,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            media_timeout: DEFAULT_MEDIA_TIMEOUT,
+            max_agent_backlog: DEFAULT_MAX_AGENT_BACKLOG,
+            idle_audio: IdleAudio::default(),
+        }
+    }
+}
+
+/// Why a bridge ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// [`BridgeHandle::hangup`] (caller BYE): `stop` was sent to the agent.
+    CallerHangup,
+    /// The agent closed the WebSocket: the gateway sends BYE.
+    AgentClosed,
+    /// The WebSocket failed mid-call: the gateway sends BYE with a Reason header.
+    AgentError(String),
+    /// No RTP from the caller for `media_timeout`: the gateway sends BYE.
+    MediaTimeout,
+    /// The RTP socket kept failing.
+    SocketError(String),
+}
+
+/// Live counters of one bridge (relaxed atomics; read them for metrics).
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    pub rtp_received: AtomicU64,
+    pub rtp_sent: AtomicU64,
+    pub rtp_ignored: AtomicU64,
+    pub media_to_agent: AtomicU64,
+    pub agent_audio_bytes: AtomicU64,
+    pub agent_audio_dropped: AtomicU64,
+    pub dtmf_digits: AtomicU64,
+    pub marks_echoed: AtomicU64,
+    pub bad_agent_messages: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// The gateway's grip on a running bridge. Dropping it hangs up.
+#[derive(Debug)]
+pub struct BridgeHandle {
+    cancel: CancellationToken,
+    media: watch::Sender<NegotiatedMedia>,
+    ended: watch::Receiver<Option<EndReason>>,
+    stats: Arc<BridgeStats>,
+    ids: StreamIds,
+}
+
+impl BridgeHandle {
+    /// The caller hung up (BYE): send `stop`, close the WebSocket, end. Idempotent.
+    pub fn hangup(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Applies a re-INVITE's negotiation (hold, resume, new address or codec).
+    pub fn update_media(&self, media: NegotiatedMedia) {
+        self.media.send_replace(media);
+    }
+
+    /// Resolves when the bridge has ended (its RTP socket is closed by then, so the port
+    /// may be reused). Can be awaited from several places.
+    pub async fn ended(&self) -> EndReason {
+        let mut ended = self.ended.clone();
+        let reason = match ended.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or(EndReason::CallerHangup),
+            Err(_) => EndReason::SocketError("bridge task stopped unexpectedly".into()),
+        };
+        reason
+    }
+
+    /// The end reason if the bridge has already ended.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.ended.borrow().clone()
+    }
+
+    pub fn stats(&self) -> &BridgeStats {
+        &self.stats
+    }
+
+    pub fn ids(&self) -> &StreamIds {
+        &self.ids
+    }
+}
+
+impl Drop for BridgeHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Starts the bridge task for an answered call. `socket` is the bound RTP socket whose port
+/// went into the SDP; must be called inside a tokio runtime.
+pub fn spawn_bridge(
+    socket: UdpSocket,
+    negotiated: NegotiatedMedia,
+    agent: AgentLink,
+    cfg: BridgeConfig,
+) -> BridgeHandle {
+    let cancel = CancellationToken::new();
+    let (media_tx, media_rx) = watch::channel(negotiated.clone());
+    let (ended_tx, ended_rx) = watch::channel(None);
+    let stats = Arc::new(BridgeStats::default());
+    let ids = agent.outbound.ids().clone();
+    let backlog = cfg.max_agent_backlog.as_millis() as usize * SAMPLES_PER_MS as usize;
+    let bridge = Bridge {
+        socket,
+        ws: agent.ws,
+        out: agent.outbound,
+        receiver: RtpReceiver::new(negotiated.payload_type, negotiated.telephone_event),
+        media: negotiated,
+        sender: RtpSender::new(),
+        dtmf: DtmfDetector::new(),
+        latch: None,
+        last_rtp: Instant::now(),
+        first_timestamp: None,
+        framer: CallerFramer::default(),
+        playout: Playout::new(backlog),
+        scratch: Vec::with_capacity(RECV_BUFFER),
+        to_agent: Vec::new(),
+        ws_dirty: false,
+        socket_errors: 0,
+        stats: stats.clone(),
+        cfg,
+    };
+    tokio::spawn(bridge.run(cancel.clone(), media_rx, ended_tx));
+    BridgeHandle {
+        cancel,
+        media: media_tx,
+        ended: ended_rx,
+        stats,
+        ids,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Latch {
+    addr: SocketAddr,
+    ssrc: u32,
+    last_seen: Instant,
+}
+
+/// Re-cuts caller audio into 20 ms chunks (carriers may send 10, 30 or 40 ms packets).
+#[derive(Debug, Default)]
+struct CallerFramer {
+    pending: Vec<u8>,
+    /// RTP timestamp of `pending[0]`.
+    pending_timestamp: u32,
+}
+
+impl CallerFramer {
+    /// Feeds one packet of µ-law; calls `emit(rtp_timestamp, chunk)` for each whole frame.
+    /// A gap in timestamps flushes the partial frame first, so chunks keep their real time.
+    fn push(&mut self, timestamp: u32, ulaw: &[u8], mut emit: impl FnMut(u32, &[u8])) {
+        if self.pending.is_empty() && ulaw.len() == FRAME_SAMPLES {
+            emit(timestamp, ulaw);
+            return;
+        }
+        let expected = self
+            .pending_timestamp
+            .wrapping_add(self.pending.len() as u32);
+        if !self.pending.is_empty() && expected != timestamp {
+            emit(self.pending_timestamp, &self.pending);
+            self.pending.clear();
+        }
+        if self.pending.is_empty() {
+            self.pending_timestamp = timestamp;
+        }
+        self.pending.extend_from_slice(ulaw);
+        let mut offset = 0;
+        while self.pending.len() - offset >= FRAME_SAMPLES {
+            let ts = self.pending_timestamp.wrapping_add(offset as u32);
+            emit(ts, &self.pending[offset..offset + FRAME_SAMPLES]);
+            offset += FRAME_SAMPLES;
+        }
+        self.pending.drain(..offset);
+        self.pending_timestamp = self.pending_timestamp.wrapping_add(offset as u32);
+    }
+}
+
+struct Bridge {
+    socket: UdpSocket,
+    ws: AgentSocket,
+    out: Outbound,
+    media: NegotiatedMedia,
+    cfg: BridgeConfig,
+    receiver: RtpReceiver,
+    sender: RtpSender,
+    dtmf: DtmfDetector,
+    latch: Option<Latch>,
+    last_rtp: Instant,
+    first_timestamp: Option<u32>,
+    framer: CallerFramer,
+    playout: Playout,
+    /// Reused buffer for transcoding caller audio.
+    scratch: Vec<u8>,
+    /// Reused list of messages produced while handling one event.
+    to_agent: Vec<String>,
+    ws_dirty: bool,
+    socket_errors: u32,
+    stats: Arc<BridgeStats>,
+}
+
+impl Bridge {
+    async fn run(
+        mut self,
+        cancel: CancellationToken,
+        mut media_rx: watch::Receiver<NegotiatedMedia>,
+        ended_tx: watch::Sender<Option<EndReason>>,
+    ) {
+        let mut pacer = tokio::time::interval(FRAME_INTERVAL);
+        // A late tick must not burst: delay the schedule instead of catching up.
+        pacer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut media_open = true;
+        let reason = loop {
+            // Unbiased: a flood on one input must not starve the others (or the pacer).
+            let step = tokio::select! {
+                _ = cancel.cancelled() => Err(EndReason::CallerHangup),
+                changed = media_rx.changed(), if media_open => {
+                    match changed {
+                        Ok(()) => {
+                            let media = media_rx.borrow_and_update().clone();
+                            self.apply_media(media);
+                        }
+                        Err(_) => media_open = false,
+                    }
+                    Ok(())
+                }
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => {
+                        self.socket_errors = 0;
+                        self.on_datagram(&buf[..len], from).await
+                    }
+                    Err(e) => self.on_socket_error(e),
+                },
+                message = self.ws.next() => match message {
+                    None => Err(EndReason::AgentClosed),
+                    Some(Ok(message)) => self.on_agent_message(message).await,
+                    Some(Err(e)) => Err(EndReason::AgentError(e.to_string())),
+                },
+                _ = pacer.tick() => self.on_tick().await,
+            };
+            if let Err(reason) = step.and(self.flush().await) {
+                break reason;
+            }
+        };
+        if matches!(reason, EndReason::CallerHangup | EndReason::MediaTimeout) {
+            let stop = self.out.stop();
+            let _ =
+                tokio::time::timeout(AGENT_CLOSE_TIMEOUT, self.ws.send(Message::text(stop))).await;
+        }
+        let Bridge { socket, mut ws, .. } = self;
+        drop(socket);
+        tracing::debug!(?reason, "media bridge ended");
+        ended_tx.send_replace(Some(reason.clone()));
+        if !matches!(reason, EndReason::AgentError(_)) {
+            let _ = tokio::time::timeout(AGENT_CLOSE_TIMEOUT, async {
+                let _ = ws.close(None).await;
+                // Drain until the agent's close frame (or EOF) completes the handshake.
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+    }
+
+    fn apply_media(&mut self, media: NegotiatedMedia) {
+        self.receiver
+            .set_payload_types(media.payload_type, media.telephone_event);
+        if media.remote_rtp != self.media.remote_rtp {
+            // The far end moved (re-INVITE): follow its new SDP address until media arrives.
+            self.latch = None;
+        }
+        if !self.media.direction.receives() && media.direction.receives() {
+            // Resuming from hold: the caller gets a full timeout to start sending again.
+            self.last_rtp = Instant::now();
+        }
+        self.media = media;
+    }
+
+    fn on_socket_error(&mut self, error: std::io::Error) -> Result<(), EndReason> {
+        // Transient errors (e.g. ICMP unreachable surfaced on recv) are skipped.
+        self.socket_errors += 1;
+        if self.socket_errors >= MAX_SOCKET_ERRORS {
+            return Err(EndReason::SocketError(error.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Where our RTP goes: the latched source, else the SDP address.
+    fn destination(&self) -> Option<SocketAddr> {
+        self.latch.map(|l| l.addr).or(self.media.remote_rtp)
+    }
+
+    /// Symmetric RTP: true if a packet from `from` with `ssrc` is from our caller.
+    fn accept_source(&mut self, from: SocketAddr, ssrc: u32, now: Instant) -> bool {
+        match &mut self.latch {
+            Some(latch) if latch.addr == from => {
+                latch.ssrc = ssrc;
+                latch.last_seen = now;
+                true
+            }
+            Some(latch)
+                if latch.ssrc != ssrc && now.duration_since(latch.last_seen) < RELATCH_AFTER =>
+            {
+                false
+            }
+            _ => {
+                self.latch = Some(Latch {
+                    addr: from,
+                    ssrc,
+                    last_seen: now,
+                });
+                true
+            }
+        }
+    }
+
+    async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), EndReason> {
+        let inbound = match self.receiver.receive(datagram) {
+            Ok(inbound) => inbound,
+            Err(_) => {
+                bump(&self.stats.rtp_ignored, 1);
+                return Ok(());
+            }
+        };
+        let (ssrc, timestamp) = match inbound {
+            Inbound::Audio {
+                ssrc, timestamp, ..
+            }
+            | Inbound::Event {
+                ssrc, timestamp, ..
+            } => (ssrc, timestamp),
+            Inbound::Ignored => {
+                bump(&self.stats.rtp_ignored, 1);
+                return Ok(());
+            }
+        };
+        let now = Instant::now();
+        if !self.accept_source(from, ssrc, now) {
+            bump(&self.stats.rtp_ignored, 1);
+            return Ok(());
+        }
+        bump(&self.stats.rtp_received, 1);
+        self.last_rtp = now;
+        let first = *self.first_timestamp.get_or_insert(timestamp);
+        match inbound {
+            Inbound::Audio { payload, .. } => {
+                let ulaw: &[u8] = match self.media.codec {
+                    Codec::Pcmu => payload,
+                    Codec::Pcma => {
+                        self.scratch.clear();
+                        self.scratch
+                            .extend(payload.iter().map(|b| g711::alaw_to_ulaw(*b)));
+                        &self.scratch
+                    }
+                };
+                let out = &mut self.out;
+                let to_agent = &mut self.to_agent;
+                self.framer.push(timestamp, ulaw, |chunk_timestamp, chunk| {
+                    let ms = chunk_timestamp.wrapping_sub(first) / SAMPLES_PER_MS;
+                    to_agent.push(out.media(u64::from(ms), chunk));
+                });
+                bump(&self.stats.media_to_agent, self.to_agent.len() as u64);
+            }
+            Inbound::Event { payload, .. } => {
+                if let Some(digit) = self.dtmf.on_packet(ssrc, timestamp, payload) {
+                    bump(&self.stats.dtmf_digits, 1);
+                    self.to_agent.push(self.out.dtmf(digit));
+                }
+            }
+            Inbound::Ignored => {}
+        }
+        self.send_pending().await
+    }
+
+    async fn on_agent_message(&mut self, message: Message) -> Result<(), EndReason> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => return Err(EndReason::AgentClosed),
+            // Pings are answered by tungstenite on the next flush; binary is not the dialect.
+            _ => return Ok(()),
+        };
+        match parse_agent_message(text.as_str()) {
+            Ok(AgentEvent::Media(ulaw)) => {
+                let queued = self.playout.push_audio(&ulaw);
+                bump(&self.stats.agent_audio_bytes, queued.accepted as u64);
+                bump(&self.stats.agent_audio_dropped, queued.dropped as u64);
+            }
+            Ok(AgentEvent::Mark(name)) => {
+                if let Some(name) = self.playout.push_mark(name) {
+                    self.to_agent.push(self.out.mark(&name));
+                }
+            }
+            Ok(AgentEvent::Clear) => {
+                for name in self.playout.clear() {
+                    self.to_agent.push(self.out.mark(&name));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // One bad message does not end a call; count it for the operator.
+                bump(&self.stats.bad_agent_messages, 1);
+                tracing::debug!(error = %e, "ignoring agent message");
+            }
+        }
+        bump(&self.stats.marks_echoed, self.to_agent.len() as u64);
+        self.send_pending().await
+    }
+
+    async fn on_tick(&mut self) -> Result<(), EndReason> {
+        if self.media.direction.receives() && self.last_rtp.elapsed() >= self.cfg.media_timeout {
+            return Err(EndReason::MediaTimeout);
+        }
+        let mut frame = [ULAW_SILENCE; FRAME_SAMPLES];
+        let agent_audio = self.playout.next_frame(&mut frame).is_some();
+        let destination = self.destination().filter(|_| !self.media.on_hold());
+        let send =
+            destination.is_some() && (agent_audio || self.cfg.idle_audio == IdleAudio::Silence);
+        if send && self.media.codec == Codec::Pcma {
+            if agent_audio {
+                g711::ulaw_to_alaw_in_place(&mut frame);
+            } else {
+                frame = [ALAW_SILENCE; FRAME_SAMPLES];
+            }
+        }
+        let mut packet = [0u8; MAX_PACKET];
+        let built = self.sender.tick(
+            send.then_some(&frame[..]),
+            agent_audio,
+            self.media.payload_type,
+            &mut packet,
+        );
+        if let (Some(len), Some(to)) = (built, destination) {
+            // Never wait on a full socket buffer: a late frame is worth nothing.
+            if self.socket.try_send_to(&packet[..len], to).is_ok() {
+                bump(&self.stats.rtp_sent, 1);
+            }
+        }
+        while let Some(name) = self.playout.due_mark() {
+            bump(&self.stats.marks_echoed, 1);
+            self.to_agent.push(self.out.mark(&name));
+        }
+        self.send_pending().await
+    }
+
+    /// Queues the produced messages on the WebSocket (written by [`Bridge::flush`]).
+    async fn send_pending(&mut self) -> Result<(), EndReason> {
+        for text in self.to_agent.drain(..) {
+            self.ws
+                .feed(Message::text(text))
+                .await
+                .map_err(|e| EndReason::AgentError(e.to_string()))?;
+            self.ws_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Writes queued messages out, once per loop turn (one syscall for a burst).
+    async fn flush(&mut self) -> Result<(), EndReason> {
+        if !self.ws_dirty {
+            return Ok(());
+        }
+        self.ws_dirty = false;
+        let result = match self.ws.flush().now_or_never() {
+            Some(result) => result,
+            None => tokio::time::timeout(AGENT_WRITE_TIMEOUT, self.ws.flush())
+                .await
+                .map_err(|_| EndReason::AgentError("agent stopped reading its socket".into()))?,
+        };
+        result.map_err(|e| EndReason::AgentError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(framer: &mut CallerFramer, ts: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        framer.push(ts, data, |t, c| out.push((t, c.to_vec())));
+        out
+    }
+
+    #[test]
+    fn framer_passes_20ms_and_recuts_other_sizes() {
+        let mut f = CallerFramer::default();
+        assert_eq!(frames(&mut f, 0, &[1; 160]), [(0, vec![1; 160])]);
+        // 30 ms packets: 240 bytes -> 160 + 80 pending; next -> 160 + 160.
+        assert_eq!(frames(&mut f, 160, &[2; 240]), [(160, vec![2; 160])]);
+        let out = frames(&mut f, 400, &[3; 240]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].0, 320);
+        assert_eq!(&out[0].1[..80], &[2; 80]);
+        assert_eq!(&out[0].1[80..], &[3; 80]);
+        assert_eq!(out[1], (480, vec![3; 160]));
+        // 10 ms packet then a gap: the partial frame is flushed with its own timestamp.
+        assert!(frames(&mut f, 640, &[4; 80]).is_empty());
+        assert_eq!(
+            frames(&mut f, 2000, &[5; 160]),
+            [(640, vec![4; 80]), (2000, vec![5; 160])]
+        );
+    }
+}
