@@ -119,7 +119,7 @@ impl<'a> Host<'a> {
             return s
                 .parse::<Ipv4Addr>()
                 .map(Host::Ipv4)
-                .map_err(|_| "malformed IPv4 address");
+                .map_err(|_| "numeric host is not an IPv4 address (IPv6 needs [brackets])");
         }
         // Underscores are not in the ABNF but do occur in deployed host names.
         if bytes

@@ -157,11 +157,12 @@ impl<'a> Via<'a> {
         self.params.value("branch")
     }
 
-    /// Whether the branch carries the RFC 3261 magic cookie (and so identifies the
-    /// transaction by itself).
+    /// Whether the branch carries the RFC 3261 magic cookie followed by a unique part (and
+    /// so identifies the transaction by itself). A bare `z9hG4bK` identifies nothing and
+    /// falls back to RFC 2543 matching (RFC 4475 §3.2.1).
     pub fn has_rfc3261_branch(&self) -> bool {
         self.branch()
-            .is_some_and(|b| b.len() >= MAGIC_COOKIE.len() && b.starts_with(MAGIC_COOKIE))
+            .is_some_and(|b| b.len() > MAGIC_COOKIE.len() && b.starts_with(MAGIC_COOKIE))
     }
 
     /// The `received` parameter as a host (bracketed or not, RFC 5118 §4.5).
