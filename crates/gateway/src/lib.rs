@@ -25,7 +25,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use switchboard_store::Store;
+
+use crate::admin::auth::{Keyring, GENERATED_KEY_SETTING};
+use crate::config::{ApiKey, Config};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -99,14 +102,50 @@ impl Running {
     }
 }
 
-/// Binds every listener, loads the routing snapshot and spawns the services. Returns once the
-/// gateway is serving; the caller owns the returned [`Running`].
+/// Binds every listener, loads the routing snapshot from the store and spawns the services.
+/// Returns once the gateway is serving and ready; the caller owns the returned [`Running`].
+///
+/// Order matters: the admin listener is bound first (so `/healthz` answers and `/readyz` says
+/// "loading" during a long load), the store subscription is taken before the snapshot is read
+/// (so no change committed meanwhile is missed; re-applying one is harmless), and the gateway is
+/// marked ready only after the snapshot is in place.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let state = AppState::new(config.clone(), metrics);
+    match start_services(config, shutdown.clone(), tasks.clone()).await {
+        Ok((state, admin, sip_addrs)) => Ok(Running {
+            sip_udp: sip_addrs.map(|a| a.udp),
+            sip_tcp: sip_addrs.map(|a| a.tcp),
+            admin,
+            state,
+            shutdown,
+            tasks,
+        }),
+        Err(e) => {
+            // Stop whatever was already spawned before reporting the failure.
+            shutdown.cancel();
+            tasks.close();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn start_services(
+    config: Config,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> anyhow::Result<(AppState, SocketAddr, Option<SipAddrs>)> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let store = Store::open(&config.store.url)
+        .await
+        .context("opening the store")?;
+    let generated = generated_admin_key(&config, &store).await?;
+    let keyring = Keyring::new(&config.admin, generated);
+    let state = AppState::new(config.clone(), metrics, store.clone(), keyring)
+        .context("creating the routing table")?;
+    let notices = store.subscribe();
 
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
@@ -114,27 +153,73 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = admin_listener
         .local_addr()
         .context("admin listener address")?;
-
-    // SIP service hook: the SIP side replaces `None` with its start call, e.g.
-    // `Some(sip::start(&state, shutdown.clone(), &tasks).await?)`.
-    let sip_addrs: Option<SipAddrs> = None;
-
     tasks.spawn(admin::serve(
         admin_listener,
         state.clone(),
         shutdown.clone(),
         tasks.clone(),
     ));
+
+    {
+        let _write = state.write_lock().await;
+        state
+            .load_snapshot()
+            .await
+            .context("building the routing snapshot from the store")?;
+    }
+    tasks.spawn(admin::sync::follow_remote_changes(
+        state.clone(),
+        notices,
+        shutdown.clone(),
+    ));
+    // Runtimes are probed once now (their stored status may be stale after a restart), then
+    // every `probe_interval_secs`.
+    for (scope, version) in state.runtimes() {
+        let state = state.clone();
+        tasks.spawn(async move { admin::probe::probe_and_record(&state, &scope, &version).await });
+    }
+    let interval = Duration::from_secs(config.admin.probe_interval_secs);
+    tasks.spawn(admin::probe::run_periodic(
+        state.clone(),
+        interval,
+        shutdown.clone(),
+    ));
+
+    // SIP service hook: the SIP side replaces `None` with its start call, e.g.
+    // `Some(sip::start(&state, shutdown.clone(), &tasks).await?)`.
+    let sip_addrs: Option<SipAddrs> = None;
+
     state.mark_ready();
-    tracing::info!(%admin, "switchboard started");
-    Ok(Running {
-        sip_udp: sip_addrs.map(|a| a.udp),
-        sip_tcp: sip_addrs.map(|a| a.tcp),
-        admin,
-        state,
-        shutdown,
-        tasks,
-    })
+    tracing::info!(%admin, store = config.store.url.split("://").next().unwrap_or(""), "switchboard started");
+    Ok((state, admin, sip_addrs))
+}
+
+/// With no `[admin] api_keys`, the admin key generated on first start (kept as a store setting
+/// and printed once, to stderr); `None` when keys are configured.
+async fn generated_admin_key(config: &Config, store: &Store) -> anyhow::Result<Option<ApiKey>> {
+    if !config.admin.api_keys.is_empty() {
+        return Ok(None);
+    }
+    if let Some(existing) = store
+        .get_setting(GENERATED_KEY_SETTING)
+        .await
+        .context("reading the admin key")?
+    {
+        return Ok(Some(ApiKey::new(existing)));
+    }
+    let fresh = admin::auth::generate_key();
+    // Two gateways starting at once on one database agree on whichever key was stored first.
+    let kept = store
+        .put_setting_if_absent(GENERATED_KEY_SETTING, fresh.expose())
+        .await
+        .context("storing the generated admin key")?;
+    if kept == fresh.expose() {
+        eprintln!(
+            "switchboard: no [admin] api_keys configured, so an admin API key was generated and stored.\n\
+             switchboard: it is shown only this once; send it as the X-API-Key header:\n\n    {kept}\n"
+        );
+    }
+    Ok(Some(ApiKey::new(kept)))
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains. Prints the `listening` line.

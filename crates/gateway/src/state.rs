@@ -1,8 +1,21 @@
 //! The state every part of the daemon shares: cheap to clone (all `Arc`s inside).
+//!
+//! The write path lives here because every writer (admin handlers, the runtime prober, the
+//! remote-change listener) must follow the same rule: **commit to the store first, then apply
+//! the same change to the routing table**, while holding [`AppState::write_lock`] so that two
+//! writers cannot commit in one order and swap the snapshot in the other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
+use dashmap::DashMap;
+use switchboard_routing::model::{AppVersion, Scope};
+use switchboard_routing::{Change, RoutingData, RoutingSettings, RoutingSnapshot, RoutingTable};
+use switchboard_store::{Dataset, Store};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::admin::auth::Keyring;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -11,18 +24,110 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// The live routing table: `routing.load().route(now, called, caller, call_id)` per INVITE.
+    pub routing: Arc<RoutingTable>,
+    pub store: Store,
+    /// Admin API keys (configured plus the generated one).
+    pub keyring: Arc<Keyring>,
+    /// Every agent version the routing table knows, for the periodic runtime prober. Kept in
+    /// step by [`AppState::apply`] and [`AppState::load_snapshot`], the only ways into the table.
+    runtimes: Arc<DashMap<(Scope, String, u32), AppVersion>>,
+    /// Serialises commit+apply pairs (see the module doc).
+    write_lock: Arc<Mutex<()>>,
     /// Set once the routing snapshot has been built from the store; `/readyz` reports it.
     ready: Arc<AtomicBool>,
 }
 
 impl AppState {
-    /// Builds the state around a loaded config; not ready until [`AppState::mark_ready`].
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        Self {
+    /// Builds the state with an empty routing table; call [`AppState::load_snapshot`] next.
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: Store,
+        keyring: Keyring,
+    ) -> Result<Self, switchboard_routing::RoutingError> {
+        let empty = RoutingSnapshot::empty(routing_settings(&config))?;
+        Ok(Self {
             config,
             metrics,
+            routing: Arc::new(RoutingTable::new(empty)),
+            store,
+            keyring: Arc::new(keyring),
+            runtimes: Arc::new(DashMap::new()),
+            write_lock: Arc::new(Mutex::new(())),
             ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Takes the write lock. Hold it across one store write and the matching [`AppState::apply`].
+    pub async fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().await
+    }
+
+    /// Applies committed changes to the routing table (caller holds the write lock). A change
+    /// the table refuses cannot be undone in the store, so the table is rebuilt from the store
+    /// instead: the store is the truth.
+    pub async fn apply(&self, changes: &[Change]) {
+        let started = Instant::now();
+        for change in changes {
+            match change {
+                Change::UpsertAppVersion(scope, v) => {
+                    self.runtimes
+                        .insert((scope.clone(), v.app_id.clone(), v.version), v.clone());
+                }
+                Change::RemoveAppVersion(scope, app_id, version) => {
+                    self.runtimes
+                        .remove(&(scope.clone(), app_id.clone(), *version));
+                }
+                _ => {}
+            }
         }
+        match self.routing.apply(changes) {
+            Ok(_) => self.publish_routing_metrics(),
+            Err(e) => {
+                tracing::error!(error = %e, "routing table refused a committed change; rebuilding from the store");
+                if let Err(e) = self.load_snapshot().await {
+                    tracing::error!(error = %e, "rebuilding the routing snapshot failed");
+                }
+            }
+        }
+        self.metrics
+            .routing_apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Rebuilds the routing snapshot from everything in the store and swaps it in. Called at
+    /// start and whenever incremental updates cannot be trusted (missed notices).
+    pub async fn load_snapshot(&self) -> anyhow::Result<()> {
+        let data = self.store.load_all().await?;
+        self.runtimes.clear();
+        for (scope, v) in &data.app_versions {
+            self.runtimes
+                .insert((scope.clone(), v.app_id.clone(), v.version), v.clone());
+        }
+        let snapshot = RoutingSnapshot::build(routing_data(data, &self.config))?;
+        self.routing.store(Arc::new(snapshot));
+        self.publish_routing_metrics();
+        Ok(())
+    }
+
+    fn publish_routing_metrics(&self) {
+        let snapshot = self.routing.load();
+        self.metrics
+            .routing_table_version
+            .set(i64::try_from(snapshot.version()).unwrap_or(i64::MAX));
+        self.metrics
+            .routing_numbers
+            .set(i64::try_from(snapshot.number_count()).unwrap_or(i64::MAX));
+        self.metrics.routing_snapshot_swaps.inc();
+    }
+
+    /// Every known agent version with its scope (what the periodic prober sweeps).
+    pub fn runtimes(&self) -> Vec<(Scope, AppVersion)> {
+        self.runtimes
+            .iter()
+            .map(|e| (e.key().0.clone(), e.value().clone()))
+            .collect()
     }
 
     /// Call once the routing snapshot is loaded and the listeners are bound.
@@ -33,5 +138,23 @@ impl AppState {
     /// Whether the gateway can route calls (snapshot loaded).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The routing settings implied by the config.
+pub fn routing_settings(config: &Config) -> RoutingSettings {
+    RoutingSettings {
+        default_country_code: config.routing.country_code().map(str::to_owned),
+    }
+}
+
+fn routing_data(data: Dataset, config: &Config) -> RoutingData {
+    RoutingData {
+        deployments: data.deployments,
+        connections: data.connections,
+        app_versions: data.app_versions,
+        splits: data.splits,
+        cohort_members: data.cohort_members,
+        settings: routing_settings(config),
     }
 }

@@ -1,0 +1,204 @@
+//! Connections (trunks): where a carrier's INVITEs may come from and how they authenticate.
+//!
+//! `PUT /connections/{id}` creates or replaces; the digest password is write-only (responses
+//! show `"password": "***"`), so listing trunks never exposes credentials.
+
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use switchboard_routing::model::{Connection, DigestCredentials, Scope};
+use switchboard_routing::Change;
+use switchboard_store::StoreError;
+
+use super::error::{json_response, ApiError};
+use super::request::{
+    array, at, body_loc, deny_unknown, object, optional, read_json, required, string, Problems,
+};
+use super::{validate, Body, Ctx};
+
+/// Longest provider label / digest username or password accepted.
+const MAX_TEXT_CHARS: usize = 256;
+/// Source ranges per connection; carriers publish a handful of signalling subnets.
+const MAX_ALLOWED_ADDRESSES: usize = 256;
+
+/// The response shape: the connection with its password redacted.
+pub fn redacted(c: &Connection) -> Value {
+    json!({
+        "connection_id": c.connection_id,
+        "allowed_addresses": c.allowed_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "digest": c.digest.as_ref().map(|d| json!({ "username": d.username, "password": "***" })),
+        "provider": c.provider,
+    })
+}
+
+/// `PUT /connections/{connection_id}`: 200 with the stored connection.
+pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let scope = cx.scope()?;
+    let mut p = Problems::default();
+    let id = validate::id_text(
+        cx.params.get("connection_id"),
+        vec!["path".into(), "connection_id".into()],
+        &mut p,
+    );
+    let value = read_json(&cx.headers, body, cx.max_body()).await?;
+    let root = body_loc();
+    let map = object(&value, &root, &mut p);
+    let mut parsed = None;
+    if let Some(map) = map {
+        deny_unknown(
+            map,
+            &["allowed_addresses", "digest", "provider"],
+            &root,
+            &mut p,
+        );
+        let addresses = required(map, "allowed_addresses", &root, &mut p)
+            .and_then(|v| allowed_addresses(v, at(&root, "allowed_addresses"), &mut p));
+        let digest = optional(map, "digest").map(|v| digest(v, at(&root, "digest"), &mut p));
+        let provider = optional(map, "provider").map(|v| {
+            super::request::bounded_string(v, MAX_TEXT_CHARS, at(&root, "provider"), &mut p)
+        });
+        parsed = Some((addresses, digest, provider));
+    }
+    p.finish()?;
+    let (Some(connection_id), Some((Some(allowed_addresses), digest, provider))) = (id, parsed)
+    else {
+        return Err(ApiError::invalid(root, "missing", "Field required"));
+    };
+    let connection = Connection {
+        connection_id,
+        allowed_addresses,
+        digest: digest.flatten(),
+        provider: provider.flatten(),
+    };
+    let _write = cx.state.write_lock().await;
+    cx.state.store.put_connection(&scope, &connection).await?;
+    cx.state
+        .apply(&[Change::UpsertConnection(scope, connection.clone())])
+        .await;
+    Ok(json_response(StatusCode::OK, &redacted(&connection)))
+}
+
+/// `GET /connections/{connection_id}`.
+pub async fn get(cx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let scope = cx.scope()?;
+    let id = cx.params.get("connection_id");
+    let c = cx
+        .state
+        .store
+        .get_connection(&scope, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(json_response(StatusCode::OK, &redacted(&c)))
+}
+
+/// `GET /connections`: `{"items": [...], "total"}` (a workspace has few trunks: no paging).
+pub async fn list(cx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let scope = cx.scope()?;
+    let items: Vec<Value> = cx
+        .state
+        .store
+        .list_connections(&scope)
+        .await?
+        .iter()
+        .map(redacted)
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "total": items.len(), "items": items }),
+    ))
+}
+
+/// `DELETE /connections/{connection_id}`: 204; 409 while a deployment still uses it.
+pub async fn delete(cx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let scope = cx.scope()?;
+    let id = cx.params.get("connection_id").to_owned();
+    let _write = cx.state.write_lock().await;
+    if let Some(user) = deployment_using(cx, &scope, &id) {
+        return Err(ApiError::Conflict {
+            detail: format!("connection {id} is used by deployment {user}; change or delete the deployment first"),
+        });
+    }
+    cx.state
+        .store
+        .delete_connection(&scope, &id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => not_found(&id),
+            other => other.into(),
+        })?;
+    cx.state.apply(&[Change::RemoveConnection(scope, id)]).await;
+    Ok(super::no_content())
+}
+
+/// A deployment of `scope` that lists connection `id` (the routing snapshot holds them all).
+fn deployment_using(cx: &Ctx, scope: &Scope, id: &str) -> Option<String> {
+    let snapshot = cx.state.routing.load();
+    let user = snapshot
+        .deployments()
+        .find(|(s, d)| *s == scope && d.connection_configs.iter().any(|c| c.connection_id == id))
+        .map(|(_, d)| d.deployment_id.clone());
+    user
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("Connection {id}"))
+}
+
+/// CIDR ranges; a bare address means just that host (`/32` or `/128`).
+fn allowed_addresses(v: &Value, loc: super::request::Loc, p: &mut Problems) -> Option<Vec<IpNet>> {
+    let items = array(v, loc.clone(), p)?;
+    if items.len() > MAX_ALLOWED_ADDRESSES {
+        p.push(
+            loc,
+            "too_long",
+            format!("List should have at most {MAX_ALLOWED_ADDRESSES} items"),
+        );
+        return None;
+    }
+    let before = p.len();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Some(text) = string(item, at(&loc, i), p) else {
+            continue;
+        };
+        let parsed = text
+            .trim()
+            .parse::<IpNet>()
+            .or_else(|_| text.trim().parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => p.push(
+                at(&loc, i),
+                "value_error",
+                format!("Value error, {text:?} is not an IP address or CIDR range (e.g. 203.0.113.0/24)"),
+            ),
+        }
+    }
+    (p.len() == before).then_some(out)
+}
+
+fn digest(v: &Value, loc: super::request::Loc, p: &mut Problems) -> Option<DigestCredentials> {
+    let map = object(v, &loc, p)?;
+    deny_unknown(map, &["username", "password"], &loc, p);
+    let text = |key: &str, p: &mut Problems| {
+        required(map, key, &loc, p).and_then(|v| {
+            let s = super::request::bounded_string(v, MAX_TEXT_CHARS, at(&loc, key), p)?;
+            if s.is_empty() {
+                p.push(
+                    at(&loc, key),
+                    "string_too_short",
+                    "String should have at least 1 character",
+                );
+                return None;
+            }
+            Some(s)
+        })
+    };
+    let username = text("username", p);
+    let password = text("password", p);
+    Some(DigestCredentials {
+        username: username?,
+        password: password?,
+    })
+}
