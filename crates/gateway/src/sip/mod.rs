@@ -6,6 +6,7 @@
 //! - [`rate_limit`]: per-source token buckets applied in the socket readers.
 //! - [`metrics`]: SIP counters on the gateway's Prometheus registry.
 //! - [`identity`]: called and calling numbers of an INVITE.
+//! - [`screen`]: RFC 3261 §8.2 request screening (405/501/483/420/415/406).
 //! - [`trunk`]: source allowlists and digest authentication per connection.
 //! - [`transport`]: UDP/TCP listeners, readers with rate limiting, non-blocking sends.
 
@@ -14,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod ports;
 pub mod rate_limit;
+pub mod screen;
 pub mod transport;
 pub mod trunk;
 
