@@ -83,52 +83,64 @@ impl HeaderName {
                 _ => H::Other,
             };
         }
-        let candidates: &[HeaderName] = match (name.len(), first) {
-            (2, b't') => &[H::To],
-            (3, b'v') => &[H::Via],
-            (4, b'f') => &[H::From],
-            (4, b'c') => &[H::CSeq],
-            (4, b'd') => &[H::Date],
-            (5, b'a') => &[H::Allow],
-            (5, b'r') => &[H::Route],
-            (5, b'e') => &[H::Event],
-            (6, b'a') => &[H::Accept],
-            (6, b's') => &[H::Server],
-            (6, b'r') => &[H::Reason],
-            (7, b'c') => &[H::CallId, H::Contact],
-            (7, b'r') => &[H::Require],
-            (7, b's') => &[H::Subject],
-            (7, b'e') => &[H::Expires],
-            (7, b'w') => &[H::Warning],
-            (7, b'p') => &[H::Privacy],
-            (8, b'r') => &[H::ReferTo],
-            (9, b's') => &[H::Supported],
-            (9, b'd') => &[H::Diversion],
-            (9, b't') => &[H::Timestamp],
-            (10, b'u') => &[H::UserAgent],
-            (11, b'u') => &[H::Unsupported],
-            (11, b'r') => &[H::RetryAfter, H::ReferredBy],
-            (12, b'm') => &[H::MaxForwards],
-            (12, b'c') => &[H::ContentType],
-            (12, b'r') => &[H::RecordRoute],
-            (12, b'a') => &[H::AllowEvents],
-            (13, b'p') => &[H::ProxyRequire],
-            (13, b'a') => &[H::Authorization],
-            (14, b'c') => &[H::ContentLength],
-            (15, b'r') => &[H::RemotePartyId],
-            (15, b's') => &[H::SessionExpires],
-            (16, b'c') => &[H::ContentEncoding],
-            (16, b'w') => &[H::WwwAuthenticate],
-            (18, b'p') => &[H::ProxyAuthenticate],
-            (19, b'p') => &[H::PAssertedIdentity, H::ProxyAuthorization],
-            (20, b'p') => &[H::PPreferredIdentity],
+        let candidates: &[(&[u8], HeaderName)] = match (name.len(), first) {
+            (2, b't') => &[(b"to", H::To)],
+            (3, b'v') => &[(b"via", H::Via)],
+            (4, b'f') => &[(b"from", H::From)],
+            (4, b'c') => &[(b"cseq", H::CSeq)],
+            (4, b'd') => &[(b"date", H::Date)],
+            (5, b'a') => &[(b"allow", H::Allow)],
+            (5, b'r') => &[(b"route", H::Route)],
+            (5, b'e') => &[(b"event", H::Event)],
+            (6, b'a') => &[(b"accept", H::Accept)],
+            (6, b's') => &[(b"server", H::Server)],
+            (6, b'r') => &[(b"reason", H::Reason)],
+            (7, b'c') => &[(b"call-id", H::CallId), (b"contact", H::Contact)],
+            (7, b'r') => &[(b"require", H::Require)],
+            (7, b's') => &[(b"subject", H::Subject)],
+            (7, b'e') => &[(b"expires", H::Expires)],
+            (7, b'w') => &[(b"warning", H::Warning)],
+            (7, b'p') => &[(b"privacy", H::Privacy)],
+            (8, b'r') => &[(b"refer-to", H::ReferTo)],
+            (9, b's') => &[(b"supported", H::Supported)],
+            (9, b'd') => &[(b"diversion", H::Diversion)],
+            (9, b't') => &[(b"timestamp", H::Timestamp)],
+            (10, b'u') => &[(b"user-agent", H::UserAgent)],
+            (11, b'u') => &[(b"unsupported", H::Unsupported)],
+            (11, b'r') => &[
+                (b"retry-after", H::RetryAfter),
+                (b"referred-by", H::ReferredBy),
+            ],
+            (12, b'm') => &[(b"max-forwards", H::MaxForwards)],
+            (12, b'c') => &[(b"content-type", H::ContentType)],
+            (12, b'r') => &[(b"record-route", H::RecordRoute)],
+            (12, b'a') => &[(b"allow-events", H::AllowEvents)],
+            (13, b'p') => &[(b"proxy-require", H::ProxyRequire)],
+            (13, b'a') => &[(b"authorization", H::Authorization)],
+            (14, b'c') => &[(b"content-length", H::ContentLength)],
+            (15, b'r') => &[(b"remote-party-id", H::RemotePartyId)],
+            (15, b's') => &[(b"session-expires", H::SessionExpires)],
+            (16, b'c') => &[(b"content-encoding", H::ContentEncoding)],
+            (16, b'w') => &[(b"www-authenticate", H::WwwAuthenticate)],
+            (18, b'p') => &[(b"proxy-authenticate", H::ProxyAuthenticate)],
+            (19, b'p') => &[
+                (b"p-asserted-identity", H::PAssertedIdentity),
+                (b"proxy-authorization", H::ProxyAuthorization),
+            ],
+            (20, b'p') => &[(b"p-preferred-identity", H::PPreferredIdentity)],
             _ => &[],
         };
-        candidates
-            .iter()
-            .copied()
-            .find(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
-            .unwrap_or(H::Other)
+        // Candidates are lowercase and have the same length as `name`.
+        for &(canonical, header) in candidates {
+            if name
+                .iter()
+                .zip(canonical)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+            {
+                return header;
+            }
+        }
+        H::Other
     }
 
     /// The canonical long form; `"Other"` for extension headers.

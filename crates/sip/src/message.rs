@@ -164,7 +164,7 @@ impl Index {
         let start = buf
             .iter()
             .position(|b| *b != b'\r' && *b != b'\n')
-            .ok_or(SipError::Empty)?;
+            .ok_or_else(|| SipError::Empty)?;
         let is_response = buf
             .get(start..start + 4)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
@@ -177,12 +177,13 @@ impl Index {
     }
 
     fn parse_at(buf: &[u8], msg_start: usize, framing: Framing) -> Result<Index, SipError> {
-        let (line_end, mut pos) = next_line(buf, msg_start).ok_or(SipError::IncompleteHeaders)?;
+        let (line_end, mut pos) =
+            next_line(buf, msg_start).ok_or_else(|| SipError::IncompleteHeaders)?;
         let start = parse_start_line(buf, msg_start, line_end)?;
         let mut headers = HeaderTable::new();
         let mut line_no = 1;
         loop {
-            let (end, next) = next_line(buf, pos).ok_or(SipError::IncompleteHeaders)?;
+            let (end, next) = next_line(buf, pos).ok_or_else(|| SipError::IncompleteHeaders)?;
             line_no += 1;
             if end == pos {
                 pos = next;
@@ -191,29 +192,34 @@ impl Index {
             let first = buf[pos];
             if first == b' ' || first == b'\t' {
                 // Folded continuation (RFC 3261 §7.3.1): the value grows to this line's end.
-                let last = headers.last_mut().ok_or(SipError::BadHeaderLine {
+                let last = headers.last_mut().ok_or_else(|| SipError::BadHeaderLine {
                     line: line_no,
                     reason: "continuation line before the first header",
                 })?;
                 last.value.end = end as u32;
             } else {
-                let colon =
-                    memchr::memchr(b':', &buf[pos..end]).ok_or(SipError::BadHeaderLine {
-                        line: line_no,
-                        reason: "header line without colon",
-                    })? + pos;
-                // `Name : value` is legal (HCOLON = *( SP / HTAB ) ":" SWS).
-                let mut name_end = colon;
-                while name_end > pos && matches!(buf[name_end - 1], b' ' | b'\t') {
-                    name_end -= 1;
+                // One pass over the name: token characters, optional SP/HT, then the colon
+                // (`Name : value` is legal: HCOLON = *( SP / HTAB ) ":" SWS).
+                let mut name_end = pos;
+                while name_end < end && lex::is_token_byte(buf[name_end]) {
+                    name_end += 1;
                 }
-                let name = &buf[pos..name_end];
-                if !lex::is_token(name) {
+                let mut colon = name_end;
+                while colon < end && matches!(buf[colon], b' ' | b'\t') {
+                    colon += 1;
+                }
+                if name_end == pos || colon >= end || buf[colon] != b':' {
+                    let has_colon = memchr::memchr(b':', &buf[pos..end]).is_some();
                     return Err(SipError::BadHeaderLine {
                         line: line_no,
-                        reason: "header name is not a token",
+                        reason: if has_colon {
+                            "header name is not a token"
+                        } else {
+                            "header line without colon"
+                        },
                     });
                 }
+                let name = &buf[pos..name_end];
                 headers.push(HeaderEntry {
                     name: HeaderName::from_bytes(name),
                     name_span: Span::new(pos, name_end),
@@ -340,7 +346,7 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartSpans, 
             .ok()
             .and_then(|d| d.parse::<u16>().ok())
             .filter(|c| digits == 3 && (100..=699).contains(c))
-            .ok_or(SipError::BadStartLine {
+            .ok_or_else(|| SipError::BadStartLine {
                 reason: "status code is not three digits in 100..=699",
             })?;
         p += digits;
@@ -466,9 +472,11 @@ impl<'a> Message<'a> {
     /// Parses the Request-URI. Unknown schemes parse as [`Uri::Absolute`]; see
     /// [`Message::validate`] for the 416 decision.
     pub fn request_uri(&self) -> Result<Uri<'a>, SipError> {
-        let raw = self.request_uri_raw().ok_or(SipError::BadRequestUri {
-            reason: "a response has no Request-URI",
-        })?;
+        let raw = self
+            .request_uri_raw()
+            .ok_or_else(|| SipError::BadRequestUri {
+                reason: "a response has no Request-URI",
+            })?;
         let text = std::str::from_utf8(raw).map_err(|_| SipError::BadRequestUri {
             reason: "non-ASCII octets",
         })?;
@@ -568,11 +576,11 @@ impl<'a> Message<'a> {
 
     /// The first field of a single-valued header as text; `MissingHeader` when absent.
     fn required_str(&self, name: HeaderName) -> Result<&'a str, SipError> {
-        let h = self.header(name).ok_or(SipError::MissingHeader {
+        let h = self.header(name).ok_or_else(|| SipError::MissingHeader {
             header: name.as_str(),
         })?;
         h.value_str()
-            .ok_or(SipError::header(name.as_str(), "value is not UTF-8"))
+            .ok_or_else(|| SipError::header(name.as_str(), "value is not UTF-8"))
     }
 
     fn optional_str(&self, name: HeaderName) -> Result<Option<&'a str>, SipError> {
@@ -581,7 +589,7 @@ impl<'a> Message<'a> {
             Some(h) => h
                 .value_str()
                 .map(Some)
-                .ok_or(SipError::header(name.as_str(), "value is not UTF-8")),
+                .ok_or_else(|| SipError::header(name.as_str(), "value is not UTF-8")),
         }
     }
 

@@ -116,10 +116,9 @@ impl<'a> Host<'a> {
         let bytes = s.as_bytes();
         if bytes.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
             // RFC 3261 toplabels start with a letter, so a dotted-digit host must be IPv4.
-            return s
-                .parse::<Ipv4Addr>()
+            return parse_ipv4(s)
                 .map(Host::Ipv4)
-                .map_err(|_| "numeric host is not an IPv4 address (IPv6 needs [brackets])");
+                .ok_or("numeric host is not an IPv4 address (IPv6 needs [brackets])");
         }
         // Underscores are not in the ABNF but do occur in deployed host names.
         if bytes
@@ -385,6 +384,28 @@ impl fmt::Display for SipUri<'_> {
     }
 }
 
+/// Dotted-quad IPv4 (four decimal octets, no leading zeros, as `Ipv4Addr::from_str`
+/// accepts), without the generic address parser's overhead.
+fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part.starts_with('0')) {
+            return None;
+        }
+        let mut n: u16 = 0;
+        for b in part.bytes() {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u16::from(b - b'0');
+        }
+        *octet = u8::try_from(n).ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
 /// Parses a decimal port (1 to 5 digits, at most 65535).
 pub(crate) fn parse_port(s: &str) -> Option<u16> {
     if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -498,6 +519,10 @@ mod tests {
         );
         assert!(Uri::parse("sip:2001:db8::10").is_err());
         assert!(Uri::parse("sip:999.1.1.1").is_err());
+        assert!(Uri::parse("sip:1.2.3").is_err());
+        assert!(Uri::parse("sip:1.2.3.4.5").is_err());
+        assert!(Uri::parse("sip:01.2.3.4").is_err());
+        assert_eq!(parse_ipv4("255.0.10.1"), Some(Ipv4Addr::new(255, 0, 10, 1)));
     }
 
     #[test]

@@ -88,10 +88,12 @@ pub fn parse_call_id(value: &str) -> Result<&str, &'static str> {
     if !id.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return Err("white space or non-ASCII in Call-ID");
     }
-    let mut parts = id.split('@');
-    let ok = parts.next().is_some_and(|w| !w.is_empty())
-        && parts.next().is_none_or(|w| !w.is_empty())
-        && parts.next().is_none();
+    let ok = match memchr::memchr(b'@', id.as_bytes()) {
+        None => true,
+        Some(at) => {
+            at > 0 && at + 1 < id.len() && memchr::memchr(b'@', &id.as_bytes()[at + 1..]).is_none()
+        }
+    };
     if !ok {
         return Err("Call-ID is not word[@word]");
     }

@@ -140,14 +140,22 @@ impl<'a> Via<'a> {
             port,
             params,
         };
-        if let Some(received) = via.params.value("received") {
-            Host::parse_lenient(received).map_err(|_| "malformed received parameter")?;
-        }
-        if let Some(Some(rport)) = via.params.get("rport") {
-            parse_port(rport).ok_or("malformed rport parameter")?;
-        }
-        if via.params.get("branch") == Some(None) {
-            return Err("branch parameter without value");
+        // One pass over the parameters for the ones whose values have a syntax.
+        for p in via.params.iter() {
+            if p.name.eq_ignore_ascii_case("branch") {
+                if p.value.is_none() {
+                    return Err("branch parameter without value");
+                }
+            } else if p.name.eq_ignore_ascii_case("received") {
+                let ok = p.value.is_some_and(|r| Host::parse_lenient(r).is_ok());
+                if !ok {
+                    return Err("malformed received parameter");
+                }
+            } else if p.name.eq_ignore_ascii_case("rport") {
+                if let Some(v) = p.value {
+                    parse_port(v).ok_or("malformed rport parameter")?;
+                }
+            }
         }
         Ok(via)
     }
