@@ -1347,3 +1347,128 @@ async fn kill_9_loses_no_acknowledged_deployment() -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several gateways on one PostgreSQL
+
+/// Polls `check` until it holds (bounded); returns how long it took, for the report.
+async fn eventually(what: &str, check: impl Fn() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    for _ in 0..1000 {
+        if check() {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: never happened");
+}
+
+#[tokio::test]
+async fn two_gateways_on_postgres_apply_each_others_writes() {
+    let Ok(url) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: SWITCHBOARD_TEST_POSTGRES_URL not set (eval \"$(tests/pg.sh start)\")");
+        return;
+    };
+    let start = || async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir.path().join("unused.db"));
+        config.store.url = url.clone();
+        let running = switchboard::start(config)
+            .await
+            .expect("gateway on postgres starts");
+        Gateway {
+            admin: running.admin,
+            running: Some(running),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _dir: dir,
+        }
+    };
+    let (a, b) = (start().await, start().await);
+    // The database outlives the test: a unique org and number keep runs apart.
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let base = format!("/v1/orgs/pg-{unique:x}/workspaces/w");
+    let number = format!("+1650{:07}", unique % 10_000_000);
+    let runtime = FakeRuntime::start().await;
+    assert_eq!(
+        a.call(
+            Method::PUT,
+            &format!("{base}/connections/trunk"),
+            Some(json!({ "allowed_addresses": ["127.0.0.1/32"] }))
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    for v in [1, 2] {
+        let r = a
+            .call(
+                Method::PUT,
+                &format!("{base}/apps/agent/versions/{v}"),
+                Some(json!({ "runtime_url": runtime.url })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let body = json!({ "name": "pg", "app_id": "agent", "app_version": 1,
+        "connection_configs": [{ "connection_id": "trunk", "phone_numbers": [number] }] });
+    let created = a
+        .call(Method::POST, &format!("{base}/deployments"), Some(body))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["deployment_id"].as_str().unwrap().to_owned();
+    let route_on = |gw: &Gateway| {
+        gw.state()
+            .routing
+            .load()
+            .route(Utc::now(), &number, "+14155550000", "call")
+    };
+    let created_after = eventually("B routes A's new deployment to a ready version 1", || {
+        route_on(&b).accepted().map(|r| r.app_version()) == Some(1)
+    })
+    .await;
+    // A write on B is applied by A.
+    let r = b
+        .call(
+            Method::PATCH,
+            &format!("{base}/deployments/{id}"),
+            Some(json!({ "app_version": 2 })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let patched_after = eventually("A sees B's PATCH", || {
+        route_on(&a).accepted().map(|r| r.app_version()) == Some(2)
+    })
+    .await;
+    assert_eq!(
+        a.call(
+            Method::PUT,
+            &format!("{base}/deployments/{id}/status"),
+            Some(json!({ "action": "pause" }))
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let paused_after = eventually("B sees the pause", || {
+        route_on(&b).rejected().map(|r| r.reason()) == Some(RejectReason::Paused)
+    })
+    .await;
+    assert_eq!(
+        a.call(Method::DELETE, &format!("{base}/deployments/{id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let deleted_after = eventually("B drops the deleted deployment", || {
+        route_on(&b).rejected().map(|r| r.reason()) == Some(RejectReason::NoRoute)
+    })
+    .await;
+    println!(
+        "cross-gateway propagation: create {created_after:?}, patch {patched_after:?}, pause {paused_after:?}, delete {deleted_after:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
