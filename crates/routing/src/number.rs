@@ -175,6 +175,32 @@ impl E164 {
         })
     }
 
+    /// The fast path for what carriers and the store send most: `+` and 7–15 digits, the
+    /// first non-zero. Anything else goes through the general parser.
+    #[inline]
+    fn parse_canonical(raw: &[u8]) -> Option<Self> {
+        let digits = raw.strip_prefix(b"+")?;
+        if !(MIN_E164_DIGITS..=MAX_E164_DIGITS).contains(&digits.len()) || digits[0] == b'0' {
+            return None;
+        }
+        let mut text = [0u8; MAX_E164_DIGITS + 1];
+        text[0] = b'+';
+        let mut key = 0u64;
+        for (i, &byte) in digits.iter().enumerate() {
+            let digit = byte.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            key = key * 10 + u64::from(digit);
+            text[i + 1] = byte;
+        }
+        Some(Self {
+            key,
+            text,
+            len: raw.len() as u8,
+        })
+    }
+
     /// Rebuilds a number from its key (e.g. one stored as an integer). `None` if the key does
     /// not have 7–15 digits.
     pub fn from_key(key: u64) -> Option<Self> {
@@ -272,6 +298,9 @@ pub fn normalize_number(
 
 /// [`normalize_number`] with an already parsed country code: no allocation, one pass.
 pub fn normalize_with(raw: &str, default_cc: Option<CountryCode>) -> Result<E164, NumberError> {
+    if let Some(number) = E164::parse_canonical(raw.as_bytes()) {
+        return Ok(number);
+    }
     let (number, params) = user_part(raw)?;
     let mut collected = Digits::default();
     let plus = collect_digits(number, &mut collected)?;

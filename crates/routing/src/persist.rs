@@ -3,51 +3,86 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-
 /// Multiplier spreading `u64` keys over shards (2^64 / φ). Phone-number keys are dense decimal
 /// integers; without mixing, neighbouring numbers would crowd one shard.
 const SHARD_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// A `u64`-keyed map split into `2^bits` shards, each an `Arc<FxHashMap>`.
+/// Tables grow when more than half full: linear probing then averages about 1.5 slots per
+/// hit, and a hit usually stays within one cache line.
+const MAX_LOAD_NUMERATOR: usize = 1;
+const MAX_LOAD_DENOMINATOR: usize = 2;
+/// Smallest non-empty table.
+const MIN_TABLE_SLOTS: usize = 8;
+
+/// Key 0 marks an empty slot: valid keys (E.164 digits, at least 7 of them) are never 0.
+const EMPTY: u64 = 0;
+
+/// One shard: an open-addressing table stored inline in its `Arc`, so a probe is one pointer
+/// to follow plus the slot itself (a `HashMap` behind an `Arc` costs three dependent loads).
+type Table<V> = Arc<[(u64, V)]>;
+
+/// A `u64`-keyed map split into `2^bits` copy-on-write shards.
 ///
-/// A lookup is one multiply, one array index and one hash probe. A write clones the shard it
-/// touches if another snapshot still shares it (copy-on-write via `Arc::make_mut`).
+/// A lookup is one multiply, one array index and a linear probe from a mixed hash. A write
+/// copies the shard it touches if another snapshot still shares it.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardedMap<V> {
-    shards: Arc<Vec<Arc<FxHashMap<u64, V>>>>,
+    shards: Arc<[Table<V>]>,
+    /// Entries per shard (kept apart so the tables stay plain slot arrays).
+    lens: Arc<[u32]>,
     bits: u32,
     len: usize,
 }
 
-impl<V: Clone> ShardedMap<V> {
-    /// An empty map of `2^bits` shards, all sharing one empty table until written.
+/// splitmix64's finaliser: all 64 bits depend on all key bits, so the low bits that pick a slot
+/// are independent of the high bits that picked the shard.
+#[inline]
+fn slot_hash(key: u64) -> usize {
+    let mut z = key;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as usize
+}
+
+fn table_slots_for(entries: usize) -> usize {
+    if entries == 0 {
+        0
+    } else {
+        (entries * MAX_LOAD_DENOMINATOR / MAX_LOAD_NUMERATOR + 1)
+            .next_power_of_two()
+            .max(MIN_TABLE_SLOTS)
+    }
+}
+
+impl<V: Clone + Default> ShardedMap<V> {
+    /// An empty map of `2^bits` shards.
     pub(crate) fn new(bits: u32) -> Self {
-        let empty = Arc::new(FxHashMap::default());
+        let empty: Table<V> = Arc::from(Vec::new());
         Self {
-            shards: Arc::new(vec![empty; 1 << bits]),
+            shards: (0..1usize << bits).map(|_| Arc::clone(&empty)).collect(),
+            lens: vec![0; 1 << bits].into(),
             bits,
             len: 0,
         }
     }
 
     /// Like [`ShardedMap::new`] with every shard pre-sized for `expected` keys in total, so a
-    /// bulk build does not rehash.
+    /// bulk build does not grow tables.
     pub(crate) fn with_capacity(bits: u32, expected: usize) -> Self {
         let count = 1usize << bits;
         // Keys spread binomially: allow ~4 standard deviations above the mean per shard.
         let mean = expected / count;
-        let per_shard = mean + 4 * (mean as f64).sqrt() as usize + 1;
-        let shards = (0..count)
-            .map(|_| {
-                Arc::new(FxHashMap::with_capacity_and_hasher(
-                    if expected == 0 { 0 } else { per_shard },
-                    Default::default(),
-                ))
-            })
-            .collect();
+        let per_shard = if expected == 0 {
+            0
+        } else {
+            mean + 4 * (mean as f64).sqrt() as usize + 1
+        };
+        let slots = table_slots_for(per_shard);
         Self {
-            shards: Arc::new(shards),
+            shards: (0..count)
+                .map(|_| Arc::from(vec![(EMPTY, V::default()); slots]))
+                .collect(),
+            lens: vec![0; count].into(),
             bits,
             len: 0,
         }
@@ -62,32 +97,92 @@ impl<V: Clone> ShardedMap<V> {
         }
     }
 
+    /// Slot index of `key` in `table`: `Ok` if present, `Err(first empty slot)` if not.
+    #[inline]
+    fn probe(table: &[(u64, V)], key: u64) -> Result<usize, usize> {
+        let mask = table.len() - 1;
+        let mut index = slot_hash(key) & mask;
+        loop {
+            match table[index].0 {
+                k if k == key => return Ok(index),
+                EMPTY => return Err(index),
+                _ => index = (index + 1) & mask,
+            }
+        }
+    }
+
     #[inline]
     pub(crate) fn get(&self, key: u64) -> Option<&V> {
-        self.shards[self.shard_index(key)].get(&key)
-    }
-
-    pub(crate) fn insert(&mut self, key: u64, value: V) -> Option<V> {
-        let index = self.shard_index(key);
-        let shard = Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[index]);
-        let previous = shard.insert(key, value);
-        if previous.is_none() {
-            self.len += 1;
-        }
-        previous
-    }
-
-    pub(crate) fn remove(&mut self, key: u64) -> Option<V> {
-        let index = self.shard_index(key);
-        if !self.shards[index].contains_key(&key) {
+        let table = &self.shards[self.shard_index(key)];
+        if table.is_empty() || key == EMPTY {
             return None;
         }
-        let shard = Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[index]);
-        let removed = shard.remove(&key);
-        if removed.is_some() {
-            self.len -= 1;
+        Self::probe(table, key).ok().map(|i| &table[i].1)
+    }
+
+    pub(crate) fn insert(&mut self, key: u64, value: V) {
+        debug_assert_ne!(key, EMPTY);
+        let shard = self.shard_index(key);
+        let len = self.lens[shard] as usize;
+        let shards = Arc::make_mut(&mut self.shards);
+        let table = &mut shards[shard];
+        if !table.is_empty() {
+            if let Ok(i) = Self::probe(table, key) {
+                Arc::make_mut(table)[i].1 = value;
+                return;
+            }
         }
-        removed
+        if (len + 1) * MAX_LOAD_DENOMINATOR > table.len() * MAX_LOAD_NUMERATOR {
+            *table = Self::rehash(table, table_slots_for(len + 1).max(table.len() * 2));
+        }
+        let slots = Arc::make_mut(table);
+        if let Err(i) = Self::probe(slots, key) {
+            slots[i] = (key, value);
+        }
+        Arc::make_mut(&mut self.lens)[shard] += 1;
+        self.len += 1;
+    }
+
+    fn rehash(table: &[(u64, V)], slots: usize) -> Table<V> {
+        let mut grown = vec![(EMPTY, V::default()); slots];
+        for (key, value) in table.iter().filter(|(k, _)| *k != EMPTY) {
+            if let Err(i) = Self::probe(&grown, *key) {
+                grown[i] = (*key, value.clone());
+            }
+        }
+        Arc::from(grown)
+    }
+
+    /// Removes `key` with backward-shift deletion (no tombstones, so probes stay short).
+    pub(crate) fn remove(&mut self, key: u64) -> bool {
+        let shard = self.shard_index(key);
+        let table = &self.shards[shard];
+        if table.is_empty() || key == EMPTY {
+            return false;
+        }
+        let Ok(found) = Self::probe(table, key) else {
+            return false;
+        };
+        let slots = Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[shard]);
+        let mask = slots.len() - 1;
+        let mut hole = found;
+        let mut next = found;
+        loop {
+            next = (next + 1) & mask;
+            if slots[next].0 == EMPTY {
+                break;
+            }
+            let home = slot_hash(slots[next].0) & mask;
+            // The entry at `next` may fill the hole if the hole lies on its probe path.
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
+                slots[hole] = slots[next].clone();
+                hole = next;
+            }
+        }
+        slots[hole] = (EMPTY, V::default());
+        Arc::make_mut(&mut self.lens)[shard] -= 1;
+        self.len -= 1;
+        true
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -99,9 +194,22 @@ impl<V: Clone> ShardedMap<V> {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
+        self.shards.iter().flat_map(|shard| {
+            shard
+                .iter()
+                .filter(|(k, _)| *k != EMPTY)
+                .map(|(k, v)| (*k, v))
+        })
+    }
+
+    /// Shards `self` and `other` share (for tests of structural sharing).
+    #[cfg(test)]
+    pub(crate) fn shared_shards(&self, other: &Self) -> usize {
         self.shards
             .iter()
-            .flat_map(|shard| shard.iter().map(|(&k, v)| (k, v)))
+            .zip(other.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count()
     }
 }
 
@@ -109,8 +217,8 @@ impl<V: Clone> ShardedMap<V> {
 /// enough that the chunk list of 10 000 deployments is ~160 pointers.
 const SLAB_CHUNK: usize = 64;
 
-/// One copy-on-write chunk of a [`Slab`].
-type Chunk<T> = Arc<Vec<Option<Arc<T>>>>;
+/// One copy-on-write chunk of a [`Slab`], inline in its `Arc` (one load to reach a slot).
+type Chunk<T> = Arc<[Option<Arc<T>>]>;
 
 /// A persistent vector of optional `Arc`s addressed by `u32` slot, in copy-on-write chunks.
 #[derive(Debug)]
@@ -152,7 +260,7 @@ impl<T> Slab<T> {
         let index = slot as usize;
         let chunks = Arc::make_mut(&mut self.chunks);
         while chunks.len() <= index / SLAB_CHUNK {
-            chunks.push(Arc::new((0..SLAB_CHUNK).map(|_| None).collect()));
+            chunks.push((0..SLAB_CHUNK).map(|_| None).collect());
         }
         let chunk = Arc::make_mut(&mut chunks[index / SLAB_CHUNK]);
         chunk[index % SLAB_CHUNK] = value;
@@ -180,24 +288,49 @@ mod tests {
     #[test]
     fn sharded_map_copies_only_touched_shards() {
         let mut a: ShardedMap<u32> = ShardedMap::new(4);
-        for k in 0..1000u64 {
+        for k in 1..=1000u64 {
             a.insert(k, k as u32);
         }
         let mut b = a.clone();
         b.insert(5, 99);
         assert_eq!(a.get(5), Some(&5));
         assert_eq!(b.get(5), Some(&99));
-        let shared = a
-            .shards
-            .iter()
-            .zip(b.shards.iter())
-            .filter(|(x, y)| Arc::ptr_eq(x, y))
-            .count();
-        assert_eq!(shared, 15, "only the shard holding key 5 was copied");
-        assert_eq!(b.remove(5), Some(99));
-        assert_eq!(b.remove(5), None);
+        assert_eq!(
+            a.shared_shards(&b),
+            15,
+            "only the shard holding key 5 was copied"
+        );
+        assert!(b.remove(5));
+        assert!(!b.remove(5));
         assert_eq!((a.len(), b.len()), (1000, 999));
         assert_eq!(b.iter().count(), 999);
+        assert_eq!(b.get(0), None);
+    }
+
+    /// Random inserts and removals against a `HashMap`, through growth and backward shifts.
+    #[test]
+    fn sharded_map_matches_a_hash_map() {
+        let mut map: ShardedMap<u64> = ShardedMap::new(2);
+        let mut model = std::collections::HashMap::new();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for step in 0..20_000u64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let key = 1 + state % 512;
+            if state % 3 == 0 {
+                assert_eq!(map.remove(key), model.remove(&key).is_some(), "step {step}");
+            } else {
+                map.insert(key, step);
+                model.insert(key, step);
+            }
+            assert_eq!(map.len(), model.len());
+        }
+        for key in 1..=512 {
+            assert_eq!(map.get(key), model.get(&key), "key {key}");
+        }
+        let sized: ShardedMap<u64> = ShardedMap::with_capacity(3, 1000);
+        assert_eq!((sized.len(), sized.get(7)), (0, None));
     }
 
     #[test]

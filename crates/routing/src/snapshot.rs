@@ -76,7 +76,7 @@ pub enum Change {
 
 /// What a number in the table points at: a deployment slot and which of its connection configs
 /// lists the number. 8 bytes, `Copy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct NumberTarget {
     slot: u32,
     connection: u16,
@@ -99,8 +99,12 @@ pub(crate) struct DeploymentEntry {
     pub(crate) connections: Arc<[ConnectionRef]>,
     /// Sorted keys of this deployment's numbers (to unlink them on change).
     pub(crate) numbers: Arc<[u64]>,
-    /// Caller key → cohort row.
-    pub(crate) cohort: ShardedMap<Arc<CohortMember>>,
+    /// Caller key → cohort row (`None` only in empty table slots).
+    pub(crate) cohort: ShardedMap<Option<Arc<CohortMember>>>,
+    /// `channel_direction` allows inbound calls (copied out of `record`: the lookup reads
+    /// only this entry, not the record behind another pointer).
+    pub(crate) takes_inbound: bool,
+    pub(crate) paused: bool,
 }
 
 /// One agent (app) in one scope: its registered versions and its traffic split.
@@ -315,10 +319,10 @@ impl RoutingSnapshot {
             return RouteDecision::Reject(reject(RejectReason::NoRoute, None));
         };
         let record = &entry.record;
-        if record.channel_direction == ChannelDirection::Outbound {
+        if !entry.takes_inbound {
             return RouteDecision::Reject(reject(RejectReason::InboundDisabled, Some(entry)));
         }
-        if record.status == DeploymentStatus::Paused {
+        if entry.paused {
             return RouteDecision::Reject(reject(RejectReason::Paused, Some(entry)));
         }
         if let Some(schedule) = &entry.schedule {
@@ -378,7 +382,9 @@ impl RoutingSnapshot {
             Some(runtime) => Arc::clone(runtime),
         };
         let caller = normalize_with(caller, self.country_code).ok();
-        let cohort = caller.and_then(|c| entry.cohort.get(c.key())).cloned();
+        let cohort = caller
+            .and_then(|c| entry.cohort.get(c.key()))
+            .and_then(Option::clone);
         RouteDecision::Accept(Route {
             deployment: Arc::clone(entry),
             runtime,
@@ -577,6 +583,8 @@ impl RoutingSnapshot {
             }
         }
         let entry = DeploymentEntry {
+            takes_inbound: deployment.channel_direction != ChannelDirection::Outbound,
+            paused: deployment.status == DeploymentStatus::Paused,
             scope: previous
                 .as_ref()
                 .filter(|p| *p.scope == *scope)
@@ -747,7 +755,7 @@ impl RoutingSnapshot {
                         }),
                     }
                 })?;
-            entry.cohort.insert(number.key(), Arc::new(member));
+            entry.cohort.insert(number.key(), Some(Arc::new(member)));
         }
         if entry.cohort.len()
             > (1usize << entry.cohort.bits()) * COHORT_ROWS_PER_SHARD * COHORT_RESHARD_FACTOR
@@ -760,14 +768,17 @@ impl RoutingSnapshot {
 }
 
 /// Rebuilds a cohort map with enough shards for `expected` rows.
-fn reshard(map: &ShardedMap<Arc<CohortMember>>, expected: usize) -> ShardedMap<Arc<CohortMember>> {
+fn reshard(
+    map: &ShardedMap<Option<Arc<CohortMember>>>,
+    expected: usize,
+) -> ShardedMap<Option<Arc<CohortMember>>> {
     let wanted_shards = (expected / COHORT_ROWS_PER_SHARD)
         .max(1)
         .next_power_of_two();
     let bits = wanted_shards.trailing_zeros().min(MAX_COHORT_SHARD_BITS);
     let mut resharded = ShardedMap::with_capacity(bits, expected);
     for (key, member) in map.iter() {
-        resharded.insert(key, Arc::clone(member));
+        resharded.insert(key, member.clone());
     }
     resharded
 }
