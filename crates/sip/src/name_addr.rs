@@ -53,9 +53,12 @@ impl<'a> NameAddr<'a> {
             match lt {
                 Some(lt) if semi.is_none_or(|s| lt < s) => {
                     let name = lex::trim_lws(&rest[..lt]);
+                    // Tokens and LWS per RFC 3261 §25.1; UTF-8 (octets >= 0x80) is tolerated
+                    // too: carriers send unquoted non-ASCII names, and nothing a proxy or the
+                    // list splitter relies on (quotes, commas, brackets) can hide in them.
                     if !name
                         .bytes()
-                        .all(|b| lex::is_token_byte(b) || lex::is_lws(b))
+                        .all(|b| lex::is_token_byte(b) || lex::is_lws(b) || b >= 0x80)
                     {
                         return Err("display name is neither tokens nor a quoted string");
                     }
@@ -147,6 +150,9 @@ mod tests {
         assert_eq!(a.display_name().as_deref(), Some(r#"J Rosenberg \""#));
         assert_eq!(a.tag(), Some("98asjd8"));
         assert!(a.bracketed);
+
+        let u = NameAddr::parse("José Müller <sip:j@example.com>").unwrap();
+        assert_eq!(u.display_name().as_deref(), Some("José Müller"));
 
         let b = NameAddr::parse("caller<sip:caller@example.com>;tag=323").unwrap();
         assert_eq!(b.display_name().as_deref(), Some("caller"));
