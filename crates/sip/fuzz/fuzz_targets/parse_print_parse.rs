@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = msg.from().map(|a| (a.display_name(), a.tag()));
     let _ = msg.to().map(|a| (a.display_name(), a.tag()));
-    let _ = (msg.call_id(), msg.cseq(), msg.max_forwards(), msg.content_type());
+    let _ = (
+        msg.call_id(),
+        msg.cseq(),
+        msg.max_forwards(),
+        msg.content_type(),
+    );
     let _ = msg.contacts().count();
     let _ = msg.name_addrs(HeaderName::PAssertedIdentity).count();
 
