@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use switchboard::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -98,8 +99,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGTERM (orchestrators) and SIGINT (Ctrl-C) both cancel the one shutdown token, which drains
-/// in-flight work; a second signal exits immediately.
+/// How long SIGINT (an operator's Ctrl-C) waits for the drain before exiting anyway; SIGTERM
+/// (orchestrators) waits for the full drain, bounded by `switchboard::DRAIN_TIMEOUT`.
+const SIGINT_GRACE: Duration = Duration::from_secs(1);
+/// Exit status after SIGINT, by shell convention (128 + 2).
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// SIGTERM and SIGINT both cancel the one shutdown token, so every service stops accepting and
+/// drains. SIGTERM lets the drain finish; SIGINT gives it [`SIGINT_GRACE`]; a second signal of
+/// either kind exits at once.
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -109,15 +117,21 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
+    let fast = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: draining"); false }
+        _ = int.recv() => { tracing::info!("SIGINT: stopping"); true }
+    };
     shutdown.cancel();
+    let grace = async {
+        match fast {
+            true => tokio::time::sleep(SIGINT_GRACE).await,
+            false => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => tracing::warn!("second signal: exiting now"),
+        _ = int.recv() => tracing::warn!("second signal: exiting now"),
+        () = grace => tracing::warn!("SIGINT grace elapsed: exiting"),
     }
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(i32::from(EXIT_SOFTWARE));
+    std::process::exit(EXIT_INTERRUPTED);
 }

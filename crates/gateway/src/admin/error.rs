@@ -171,6 +171,12 @@ impl From<StoreError> for ApiError {
                     "phone number {phone_number} is already assigned to another deployment"
                 ),
             },
+            // A value the database cannot hold (e.g. a version beyond its integer type) is input.
+            StoreError::OutOfRange { field, value } => ApiError::invalid(
+                vec![LocItem::from("body"), LocItem::from(field)],
+                "value_error",
+                format!("Value error, {value} is out of range"),
+            ),
             other => ApiError::Store(other),
         }
     }
