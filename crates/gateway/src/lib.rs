@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod sip;
 pub mod state;
 
 use std::net::SocketAddr;

@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::admin::auth::Keyring;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sip::CallHandle;
 
 /// Shared application state, handed to the admin API, the SIP service and background tasks.
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub struct AppState {
     pub store: Store,
     /// Admin API keys (configured plus the generated one).
     pub keyring: Arc<Keyring>,
+    /// Live calls by call SID: the SIP side registers them, the admin side looks them up (e.g.
+    /// to hang one up).
+    pub calls: Arc<DashMap<String, CallHandle>>,
     /// Every agent version the routing table knows, for the periodic runtime prober. Kept in
     /// step by [`AppState::apply`] and [`AppState::load_snapshot`], the only ways into the table.
     runtimes: Arc<DashMap<(Scope, String, u32), AppVersion>>,
@@ -54,6 +58,7 @@ impl AppState {
             store,
             keyring: Arc::new(keyring),
             runtimes: Arc::new(DashMap::new()),
+            calls: Arc::new(DashMap::new()),
             write_lock: Arc::new(Mutex::new(())),
             ready: Arc::new(AtomicBool::new(false)),
         })
