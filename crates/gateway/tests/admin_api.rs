@@ -1472,3 +1472,138 @@ async fn two_gateways_on_postgres_apply_each_others_writes() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The upload is processed while it is still arriving: after the first 10,000-row batch the
+/// cohort is `processing` and its members already route, before the client has sent the rest.
+#[tokio::test]
+async fn cohort_rows_are_committed_and_routed_while_the_upload_is_still_arriving() {
+    let gw = Gateway::start().await;
+    let runtime = FakeRuntime::start().await;
+    let id = seed_setup(&gw, &runtime).await;
+    let boundary = "----streaming-boundary";
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    }));
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"cohort_transformation_file\"\r\n\r\n{}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"cohort_file\"; filename=\"u.csv\"\r\n\r\ncustomer_id,mobile,name,language\n",
+        String::from_utf8_lossy(MAPPING)
+    );
+    let first_batch: String = (0..10_050)
+        .map(|i| format!("c{i},+1650{i:07},N{i},en\n"))
+        .collect();
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from(
+        head + &first_batch,
+    ))))
+    .await
+    .unwrap();
+
+    let stream = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("{}/deployments/{id}/cohorts/upload", base()))
+        .header("host", "test")
+        .header("x-api-key", KEY)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(async move { sender.send_request(req).await });
+
+    // Mid-upload: the first batch routes and the cohort says processing.
+    eventually("the first batch routes before the upload ends", || {
+        gw.route(SEED_NUMBER, "+16500000007", "c")
+            .accepted()
+            .and_then(|r| r.cohort().map(|m| m.user_identifier.clone()))
+            == Some("c7".to_owned())
+    })
+    .await;
+    let list = gw
+        .call(
+            Method::GET,
+            &format!("{}/deployments/{id}/cohorts", base()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        list.body["items"][0]["status"], "processing",
+        "{}",
+        list.body
+    );
+    assert!(!response.is_finished());
+
+    // The rest, then the end of the part and of the body.
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from(format!(
+        "last,+16509999999,Z,en\r\n--{boundary}--\r\n"
+    )))))
+    .await
+    .unwrap();
+    drop(tx);
+    let resp = response.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["result"]["valid_records"], 10_051);
+    gw.stop().await;
+}
+
+/// With no `[admin] api_keys`, the binary prints a generated key once; a restart reuses it
+/// silently.
+#[tokio::test]
+async fn the_generated_admin_key_is_printed_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("nokeys.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{}\"\n[sip]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n",
+            dir.path().join("k.db").display()
+        ),
+    )?;
+    let run = || async {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await??
+            .context("listening line")?;
+        // SIGTERM: drain and exit 0; stderr is complete afterwards.
+        let pid = child.id().context("pid")?;
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        let out = child.wait_with_output().await?;
+        anyhow::ensure!(out.status.success(), "exit {:?}", out.status);
+        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let first = run().await?;
+    let key = first
+        .split_whitespace()
+        .find(|w| w.starts_with("sb_"))
+        .context("no generated key printed")?
+        .to_owned();
+    assert!(first.contains("X-API-Key"), "{first}");
+    let second = run().await?;
+    assert!(
+        !second.contains(&key),
+        "the key was printed again: {second}"
+    );
+    Ok(())
+}
