@@ -59,12 +59,13 @@ pub struct SplitChoice {
     pub redrawn_from: Option<u32>,
 }
 
-/// An accepted call: where it goes and with what personalisation. Cheap to clone (two or three
-/// reference counts); holds the snapshot's data alive, not the snapshot.
+/// An accepted call: where it goes and with what personalisation. Cheap to clone (one reference
+/// count, two with a cohort row); holds the deployment's data alive, not the snapshot.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub(crate) deployment: Arc<DeploymentEntry>,
-    pub(crate) runtime: Arc<AppVersion>,
+    /// Index into `deployment.app.versions` (the entry is immutable, so it stays valid).
+    pub(crate) runtime: u16,
     pub(crate) connection: u16,
     pub(crate) split: Option<SplitChoice>,
     pub(crate) cohort: Option<Arc<CohortMember>>,
@@ -87,22 +88,22 @@ impl Route {
     }
 
     pub fn app_id(&self) -> &str {
-        &self.runtime.app_id
+        &self.runtime().app_id
     }
 
     /// The version serving the call: the split's pick, or the deployment's `app_version`.
     pub fn app_version(&self) -> u32 {
-        self.runtime.version
+        self.runtime().version
     }
 
     /// `ws://`/`wss://` URL of the agent runtime to bridge the call to.
     pub fn runtime_url(&self) -> &str {
-        &self.runtime.runtime_url
+        &self.runtime().runtime_url
     }
 
     /// The runtime record (dialect, status detail).
     pub fn runtime(&self) -> &AppVersion {
-        &self.runtime
+        &self.deployment.app.versions[usize::from(self.runtime)]
     }
 
     /// The connection (trunk) the called number is configured under.
@@ -194,7 +195,7 @@ impl PartialEq for Route {
     fn eq(&self, other: &Self) -> bool {
         self.deployment_id() == other.deployment_id()
             && self.scope() == other.scope()
-            && *self.runtime == *other.runtime
+            && self.runtime() == other.runtime()
             && self.connection_id() == other.connection_id()
             && self.split == other.split
             && self.cohort.as_deref() == other.cohort.as_deref()

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rpds::HashTrieMapSync;
+use rpds::{HashTrieMapSync, HashTrieSetSync};
 
 use crate::decision::{
     Reject, RejectReason, Route, RouteDecision, SplitChoice, RUNTIME_PROVISIONING_RETRY_AFTER_SECS,
@@ -95,6 +95,9 @@ pub(crate) struct DeploymentEntry {
     pub(crate) scope: Arc<Scope>,
     pub(crate) record: Arc<Deployment>,
     pub(crate) app_slot: u32,
+    /// The app as of this snapshot; replaced in every entry using it when the app changes, so
+    /// a route reaches versions and split without another lookup or reference count.
+    pub(crate) app: Arc<AppEntry>,
     pub(crate) schedule: Option<Schedule>,
     pub(crate) connections: Arc<[ConnectionRef]>,
     /// Sorted keys of this deployment's numbers (to unlink them on change).
@@ -108,10 +111,10 @@ pub(crate) struct DeploymentEntry {
 }
 
 /// One agent (app) in one scope: its registered versions and its traffic split.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct AppEntry {
     /// Sorted by version.
-    versions: Vec<Arc<AppVersion>>,
+    pub(crate) versions: Vec<Arc<AppVersion>>,
     split: Option<AppSplit>,
 }
 
@@ -123,11 +126,14 @@ struct AppSplit {
 }
 
 impl AppEntry {
-    fn version(&self, version: u32) -> Option<&Arc<AppVersion>> {
+    fn version_index(&self, version: u32) -> Option<usize> {
         self.versions
             .binary_search_by_key(&version, |v| v.version)
             .ok()
-            .map(|i| &self.versions[i])
+    }
+
+    fn version(&self, version: u32) -> Option<&Arc<AppVersion>> {
+        self.version_index(version).map(|i| &self.versions[i])
     }
 
     fn is_ready(&self, version: u32) -> bool {
@@ -164,6 +170,8 @@ pub struct RoutingSnapshot {
     free_slots: Arc<Vec<u32>>,
     apps: Slab<AppEntry>,
     app_ids: HashTrieMapSync<IdKey, u32>,
+    /// App slot → deployment slots whose entries embed that app.
+    app_users: HashTrieMapSync<u32, HashTrieSetSync<u32>>,
     connections: Slab<Connection>,
     connection_ids: HashTrieMapSync<IdKey, u32>,
     sources: Arc<SourceFilter>,
@@ -209,6 +217,7 @@ impl RoutingSnapshot {
             free_slots: Arc::new(Vec::new()),
             apps: Slab::default(),
             app_ids: HashTrieMapSync::new_sync(),
+            app_users: HashTrieMapSync::new_sync(),
             connections: Slab::default(),
             connection_ids: HashTrieMapSync::new_sync(),
             sources: Arc::new(SourceFilter::default()),
@@ -334,10 +343,10 @@ impl RoutingSnapshot {
                 return RouteDecision::Reject(rejected);
             }
         }
-        let app = self.apps.get(entry.app_slot);
-        let (version, split) = match app.and_then(|a| a.split.as_ref().map(|s| (a, s))) {
+        let app = &*entry.app;
+        let (version, split) = match &app.split {
             None => (record.app_version, None),
-            Some((app, split)) => {
+            Some(split) => {
                 let hash = call_hash(call_id);
                 let bucket = (hash % u64::from(SPLIT_BUCKETS)) as u16;
                 match split.compiled.branch_for(bucket) {
@@ -365,13 +374,14 @@ impl RoutingSnapshot {
                 }
             }
         };
-        let runtime = match app.and_then(|a| a.version(version)) {
+        let runtime = match app.version_index(version) {
             None => {
                 let mut rejected = reject(RejectReason::RuntimeMissing, Some(entry));
                 rejected.app_version = Some(version);
                 return RouteDecision::Reject(rejected);
             }
-            Some(runtime) if runtime.status != RuntimeStatus::Ready => {
+            Some(index) if app.versions[index].status != RuntimeStatus::Ready => {
+                let runtime = &app.versions[index];
                 let mut rejected = reject(RejectReason::RuntimeNotReady, Some(entry));
                 rejected.app_version = Some(version);
                 rejected.runtime_status = Some(runtime.status);
@@ -379,7 +389,7 @@ impl RoutingSnapshot {
                     .then_some(RUNTIME_PROVISIONING_RETRY_AFTER_SECS);
                 return RouteDecision::Reject(rejected);
             }
-            Some(runtime) => Arc::clone(runtime),
+            Some(index) => index as u16,
         };
         let caller = normalize_with(caller, self.country_code).ok();
         let cohort = caller
@@ -556,6 +566,7 @@ impl RoutingSnapshot {
             })
             .collect();
         let app_slot = self.intern_app(scope, &deployment.app_id);
+        let app = self.apps.get(app_slot).cloned().unwrap_or_default();
         let previous = existing
             .and_then(|slot| self.deployments.get(slot))
             .cloned();
@@ -563,6 +574,16 @@ impl RoutingSnapshot {
             Some(slot) => slot,
             None => self.allocate_slot(),
         };
+        if let Some(previous) = previous.as_ref().filter(|p| p.app_slot != app_slot) {
+            self.unlink_app_user(previous.app_slot, slot);
+        }
+        let mut users = self
+            .app_users
+            .get(&app_slot)
+            .cloned()
+            .unwrap_or_else(HashTrieSetSync::new_sync);
+        users.insert_mut(slot);
+        self.app_users.insert_mut(app_slot, users);
         let cohort = match &previous {
             Some(previous) => {
                 for &old in previous.numbers.iter() {
@@ -591,6 +612,7 @@ impl RoutingSnapshot {
                 .map_or_else(|| Arc::new(scope.clone()), |p| Arc::clone(&p.scope)),
             record: deployment,
             app_slot,
+            app,
             schedule,
             connections,
             numbers: numbers.iter().map(|&(n, _)| n).collect(),
@@ -619,10 +641,19 @@ impl RoutingSnapshot {
                     self.numbers.remove(number);
                 }
             }
+            self.unlink_app_user(entry.app_slot, slot);
         }
         self.deployments.set(slot, None);
         self.deployment_ids.remove_mut(&key);
         Arc::make_mut(&mut self.free_slots).push(slot);
+    }
+
+    fn unlink_app_user(&mut self, app_slot: u32, deployment_slot: u32) {
+        if let Some(users) = self.app_users.get(&app_slot) {
+            let mut users = users.clone();
+            users.remove_mut(&deployment_slot);
+            self.app_users.insert_mut(app_slot, users);
+        }
     }
 
     /// Connection slots are never freed: deployments refer to connections by slot, and a
@@ -658,27 +689,33 @@ impl RoutingSnapshot {
         }
         let slot = self.app_ids.size() as u32;
         self.app_ids.insert_mut(key, slot);
-        self.apps.set(
-            slot,
-            Some(Arc::new(AppEntry {
-                versions: Vec::new(),
-                split: None,
-            })),
-        );
+        self.apps.set(slot, Some(Arc::new(AppEntry::default())));
         slot
     }
 
     fn update_app(&mut self, slot: u32, update: impl FnOnce(&mut AppEntry)) {
-        let mut app = self.apps.get(slot).map_or_else(
-            || AppEntry {
-                versions: Vec::new(),
-                split: None,
-            },
-            |a| (**a).clone(),
-        );
+        let mut app = self
+            .apps
+            .get(slot)
+            .map(|a| (**a).clone())
+            .unwrap_or_default();
         update(&mut app);
         app.refresh_ready();
-        self.apps.set(slot, Some(Arc::new(app)));
+        let app = Arc::new(app);
+        self.apps.set(slot, Some(Arc::clone(&app)));
+        // Every deployment of this app embeds it: hand them the new one.
+        let users: Vec<u32> = self
+            .app_users
+            .get(&slot)
+            .map(|u| u.iter().copied().collect())
+            .unwrap_or_default();
+        for deployment_slot in users {
+            if let Some(entry) = self.deployments.get(deployment_slot) {
+                let mut entry = (**entry).clone();
+                entry.app = Arc::clone(&app);
+                self.deployments.set(deployment_slot, Some(Arc::new(entry)));
+            }
+        }
     }
 
     fn upsert_app_version(&mut self, scope: &Scope, version: AppVersion) {
