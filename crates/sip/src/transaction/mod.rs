@@ -16,6 +16,9 @@
 //!
 //! Timer names (A–M) are the RFC's; their default durations derive from
 //! [`TimerConfig`] exactly as in RFC 3261 §17 / Table 4 and RFC 6026 §8.
+//! Reliable transports (TCP, TLS; [`crate::Transport::is_stream`]) zero the
+//! retransmission timers (A, E, G) and the linger timers (D, I, J, K): the
+//! transport itself retransmits, so the machines take a `reliable` flag.
 
 mod client_invite;
 mod client_non_invite;
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 pub use client_invite::{ClientInviteState, ClientInviteTransaction};
 pub use client_non_invite::{ClientNonInviteState, ClientNonInviteTransaction};
-pub use key::{is_rfc3261_branch, SentBy, TransactionKey, BRANCH_MAGIC_COOKIE};
+pub use key::{is_rfc3261_branch, SentBy, TransactionKey};
 pub use server_invite::{AckDisposition, ServerInviteState, ServerInviteTransaction};
 pub use server_non_invite::{ServerNonInviteState, ServerNonInviteTransaction};
 
@@ -50,37 +53,6 @@ pub const DEFAULT_T4: Duration = Duration::from_secs(5);
 /// retransmission of that response (sent for up to 64·T1 by the server) is
 /// answered with an ACK again.
 pub const TIMER_D_UNRELIABLE: Duration = Duration::from_secs(32);
-
-/// The transport a message arrived on / is sent over.
-///
-/// Only the reliability matters to the state machines: RFC 3261 §17 zeroes the
-/// retransmission timers (A, E, G) and the linger timers (D, I, J, K) over
-/// reliable transports, because the transport itself retransmits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// UDP: unreliable, the transaction layer retransmits.
-    Udp,
-    /// TCP: reliable.
-    Tcp,
-    /// TLS over TCP: reliable.
-    Tls,
-}
-
-impl Transport {
-    /// `true` for connection-oriented transports that retransmit by themselves.
-    pub fn is_reliable(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-
-    /// The token used in a Via header (`SIP/2.0/UDP`, ...).
-    pub fn via_token(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
-    }
-}
 
 /// The base timer values from which every RFC 3261 transaction timer derives.
 ///
@@ -158,14 +130,14 @@ pub use bytes::Bytes;
 /// A doubling retransmission schedule (Timers A, E, G): first interval T1, each
 /// following one doubled, optionally capped.
 #[derive(Debug, Clone, Copy)]
-struct Backoff {
-    next_at: Instant,
-    interval: Duration,
+pub(crate) struct Backoff {
+    pub(crate) next_at: Instant,
+    pub(crate) interval: Duration,
     cap: Option<Duration>,
 }
 
 impl Backoff {
-    fn start(now: Instant, first: Duration, cap: Option<Duration>) -> Backoff {
+    pub(crate) fn start(now: Instant, first: Duration, cap: Option<Duration>) -> Backoff {
         Backoff {
             next_at: now + first,
             interval: first,
@@ -175,7 +147,7 @@ impl Backoff {
 
     /// Called when the retransmission fires: schedules the next one from `now`
     /// (not from the missed deadline, so a late `handle_timeout` never bursts).
-    fn fire(&mut self, now: Instant) {
+    pub(crate) fn fire(&mut self, now: Instant) {
         let doubled = self.interval.saturating_mul(2);
         self.interval = match self.cap {
             Some(cap) => doubled.min(cap),
