@@ -53,6 +53,7 @@ pub(crate) fn distinct_numbers(deployment: &Deployment) -> Vec<String> {
 /// A cohort member flattened into the columns it is stored as.
 #[derive(Debug)]
 pub(crate) struct MemberRow {
+    pub phone_key: i64,
     pub phone_number: String,
     pub user_identifier: String,
     pub app_variables: String,
@@ -82,12 +83,36 @@ impl MemberRow {
                 &member.app_overrides,
             )?
         };
+        let phone_key =
+            phone_key(&member.phone_number).ok_or_else(|| StoreError::InvalidPhoneNumber {
+                phone_number: member.phone_number.clone(),
+            })?;
         Ok(MemberRow {
+            phone_key,
             phone_number: member.phone_number.clone(),
             user_identifier: member.user_identifier.clone(),
             app_variables,
             app_overrides,
         })
+    }
+}
+
+/// Most digits an E.164 number may have is 15; 18 still fits an `i64`, leaving room for
+/// the longer national forms some carriers send.
+const MAX_PHONE_DIGITS: usize = 18;
+
+/// The digits of a normalised number (`+` and 1–18 digits, no leading zero) as an integer: a
+/// compact index key. `None` for anything else (a leading zero would make `+012` and `+12`
+/// collide).
+pub(crate) fn phone_key(phone_number: &str) -> Option<i64> {
+    let digits = phone_number.strip_prefix('+')?;
+    let well_formed = (1..=MAX_PHONE_DIGITS).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if well_formed {
+        digits.parse().ok()
+    } else {
+        None
     }
 }
 
@@ -182,6 +207,39 @@ mod tests {
             .unwrap();
             assert_eq!(back, member);
         }
+    }
+
+    #[test]
+    fn phone_keys_accept_only_normalised_numbers() {
+        assert_eq!(phone_key("+919876543210"), Some(919_876_543_210));
+        assert_eq!(phone_key("+1"), Some(1));
+        assert_eq!(
+            phone_key("+999999999999999999"),
+            Some(999_999_999_999_999_999)
+        );
+        for bad in [
+            "",
+            "+",
+            "919876543210",
+            "+0912",
+            "+91 98",
+            "+91-98",
+            "+1234567890123456789",
+            "+١٢",
+        ] {
+            assert_eq!(phone_key(bad), None, "{bad:?}");
+        }
+        let member = CohortMember {
+            phone_number: "0091".into(),
+            user_identifier: "u".into(),
+            app_variables: BTreeMap::new(),
+            app_overrides: AppOverrides::default(),
+        };
+        let err = MemberRow::encode("dep", &member).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidPhoneNumber { .. }),
+            "{err}"
+        );
     }
 
     #[test]

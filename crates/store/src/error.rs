@@ -48,6 +48,10 @@ pub enum StoreError {
         deployment_id: String,
     },
 
+    /// A cohort member's phone number is not normalised E.164 (`+` and digits).
+    #[error("phone number {phone_number:?} is not normalised E.164")]
+    InvalidPhoneNumber { phone_number: String },
+
     /// A number or size does not fit the database's integer type.
     #[error("{field} = {value} is out of range for the store")]
     OutOfRange { field: &'static str, value: String },

@@ -382,6 +382,20 @@ pub async fn latest_cohort_wins(url: &str) -> anyhow::Result<()> {
         "+912 was overwritten by the later write"
     );
 
+    // Members are keyed by their normalised number; anything else is refused, whole batch.
+    let before = store.revision().await?;
+    let err = store
+        .insert_cohort_members(&s, "dep-1", &[member("+916", "u6"), member("0916", "u7")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InvalidPhoneNumber { phone_number } if phone_number == "0916"),
+        "{err}"
+    );
+    assert_eq!(store.revision().await?, before);
+    assert_eq!(store.get_cohort_member(&s, "dep-1", "+916").await?, None);
+    assert_eq!(store.get_cohort_member(&s, "dep-1", "0916").await?, None);
+
     let err = store
         .insert_cohort_members(&s, "dep-missing", &[member("+915", "u5")])
         .await

@@ -71,16 +71,21 @@ CREATE TABLE cohorts (
 ) WITHOUT ROWID;
 
 -- The latest upload wins per (deployment, caller): rows are upserted, `revision` says which
--- write put them there.
+-- write put them there. A rowid table, not WITHOUT ROWID keyed by number: uploads arrive in
+-- random number order, and WAL rewrites every page a commit dirties. Appending rows in arrival
+-- order keeps the dirtied pages to the unique index instead of the whole table, and keying
+-- that index by the number's digits as an integer (`phone_key`) halves it again.
 CREATE TABLE cohort_members (
+    member_key      INTEGER PRIMARY KEY,
     dep_key         INTEGER NOT NULL REFERENCES deployments (dep_key) ON DELETE CASCADE,
+    phone_key       INTEGER NOT NULL,
     phone_number    TEXT NOT NULL,
     user_identifier TEXT NOT NULL,
     app_variables   TEXT NOT NULL,
     app_overrides   TEXT NOT NULL,
-    revision        INTEGER NOT NULL,
-    PRIMARY KEY (dep_key, phone_number)
-) WITHOUT ROWID;
+    revision        INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX cohort_members_by_number ON cohort_members (dep_key, phone_key);
 CREATE INDEX cohort_members_by_revision ON cohort_members (revision);
 
 CREATE TABLE settings (
