@@ -180,6 +180,10 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 
 /// Routes, authenticates, dispatches, and records metrics for one request.
 pub async fn handle(state: AppState, req: Request<Incoming>) -> Response<Body> {
+    // SIP side hook: the Twilio-compatible call resource (REST hang-up), own auth and errors.
+    if crate::sip::twilio_rest::matches(req.uri().path()) {
+        return crate::sip::twilio_rest::handle(&state, req).await;
+    }
     let started = Instant::now();
     let method = req.method().clone();
     let (route_label, resp) = match router::find(&method, req.uri().path()) {

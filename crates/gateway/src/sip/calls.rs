@@ -6,7 +6,10 @@
 //! to report them; the call task owns the other end of the command channel.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use switchboard_routing::model::Scope;
 
 use tokio::sync::mpsc;
 
@@ -37,18 +40,29 @@ pub enum CallCommand {
 #[error("call has already ended")]
 pub struct CallEnded;
 
-/// A live call as the rest of the gateway sees it. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct CallHandle {
+/// What is known about a call when it is registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDetails {
     /// `CA…`: the id in the agent's `start` event and in the REST API path.
     pub call_sid: String,
+    /// `AC…`: the account the call belongs to (derived from its org/workspace, see
+    /// [`account_sid_for`]); REST paths must name it.
+    pub account_sid: String,
     /// The SIP Call-ID of the inbound dialog (for logs and operators).
     pub sip_call_id: String,
     /// Called number, E.164.
     pub to: String,
-    /// Caller number as presented (E.164 when it could be normalised).
+    /// Caller number as presented (E.164 when it could be normalised; empty if withheld).
     pub from: String,
     pub deployment_id: String,
+    /// The deployment's scope, for access checks by scoped admin keys.
+    pub scope: Scope,
+}
+
+/// A live call as the rest of the gateway sees it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CallHandle {
+    pub details: Arc<CallDetails>,
     /// Wall-clock start, for listings.
     pub started_at: SystemTime,
     commands: mpsc::Sender<CallCommand>,
@@ -56,24 +70,18 @@ pub struct CallHandle {
 
 impl CallHandle {
     /// Creates a handle and the receiver the call task listens on.
-    pub fn new(
-        call_sid: String,
-        sip_call_id: String,
-        to: String,
-        from: String,
-        deployment_id: String,
-    ) -> (Self, mpsc::Receiver<CallCommand>) {
+    pub fn new(details: CallDetails) -> (Self, mpsc::Receiver<CallCommand>) {
         let (commands, rx) = mpsc::channel(CALL_COMMAND_QUEUE);
         let handle = Self {
-            call_sid,
-            sip_call_id,
-            to,
-            from,
-            deployment_id,
+            details: Arc::new(details),
             started_at: SystemTime::now(),
             commands,
         };
         (handle, rx)
+    }
+
+    pub fn call_sid(&self) -> &str {
+        &self.details.call_sid
     }
 
     /// Asks the call to end. Never blocks: if the call's queue is full a hang-up is already
@@ -91,6 +99,24 @@ impl CallHandle {
     }
 }
 
+/// The Twilio-style account SID of a scope: `AC` + the MD5 of `org_id/workspace_id` in hex.
+/// Stable across restarts and gateway instances, so agents can build REST URLs from the
+/// `accountSid` of their `start` event and any gateway recognises them.
+pub fn account_sid_for(scope: &Scope) -> String {
+    use md5::{Digest as _, Md5};
+    let digest = Md5::new()
+        .chain_update(scope.org_id.as_bytes())
+        .chain_update(b"/")
+        .chain_update(scope.workspace_id.as_bytes())
+        .finalize();
+    let mut sid = String::with_capacity(34);
+    sid.push_str("AC");
+    for byte in digest {
+        let _ = write!(sid, "{byte:02x}");
+    }
+    sid
+}
+
 /// A fresh Twilio-style SID: `prefix` (e.g. `CA`, `MZ`) + 32 lowercase hex digits (128 random
 /// bits, so SIDs never collide in practice and can't be guessed from each other).
 pub fn new_sid(prefix: &str) -> String {
@@ -105,6 +131,34 @@ pub fn new_sid(prefix: &str) -> String {
 mod tests {
     use super::*;
 
+    fn details() -> CallDetails {
+        let scope = Scope::new("org", "ws");
+        CallDetails {
+            call_sid: new_sid("CA"),
+            account_sid: account_sid_for(&scope),
+            sip_call_id: "abc@host".into(),
+            to: "+918047168000".into(),
+            from: "+919999999999".into(),
+            deployment_id: "dep-1".into(),
+            scope,
+        }
+    }
+
+    #[test]
+    fn account_sids_are_stable_per_scope() {
+        let a = account_sid_for(&Scope::new("org", "ws"));
+        assert_eq!(a.len(), 34);
+        assert!(a.starts_with("AC"));
+        assert_eq!(a, account_sid_for(&Scope::new("org", "ws")));
+        assert_ne!(a, account_sid_for(&Scope::new("org", "ws2")));
+        // The separator keeps ("a/b","c") and ("a","b/c") apart only if ids hold no '/',
+        // which the admin API guarantees; plain concatenation collisions are avoided.
+        assert_ne!(
+            account_sid_for(&Scope::new("ab", "c")),
+            account_sid_for(&Scope::new("a", "bc"))
+        );
+    }
+
     #[test]
     fn sid_has_prefix_and_32_hex_digits() {
         let sid = new_sid("CA");
@@ -118,13 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn hangup_reaches_the_call_and_fails_once_it_ended() {
-        let (handle, mut rx) = CallHandle::new(
-            new_sid("CA"),
-            "abc@host".into(),
-            "+918047168000".into(),
-            "+919999999999".into(),
-            "dep-1".into(),
-        );
+        let (handle, mut rx) = CallHandle::new(details());
         assert!(handle.is_live());
         handle.hangup(HangupCause::RestApi).unwrap();
         assert_eq!(
@@ -138,13 +186,7 @@ mod tests {
 
     #[test]
     fn full_queue_still_counts_as_delivered() {
-        let (handle, _rx) = CallHandle::new(
-            "CA1".into(),
-            "x".into(),
-            "+1".into(),
-            "+2".into(),
-            "d".into(),
-        );
+        let (handle, _rx) = CallHandle::new(details());
         for _ in 0..CALL_COMMAND_QUEUE + 3 {
             handle.hangup(HangupCause::RestApi).unwrap();
         }

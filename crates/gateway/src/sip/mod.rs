@@ -9,6 +9,7 @@
 //! - [`screen`]: RFC 3261 §8.2 request screening (405/501/483/420/415/406).
 //! - [`trunk`]: source allowlists and digest authentication per connection.
 //! - [`transport`]: UDP/TCP listeners, readers with rate limiting, non-blocking sends.
+//! - [`twilio_rest`]: the Twilio-compatible call resource (REST hang-up).
 
 pub mod calls;
 pub mod identity;
@@ -18,5 +19,6 @@ pub mod rate_limit;
 pub mod screen;
 pub mod transport;
 pub mod trunk;
+pub mod twilio_rest;
 
-pub use calls::{CallCommand, CallEnded, CallHandle, HangupCause};
+pub use calls::{CallCommand, CallDetails, CallEnded, CallHandle, HangupCause};
