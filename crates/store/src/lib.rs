@@ -556,6 +556,20 @@ mod tests {
         assert_eq!(redact_url("mysql://x"), "mysql://x");
     }
 
+    #[test]
+    fn store_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<Store>();
+    }
+
+    #[tokio::test]
+    async fn malformed_urls_are_rejected() {
+        let err = Store::open("sqlite://").await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err}");
+        let err = Store::open("postgres://u@h:notaport/db").await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err}");
+    }
+
     #[tokio::test]
     async fn unknown_scheme_is_rejected() {
         let err = Store::open("mysql://u:pw@host/db").await.unwrap_err();

@@ -50,4 +50,5 @@ backend_suite!(
     load_all_returns_everything,
     reopen_persists_and_migrations_are_idempotent,
     own_writes_are_not_echoed,
+    damaged_databases_fail_cleanly,
 );

@@ -10,7 +10,7 @@ use switchboard_routing::model::{
 use switchboard_store::{RecordKind, Store, StoreError};
 use tokio::sync::broadcast::error::TryRecvError;
 
-use crate::support::{app_version, connection, deployment, member, scope};
+use crate::support::{app_version, connection, deployment, execute_sql, member, scope};
 
 pub async fn deployments_round_trip(url: &str) -> anyhow::Result<()> {
     let store = Store::open(url).await?;
@@ -625,6 +625,46 @@ pub async fn own_writes_are_not_echoed(url: &str) -> anyhow::Result<()> {
     ensure!(
         store.instance_id().len() == 32,
         "random 128-bit instance id"
+    );
+    Ok(())
+}
+
+pub async fn damaged_databases_fail_cleanly(url: &str) -> anyhow::Result<()> {
+    let s = scope("org-a");
+    {
+        let store = Store::open(url).await?;
+        store
+            .insert_deployment(&s, &deployment("dep-1", &["+1001"]))
+            .await?;
+    }
+    // A document that no longer decodes is an error naming the record, never a panic.
+    execute_sql(url, "UPDATE deployments SET doc = '{\"name\": 1'").await?;
+    let store = Store::open(url).await?;
+    let err = store.get_deployment(&s, "dep-1").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { kind: RecordKind::Deployment, id, .. } if id == "dep-1"),
+        "{err}"
+    );
+    let err = store.load_all().await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    drop(store);
+
+    // A schema written by a newer build is refused rather than misread.
+    execute_sql(
+        url,
+        "INSERT INTO schema_version (version, name) VALUES (99, 'from the future')",
+    )
+    .await?;
+    let err = Store::open(url).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{err}"
     );
     Ok(())
 }

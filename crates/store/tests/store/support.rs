@@ -92,6 +92,20 @@ pub async fn admin_execute(url: &str, sql: &str) -> anyhow::Result<u64> {
     Ok(rows)
 }
 
+/// Runs raw SQL on a store's database behind its back (to damage it on purpose).
+pub async fn execute_sql(store_url: &str, sql: &str) -> anyhow::Result<()> {
+    match store_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let conn = rusqlite::Connection::open(path)?;
+            conn.execute_batch(sql)?;
+        }
+        None => {
+            admin_execute(store_url, sql).await?;
+        }
+    }
+    Ok(())
+}
+
 /// `url` with its database name replaced by `database` (query parameters kept).
 fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     let scheme_end = url.find("://").context("postgres url without scheme")? + 3;
