@@ -904,6 +904,15 @@ async fn app_versions_are_probed_ready_or_error_with_a_reason() {
     assert_eq!(r.body["status"], "provisioning");
     let ready = wait_for_status(&gw, "agent-x", 1, "ready").await;
     assert_eq!(ready["status_detail"], Value::Null);
+    // Re-registering the same runtime keeps it ready (calls are not turned away meanwhile).
+    let again = gw
+        .call(
+            Method::PUT,
+            &path,
+            Some(json!({ "runtime_url": runtime.url })),
+        )
+        .await;
+    assert_eq!(again.body["status"], "ready");
     // A port nobody listens on: error, and the detail says why.
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("ws://{}/media", dead.local_addr().unwrap());
@@ -1606,4 +1615,74 @@ async fn the_generated_admin_key_is_printed_once() -> Result<()> {
         "the key was printed again: {second}"
     );
     Ok(())
+}
+
+/// A client that disconnects mid-upload leaves a `failed` cohort, not one `processing` forever.
+#[tokio::test]
+async fn an_abandoned_upload_is_marked_failed() {
+    let gw = Gateway::start().await;
+    let runtime = FakeRuntime::start().await;
+    let id = seed_setup(&gw, &runtime).await;
+    let boundary = "----abandoned";
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    }));
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"cohort_transformation_file\"\r\n\r\n{}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"cohort_file\"; filename=\"u.csv\"\r\n\r\n\
+         customer_id,mobile,name,language\nc1,+16500000001,A,en\n",
+        String::from_utf8_lossy(MAPPING)
+    );
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from(head))))
+        .await
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::post(format!("{}/deployments/{id}/cohorts/upload", base()))
+        .header("host", "test")
+        .header("x-api-key", KEY)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(async move { sender.send_request(req).await });
+    let path = format!("{}/deployments/{id}/cohorts", base());
+    let status_of_only_cohort = || async {
+        let body = gw.call(Method::GET, &path, None).await.body;
+        body["items"]
+            .as_array()
+            .filter(|i| i.len() == 1)
+            .map(|i| i[0]["status"].clone())
+    };
+    let mut seen = None;
+    for _ in 0..500 {
+        seen = status_of_only_cohort().await;
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, Some(json!("processing")));
+    // The client goes away mid-file.
+    response.abort();
+    conn.abort();
+    drop(tx);
+    for _ in 0..500 {
+        seen = status_of_only_cohort().await;
+        if seen != Some(json!("processing")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, Some(json!("failed")));
+    gw.stop().await;
 }

@@ -22,7 +22,8 @@ pub const DIALECT_TWILIO: &str = "twilio";
 /// Longest runtime URL accepted.
 const MAX_URL_CHARS: usize = 2048;
 
-/// `PUT /apps/{app_id}/versions/{version}`: 200 with the version, `status: "provisioning"`.
+/// `PUT /apps/{app_id}/versions/{version}`: 200 with the version, `status: "provisioning"` for a
+/// new runtime URL (the status it had when the URL is unchanged), probed at once.
 pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let mut p = Problems::default();
@@ -63,13 +64,34 @@ pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
         status: RuntimeStatus::Provisioning,
         status_detail: None,
     };
-    {
+    let app_version = {
         let _write = cx.state.write_lock().await;
+        // Re-registering the same runtime keeps its known status: resetting a ready version to
+        // provisioning would turn its calls away until the probe answers.
+        let existing = cx
+            .state
+            .store
+            .get_app_version(&scope, &app_version.app_id, app_version.version)
+            .await?;
+        let app_version = match existing {
+            Some(old)
+                if old.runtime_url == app_version.runtime_url
+                    && old.dialect == app_version.dialect =>
+            {
+                AppVersion {
+                    status: old.status,
+                    status_detail: old.status_detail,
+                    ..app_version
+                }
+            }
+            _ => app_version,
+        };
         cx.state.store.put_app_version(&scope, &app_version).await?;
         cx.state
             .apply(&[Change::UpsertAppVersion(scope.clone(), app_version.clone())])
             .await;
-    }
+        app_version
+    };
     probe::spawn_probe(cx.state.clone(), scope, app_version.clone());
     Ok(json_response(StatusCode::OK, &app_version))
 }

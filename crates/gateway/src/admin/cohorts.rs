@@ -633,9 +633,26 @@ pub async fn upload(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError
             .for_field("name", MAX_SMALL_PART_BYTES)
             .for_field("cohort_transformation_file", MAX_SMALL_PART_BYTES),
     );
-    let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
     let mut ingest = Ingest::new(cx, scope, deployment.deployment_id, None);
-    let outcome = receive(&mut multipart, &mut ingest, limit).await;
+    // The upload runs in its own task: should hyper drop this handler's future (connection
+    // torn down, shutdown), the task still sees the body end in an error and marks the cohort
+    // `failed` instead of leaving it `processing` forever.
+    let task = tokio::spawn(async move {
+        let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
+        let outcome = receive(&mut multipart, &mut ingest, limit).await;
+        finish_upload(ingest, outcome).await
+    });
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cohort upload task failed");
+        Err(ApiError::NotReady)
+    })
+}
+
+/// Records the upload's final status and builds the response.
+async fn finish_upload(
+    mut ingest: Ingest,
+    outcome: Result<Option<String>, ApiError>,
+) -> Result<Response<Body>, ApiError> {
     match outcome {
         Ok(name) => {
             ingest.cohort.name = name.unwrap_or_else(|| ingest.cohort.cohort_id.clone());
