@@ -5,7 +5,7 @@
 //! - [`state`]: [`state::AppState`], what every part shares (routing table, store, metrics).
 //! - [`admin`]: the admin HTTP API (hyper 1) that writes the store and hot-swaps the routing table.
 //! - [`metrics`]: Prometheus metrics, served by the admin listener at `/metrics`.
-//! - `sip` (SIP side): sockets, transactions and the call flow.
+//! - [`sip`]: sockets, transactions, trunk auth and the call flow (the SIP side).
 //!
 //! [`start`] binds every listener (port 0 allowed) and returns a [`Running`] gateway with the
 //! bound addresses; [`run`] is `start` + wait for the shutdown token + drain. Shutdown is one
@@ -22,11 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use switchboard_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use switchboard_store::Store;
 
 use crate::admin::auth::{Keyring, GENERATED_KEY_SETTING};
 use crate::config::{ApiKey, Config};
