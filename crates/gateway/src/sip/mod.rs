@@ -10,6 +10,7 @@
 //! - [`trunk`]: source allowlists and digest authentication per connection.
 //! - [`transport`]: UDP/TCP listeners, readers with rate limiting, non-blocking sends.
 //! - [`twilio_rest`]: the Twilio-compatible call resource (REST hang-up).
+//! - [`txn`]: the transaction-layer driver (RFC 3261 §17 machines, 2xx repeats, CANCEL).
 
 pub mod calls;
 pub mod identity;
@@ -20,5 +21,6 @@ pub mod screen;
 pub mod transport;
 pub mod trunk;
 pub mod twilio_rest;
+pub mod txn;
 
 pub use calls::{CallCommand, CallDetails, CallEnded, CallHandle, HangupCause};
