@@ -62,9 +62,15 @@ pub mod values;
 pub mod via;
 
 pub mod auth;
+pub mod dialog;
+pub mod endpoint;
 pub mod transaction;
 
 pub use builder::{reason_phrase, MessageBuilder};
+pub use dialog::{Dialog, DialogId};
+pub use endpoint::{
+    ClientTxnId, Endpoint, EndpointConfig, Event, ServerTxnId, TransactionId, Transmit,
+};
 pub use error::SipError;
 pub use header::HeaderName;
 pub use message::{parse, ContactValue, Header, Message, OwnedMessage, MAX_HEADERS};
