@@ -14,6 +14,16 @@
 //! the [`Revision`] it returns orders all writes (the counter row serialises writers, so
 //! revision order is commit order, with no gaps).
 //!
+//! Data: deployments, connections, app versions, splits and cohorts are stored as the JSON of
+//! their `switchboard_routing::model` type beside the key columns. Phone numbers are claimed
+//! in a `deployment_numbers` table whose primary key makes "a number belongs to at most one
+//! deployment" a database guarantee ([`StoreError::NumberTaken`]). Cohort members — up to
+//! millions — are rows keyed by (deployment, the number's digits as an integer) and upserted,
+//! so the latest upload wins; their two small maps are JSON text columns.
+//!
+//! Following other gateways: subscribe, then `load_all`, then for each notice re-read the
+//! record it names (`None` = deleted; [`RecordKind::CohortMembers`] → [`Store::cohort_members_at`]).
+//!
 //! Layout: `error.rs` (the error enum), `codec.rs` (JSON documents <-> domain types),
 //! `migrations/` (versioned schema per dialect), `sqlite.rs` and `postgres.rs` (the backends).
 //! [`Store`] itself only dispatches.
@@ -34,6 +44,7 @@ use switchboard_routing::model::{
 use tokio::sync::broadcast;
 
 pub use error::{BackendKind, BoxedError, StoreError};
+pub use postgres::LISTENER_APPLICATION_NAME;
 
 /// Orders committed writes: every write returns the revision it committed as; a larger
 /// revision committed later. Starts at 1 for the first write.
@@ -484,7 +495,8 @@ impl Store {
     }
 
     /// Stores `value` unless the key already has one, and returns the value in effect. Lets
-    /// two gateways starting at once agree on one generated admin key.
+    /// two gateways starting at once agree on one generated admin key. Counts as a write (a
+    /// revision and a notice) even when the key existed: it is called once per start.
     pub async fn put_setting_if_absent(
         &self,
         key: &str,

@@ -60,7 +60,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `application_name` of query connections (visible in `pg_stat_activity`).
 const POOL_APPLICATION_NAME: &str = "switchboard";
-/// `application_name` of the listener connection.
+/// `application_name` of the listener connection (PostgreSQL), to find it in
+/// `pg_stat_activity`.
 pub const LISTENER_APPLICATION_NAME: &str = "switchboard-listener";
 
 #[derive(Clone)]

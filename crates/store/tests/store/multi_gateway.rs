@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use switchboard_store::{ChangeNotice, RecordKind, Store};
+use switchboard_store::{ChangeNotice, RecordKind, Store, LISTENER_APPLICATION_NAME};
 use tokio::sync::broadcast;
 
 use crate::support::{admin_execute, deployment, member, scope, TestDb};
@@ -134,8 +134,7 @@ async fn the_listener_reconnects_and_replays_missed_changes() -> anyhow::Result<
         &db.url,
         &format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = '{}'",
-            "switchboard-listener"
+             WHERE datname = current_database() AND application_name = '{LISTENER_APPLICATION_NAME}'"
         ),
     )
     .await?;
