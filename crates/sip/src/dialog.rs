@@ -6,8 +6,9 @@
 //! * [`Dialog::request`] starts an in-dialog request (BYE, re-INVITE, INFO) with the
 //!   route set and the next local CSeq (§12.2.1.1), loose or strict routing.
 //! * [`Dialog::accept_remote_cseq`] orders incoming in-dialog requests (§12.2.2).
-//! * [`AnswerRetransmission`] repeats our 2xx until its ACK arrives (§13.3.1.4):
-//!   T1, doubling up to T2, giving up after 64·T1 (then the TU should send BYE).
+//! * `AnswerRetransmission` (driven by the endpoint) repeats our 2xx until its
+//!   ACK arrives (§13.3.1.4): T1, doubling up to T2, giving up after 64·T1 (then
+//!   the TU should send BYE).
 //!
 //! The ACK for a 2xx is a request of its own, matched to the dialog by Call-ID,
 //! tags and CSeq, never to the INVITE transaction (§17.1.1.3); a body it carries

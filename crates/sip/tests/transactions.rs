@@ -1120,3 +1120,130 @@ fn unanswered_invite_gets_408_from_the_endpoint() {
         Some(Event::TransactionTimedOut { txn: TransactionId::Server(id) }) if *id == txn
     ));
 }
+
+#[test]
+fn digest_challenge_then_authenticated_invite() {
+    use switchboard_sip::auth::{
+        digest_response, DigestAuthorization, DigestVerifier, Verification,
+    };
+    use switchboard_sip::HeaderName;
+
+    let verifier = DigestVerifier::new("switchboard", b"0123456789abcdef".to_vec());
+    let mut sim = Sim::new(11, 0);
+    let uri = "sip:+918047168000@192.0.2.9";
+    let build_invite = |ep: &mut Endpoint, cseq: u32, authorization: Option<String>| {
+        let mut b = MessageBuilder::request("INVITE", uri)
+            .header("Via", ep.new_via(Transport::Udp))
+            .header("Max-Forwards", 70)
+            .header("From", "<sip:trunk@192.0.2.1>;tag=auth1")
+            .header("To", "<sip:+918047168000@192.0.2.9>")
+            .header("Call-ID", "auth-call@192.0.2.1")
+            .header("CSeq", format!("{cseq} INVITE"))
+            .header("Contact", "<sip:trunk@192.0.2.1:5060>");
+        if let Some(a) = authorization {
+            b = b.header("Authorization", a);
+        }
+        b.body("application/sdp", OFFER).build().unwrap()
+    };
+    let first = build_invite(sim.ep(UAC), 1, None);
+    let now = sim.now;
+    sim.ep(UAC)
+        .send_request(now, addr(UAS_ADDR), Transport::Udp, first)
+        .unwrap();
+    let (mut challenged, mut verified, mut answered) = (0, None, false);
+    while sim.now < sim.at(60.0) {
+        let limit = sim.at(60.0);
+        sim.step(limit);
+        let now = sim.now;
+        let now_secs = (now - sim.start).as_secs() + 1_000;
+        while let Some((who, ev)) = sim.events.pop_front() {
+            match (who, ev) {
+                (UAS, Event::NewInvite { txn, request, .. }) => {
+                    let m = request.message();
+                    let credentials = m
+                        .header(HeaderName::Authorization)
+                        .and_then(|h| h.value_str())
+                        .and_then(DigestAuthorization::parse);
+                    let Some(credentials) = credentials else {
+                        challenged += 1;
+                        let challenge = verifier.challenge(now_secs, 42, false);
+                        let r = sim
+                            .ep(UAS)
+                            .response(txn, 401)
+                            .unwrap()
+                            .header("WWW-Authenticate", challenge);
+                        sim.ep(UAS).respond(now, txn, r).unwrap();
+                        continue;
+                    };
+                    let outcome = verifier.verify(now_secs, "INVITE", uri, &credentials, |user| {
+                        (user == "trunk").then_some("s3cret")
+                    });
+                    verified = Some(outcome);
+                    answer_200(sim.ep(UAS), now, txn, ANSWER);
+                }
+                (
+                    UAC,
+                    Event::Response {
+                        response, dialog, ..
+                    },
+                ) => {
+                    let m = response.message();
+                    match m.status() {
+                        Some(401) => {
+                            let challenge = m
+                                .header(HeaderName::WwwAuthenticate)
+                                .and_then(|h| h.value_str())
+                                .unwrap();
+                            let nonce = challenge
+                                .split("nonce=\"")
+                                .nth(1)
+                                .and_then(|rest| rest.split('"').next())
+                                .unwrap();
+                            let response = digest_response(
+                                "trunk",
+                                "switchboard",
+                                "s3cret",
+                                "INVITE",
+                                uri,
+                                nonce,
+                                Some(("00000001", "c0ffee")),
+                            );
+                            let authorization = format!(
+                                "Digest username=\"trunk\", realm=\"switchboard\", \
+                                 nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", \
+                                 algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\""
+                            );
+                            let second = build_invite(sim.ep(UAC), 2, Some(authorization));
+                            sim.ep(UAC)
+                                .send_request(now, addr(UAS_ADDR), Transport::Udp, second)
+                                .unwrap();
+                        }
+                        Some(200) => {
+                            answered = true;
+                            sim.ep(UAC).send_ack(now, dialog.unwrap(), None).unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(challenged, 1);
+    assert_eq!(verified, Some(Verification::Valid));
+    assert!(answered);
+    // The 401 was ACKed by the UAC's INVITE client transaction itself.
+    let acks: Vec<_> = sim.nodes[UAC]
+        .sent
+        .iter()
+        .filter_map(|(_, t)| {
+            let m = parse(&t.bytes).ok()?;
+            (m.method() == Some("ACK")).then(|| m.cseq().unwrap().seq)
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        [1, 2],
+        "ACK for the 401 (CSeq 1), then for the 200 (CSeq 2)"
+    );
+}
