@@ -16,19 +16,28 @@
 //! * `persist`, `sources` — the structurally shared containers and the source-address filter.
 //!
 //! # A lookup
-//! Normalise the called number (no allocation) → one probe in a map sharded 4096 ways by key →
-//! the deployment's compiled entry (paused? outbound-only? schedule open?) → the app's entry
-//! (split, versions, runtime status) → one probe in the deployment's cohort map by caller. The
-//! accepted [`Route`] holds `Arc`s to the deployment and runtime records: no strings copied.
+//! Normalise the called number (a fast path for `+` and digits; no allocation) → one linear
+//! probe in an open-addressing table, one of 4096 shards picked by key, stored inline in its
+//! `Arc` → the deployment's compiled entry (outbound-only? paused? schedule open?) → the app
+//! entry embedded in it (split, versions, runtime status) → one probe in the deployment's
+//! cohort table by caller. The accepted [`Route`] holds one `Arc` to the deployment entry (two
+//! with a cohort row) and indexes into it: no strings are copied, and reference counting (the
+//! dominant cost of a cached lookup) is kept to the minimum.
+//!
+//! A lookup touches about eight cache lines in different places, so its cost depends on what
+//! is cached: ~60–70 ns for numbers in recent use, several hundred ns when every lookup goes to
+//! a different number of a 1M-number table (main-memory latency; see `benches/routing.rs`).
 //!
 //! # Hot swap
 //! A snapshot is immutable. [`RoutingSnapshot::apply`] clones the previous one (a few thousand
 //! reference counts) and copies only what a change touches: the number shards holding the
-//! deployment's numbers, the 64-slot chunk holding the deployment, the app entry, the cohort
-//! shards. [`RoutingTable::apply`] serialises writers with a mutex and swaps the result in;
-//! readers never lock and never see half an update, so pausing a deployment before PATCHing it
-//! (as the seed pages advise) is unnecessary here. Replaced snapshots are freed by the writer,
-//! never by a reader finishing a lookup.
+//! deployment's numbers, the 64-slot chunk holding the deployment, the app entry (and the
+//! entries of the deployments embedding it), the cohort shards. [`RoutingTable::apply`]
+//! serialises writers with a mutex and swaps the result in; readers never lock and never see
+//! half an update, so pausing a deployment before PATCHing it (as the seed pages advise) is
+//! unnecessary here. Replaced snapshots are freed by the writer, never by a reader finishing a
+//! lookup. The property test in `tests/routing.rs` checks that any sequence of changes applied
+//! this way routes exactly like a snapshot built from scratch from the final records.
 //!
 //! # Versions and splits: the one rule
 //! **If the deployment's app (same scope, same `app_id`) has a traffic split, the split picks

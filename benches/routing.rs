@@ -1,0 +1,572 @@
+//! Routing table benchmarks (issue 4): lookup latency at 1M numbers / 10k deployments / 1M
+//! cohort rows, build + swap, one-deployment changes, memory per number, and the worst lookup
+//! latency seen while another thread swaps snapshots.
+//!
+//! `cargo bench -p switchboard-benches --bench routing -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Criterion measures the timings; the memory and stall figures are printed as `REPORT` lines
+//! after the criterion groups (a counting global allocator gives live heap bytes).
+
+use std::alloc::System;
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use criterion::{criterion_group, BatchSize, Criterion};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+use switchboard_routing::model::{
+    AppOverrides, AppVersion, ChannelDirection, CohortMember, Connection, ConnectionConfig,
+    Deployment, DeploymentStatus, InboundConfig, RuntimeStatus, Scope, TrafficSplit,
+};
+use switchboard_routing::{
+    Change, RouteDecision, RoutingData, RoutingSettings, RoutingSnapshot, RoutingTable,
+};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const DEPLOYMENTS: usize = 10_000;
+const NUMBERS_PER_DEPLOYMENT: usize = 100;
+const COHORT_PER_DEPLOYMENT: usize = 100;
+const APPS: usize = 100;
+/// Distinct lookups cycled through by the lookup benchmark: far more than fit in cache
+/// together with their table entries, so most probes miss like real traffic would.
+const LOOKUP_SET: usize = 1 << 16;
+
+fn scope_of(deployment: usize) -> Scope {
+    Scope::new(format!("org-{}", deployment % 50), "main")
+}
+
+fn called_number(deployment: usize, index: usize) -> String {
+    format!("+9180{:08}", deployment * NUMBERS_PER_DEPLOYMENT + index)
+}
+
+fn caller_number(deployment: usize, index: usize) -> String {
+    format!("+9198{:08}", deployment * COHORT_PER_DEPLOYMENT + index)
+}
+
+/// Three kinds of schedule, all open at [`bench_now`] (so lookups exercise the zone
+/// conversion and accept), plus 24/7 deployments.
+fn schedule_for(deployment: usize) -> Option<InboundConfig> {
+    let all_days = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (start, end, tz) = match deployment % 4 {
+        0 => ("09:00", "21:00", "Asia/Kolkata"),
+        1 => ("06:00", "23:00", "Europe/London"),
+        2 => ("22:00", "06:00", "America/New_York"),
+        _ => return None,
+    };
+    Some(InboundConfig {
+        start_time: start.into(),
+        end_time: end.into(),
+        allowed_days: all_days,
+        timezone: tz.into(),
+    })
+}
+
+/// Monday 2026-03-02 06:30 UTC: 12:00 in Kolkata, 06:30 in London, 01:30 in New York.
+fn bench_now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-02T06:30:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+fn make_deployment(
+    d: usize,
+    numbers: impl Iterator<Item = String>,
+    status: DeploymentStatus,
+) -> Deployment {
+    Deployment {
+        deployment_id: format!("dep-{d:05}"),
+        name: format!("Line {d}"),
+        description: None,
+        app_id: format!("app-{}", d % APPS),
+        app_version: 1,
+        connection_configs: vec![ConnectionConfig {
+            connection_id: format!("conn-{}", d % 50),
+            phone_numbers: numbers.collect(),
+        }],
+        channel_direction: ChannelDirection::Inbound,
+        status,
+        inbound_config: schedule_for(d),
+        created_by: "bench@example.com".into(),
+        created_at: "2026-03-01T10:00:00Z".into(),
+        updated_by: "bench@example.com".into(),
+        updated_at: "2026-03-01T10:00:00Z".into(),
+    }
+}
+
+fn dataset(with_cohorts: bool) -> RoutingData {
+    let deployments = (0..DEPLOYMENTS)
+        .map(|d| {
+            let numbers = (0..NUMBERS_PER_DEPLOYMENT).map(|i| called_number(d, i));
+            (
+                scope_of(d),
+                make_deployment(d, numbers, DeploymentStatus::Active),
+            )
+        })
+        .collect();
+    let connections = (0..DEPLOYMENTS.min(50))
+        .map(|c| {
+            let connection = Connection {
+                connection_id: format!("conn-{c}"),
+                allowed_addresses: vec![format!("10.{c}.0.0/16")
+                    .parse()
+                    .unwrap_or_else(|_| "10.0.0.0/8".parse().unwrap())],
+                digest: None,
+                provider: None,
+            };
+            (scope_of(c), connection)
+        })
+        .collect();
+    let mut app_versions = Vec::new();
+    let mut splits = Vec::new();
+    for org in 0..50 {
+        for app in 0..APPS {
+            for version in 1..=3 {
+                app_versions.push((
+                    Scope::new(format!("org-{org}"), "main"),
+                    AppVersion {
+                        app_id: format!("app-{app}"),
+                        version,
+                        runtime_url: format!("wss://runtime.example/app-{app}/v{version}"),
+                        dialect: "twilio".into(),
+                        status: RuntimeStatus::Ready,
+                        status_detail: None,
+                    },
+                ));
+            }
+            if app % 5 == 0 {
+                splits.push((
+                    Scope::new(format!("org-{org}"), "main"),
+                    TrafficSplit {
+                        app_id: format!("app-{app}"),
+                        percentages: BTreeMap::from([(1, 90.0), (2, 10.0)]),
+                    },
+                ));
+            }
+        }
+    }
+    let cohort_members = if with_cohorts {
+        (0..DEPLOYMENTS)
+            .flat_map(|d| {
+                (0..COHORT_PER_DEPLOYMENT).map(move |i| {
+                    let member = CohortMember {
+                        phone_number: caller_number(d, i),
+                        user_identifier: format!("user-{d}-{i}"),
+                        app_variables: BTreeMap::from([
+                            ("name".to_string(), format!("Customer {i}")),
+                            ("balance".to_string(), format!("{}", i * 17)),
+                        ]),
+                        app_overrides: AppOverrides::default(),
+                    };
+                    (scope_of(d), format!("dep-{d:05}"), member)
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    RoutingData {
+        deployments,
+        connections,
+        app_versions,
+        splits,
+        cohort_members,
+        settings: RoutingSettings {
+            default_country_code: Some("91".into()),
+        },
+    }
+}
+
+struct Fixture {
+    data: RoutingData,
+    snapshot: Arc<RoutingSnapshot>,
+    /// (called, caller, call_id), pseudo-randomly spread over all numbers; 80 % of callers are in
+    /// the deployment's cohort.
+    lookups: Vec<(String, String, String)>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let data = dataset(true);
+        let snapshot = Arc::new(RoutingSnapshot::build(data.clone()).expect("bench data is valid"));
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            // xorshift64*: a fixed, dependency-free sequence.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let lookups = (0..LOOKUP_SET)
+            .map(|i| {
+                let r = next();
+                let d = (r % DEPLOYMENTS as u64) as usize;
+                let n = ((r >> 20) % NUMBERS_PER_DEPLOYMENT as u64) as usize;
+                let caller = if (r >> 40) % 5 == 0 {
+                    "+14155550100".to_string()
+                } else {
+                    caller_number(d, ((r >> 48) % COHORT_PER_DEPLOYMENT as u64) as usize)
+                };
+                (
+                    called_number(d, n),
+                    caller,
+                    format!("{r:016x}-{i}@carrier.example"),
+                )
+            })
+            .collect();
+        Fixture {
+            data,
+            snapshot,
+            lookups,
+        }
+    })
+}
+
+fn bench_lookup(c: &mut Criterion) {
+    let fx = fixture();
+    let now = bench_now();
+    let mut group = c.benchmark_group("lookup");
+    // Sanity: the benchmark measures accepted calls, most with cohort variables.
+    let sample = fx.lookups.iter().take(1000).filter(|(called, caller, id)| {
+        matches!(fx.snapshot.route(now, called, caller, id), RouteDecision::Accept(ref r) if r.cohort().is_some())
+    });
+    assert!(
+        sample.count() > 700,
+        "lookups should mostly accept with a cohort row"
+    );
+
+    let mut i = 0usize;
+    group.bench_function("route_1M_numbers_random", |b| {
+        b.iter(|| {
+            let (called, caller, call_id) = &fx.lookups[i & (LOOKUP_SET - 1)];
+            i = i.wrapping_add(1);
+            black_box(fx.snapshot.route(
+                now,
+                black_box(called),
+                black_box(caller),
+                black_box(call_id),
+            ))
+        })
+    });
+    let table = RoutingTable::new((*fx.snapshot).clone());
+    let mut i = 0usize;
+    group.bench_function("table_load_and_route_random", |b| {
+        b.iter(|| {
+            let (called, caller, call_id) = &fx.lookups[i & (LOOKUP_SET - 1)];
+            i = i.wrapping_add(1);
+            black_box(table.load().route(now, called, caller, call_id))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("route_1k_hot_numbers_random", |b| {
+        b.iter(|| {
+            let (called, caller, call_id) = &fx.lookups[i % 1000];
+            i = i.wrapping_add(1);
+            black_box(fx.snapshot.route(
+                now,
+                black_box(called),
+                black_box(caller),
+                black_box(call_id),
+            ))
+        })
+    });
+    let (called, caller, call_id) = &fx.lookups[0];
+    group.bench_function("route_same_number", |b| {
+        b.iter(|| {
+            black_box(fx.snapshot.route(
+                now,
+                black_box(called),
+                black_box(caller),
+                black_box(call_id),
+            ))
+        })
+    });
+    group.bench_function("route_unknown_number", |b| {
+        b.iter(|| {
+            black_box(fx.snapshot.route(
+                now,
+                black_box("+14155550100"),
+                black_box(caller),
+                black_box(call_id),
+            ))
+        })
+    });
+    group.bench_function("trunk_for_number", |b| {
+        b.iter(|| black_box(fx.snapshot.trunk_for_number(black_box(called)).is_some()))
+    });
+    group.bench_function("admits_source", |b| {
+        let ip: std::net::IpAddr = "10.42.7.9"
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([10, 42, 7, 9]));
+        b.iter(|| black_box(fx.snapshot.admits_source(black_box(ip))))
+    });
+    group.finish();
+}
+
+fn bench_build(c: &mut Criterion) {
+    let fx = fixture();
+    let numbers_only = RoutingData {
+        cohort_members: Vec::new(),
+        ..fx.data.clone()
+    };
+    let mut group = c.benchmark_group("build");
+    group.sample_size(10);
+    let table = RoutingTable::new((*fx.snapshot).clone());
+    group.bench_function("build_and_swap_1M_numbers", |b| {
+        b.iter_batched(
+            || numbers_only.clone(),
+            |data| table.store(Arc::new(RoutingSnapshot::build(data).expect("valid"))),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("build_and_swap_1M_numbers_1M_cohort", |b| {
+        b.iter_batched(
+            || fx.data.clone(),
+            |data| table.store(Arc::new(RoutingSnapshot::build(data).expect("valid"))),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+/// Two versions of deployment 1234 with entirely different numbers, applied alternately: the
+/// worst single-deployment change (100 numbers unlinked, 100 linked).
+fn renumbering_changes() -> [Vec<Change>; 2] {
+    let d = 1234;
+    let original = make_deployment(
+        d,
+        (0..NUMBERS_PER_DEPLOYMENT).map(|i| called_number(d, i)),
+        DeploymentStatus::Active,
+    );
+    let renumbered = make_deployment(
+        d,
+        (0..NUMBERS_PER_DEPLOYMENT).map(|i| format!("+9122{:08}", i)),
+        DeploymentStatus::Active,
+    );
+    [
+        vec![Change::UpsertDeployment(scope_of(d), renumbered)],
+        vec![Change::UpsertDeployment(scope_of(d), original)],
+    ]
+}
+
+fn pause_changes() -> [Vec<Change>; 2] {
+    let d = 4321;
+    let numbers = || (0..NUMBERS_PER_DEPLOYMENT).map(|i| called_number(d, i));
+    [
+        vec![Change::UpsertDeployment(
+            scope_of(d),
+            make_deployment(d, numbers(), DeploymentStatus::Paused),
+        )],
+        vec![Change::UpsertDeployment(
+            scope_of(d),
+            make_deployment(d, numbers(), DeploymentStatus::Active),
+        )],
+    ]
+}
+
+fn bench_apply(c: &mut Criterion) {
+    let fx = fixture();
+    let mut group = c.benchmark_group("apply");
+    let table = RoutingTable::new((*fx.snapshot).clone());
+    for (name, changes) in [
+        ("renumber_one_deployment_and_swap", renumbering_changes()),
+        ("pause_one_deployment_and_swap", pause_changes()),
+    ] {
+        let mut flip = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                flip ^= 1;
+                table.apply(&changes[flip]).expect("valid change")
+            })
+        });
+    }
+    let cohort_batch = vec![Change::UpsertCohortMembers(
+        scope_of(77),
+        "dep-00077".into(),
+        (0..1000)
+            .map(|i| CohortMember {
+                phone_number: caller_number(77, i),
+                user_identifier: format!("user-77-{i}-v2"),
+                app_variables: BTreeMap::new(),
+                app_overrides: AppOverrides::default(),
+            })
+            .collect(),
+    )];
+    group.bench_function("upsert_1000_cohort_rows_and_swap", |b| {
+        b.iter(|| table.apply(&cohort_batch).expect("valid"))
+    });
+    group.finish();
+}
+
+fn live_heap_bytes() -> i128 {
+    let stats = GLOBAL.stats();
+    stats.bytes_allocated as i128 - stats.bytes_deallocated as i128
+        + stats.bytes_reallocated as i128
+}
+
+/// Live heap held by a snapshot built from consumed input (records the snapshot keeps, such as
+/// the deployments' phone-number strings, count as its memory).
+fn memory_report() {
+    let mut numbers_only_bytes = 0i128;
+    for (label, with_cohorts) in [("numbers only", false), ("numbers + 1M cohort rows", true)] {
+        let before = live_heap_bytes();
+        let data = dataset(with_cohorts);
+        let snapshot = RoutingSnapshot::build(data).expect("valid");
+        let held = live_heap_bytes() - before;
+        let numbers = snapshot.number_count();
+        let members = snapshot.cohort_member_count();
+        println!(
+            "REPORT memory [{label}]: {numbers} numbers, {} deployments, {members} cohort rows: {:.1} MiB live heap = {:.1} bytes/number",
+            snapshot.deployment_count(),
+            held as f64 / (1024.0 * 1024.0),
+            held as f64 / numbers as f64
+        );
+        if with_cohorts {
+            println!(
+                "REPORT memory [cohorts]: {:.1} bytes/cohort row on top of the numbers (a user id and 2 variables per row)",
+                (held - numbers_only_bytes) as f64 / members.max(1) as f64
+            );
+        } else {
+            numbers_only_bytes = held;
+        }
+        let before_change = live_heap_bytes();
+        let next = snapshot.apply(&renumbering_changes()[0]).expect("valid");
+        println!(
+            "REPORT memory [one-deployment change]: the next snapshot adds {:.1} KiB of unshared data",
+            (live_heap_bytes() - before_change) as f64 / 1024.0
+        );
+        drop(next);
+    }
+}
+
+/// Involuntary context switches of the calling thread (Linux), to tell preemption by other
+/// processes on this shared machine apart from stalls caused by the swap itself.
+fn involuntary_switches() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+struct Latencies {
+    sorted_ns: Vec<u64>,
+    preempted: Option<u64>,
+}
+
+impl Latencies {
+    fn percentile(&self, p: f64) -> u64 {
+        let index = ((self.sorted_ns.len() as f64 - 1.0) * p).round() as usize;
+        self.sorted_ns.get(index).copied().unwrap_or(0)
+    }
+
+    fn line(&self, label: &str) -> String {
+        let over = self.sorted_ns.iter().filter(|&&ns| ns > 10_000).count();
+        format!(
+            "{label}: {} lookups, p50 {} ns, p99 {} ns, p99.9 {} ns, p99.99 {} ns, max {:.1} us, {over} above 10 us, {} involuntary context switches of the reader",
+            self.sorted_ns.len(),
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.percentile(0.999),
+            self.percentile(0.9999),
+            self.sorted_ns.last().copied().unwrap_or(0) as f64 / 1000.0,
+            self.preempted.map_or_else(|| "?".to_string(), |n| n.to_string())
+        )
+    }
+}
+
+/// Times each `route` (through `RoutingTable::load`) for `duration` over the first `set`
+/// lookups of the fixture.
+fn time_lookups(table: &RoutingTable, set: usize, duration: Duration) -> Latencies {
+    let fx = fixture();
+    let now = bench_now();
+    let mut samples = Vec::with_capacity(4_000_000);
+    let switches_before = involuntary_switches();
+    let deadline = Instant::now() + duration;
+    let mut i = 0usize;
+    while Instant::now() < deadline && samples.len() + 1000 < samples.capacity() {
+        for _ in 0..1000 {
+            let (called, caller, call_id) = &fx.lookups[i % set];
+            i = i.wrapping_add(1);
+            let start = Instant::now();
+            let decision = table.load().route(now, called, caller, call_id);
+            let elapsed = start.elapsed();
+            black_box(decision);
+            samples.push(elapsed.as_nanos() as u64);
+        }
+    }
+    let preempted = switches_before
+        .zip(involuntary_switches())
+        .map(|(before, after)| after - before);
+    samples.sort_unstable();
+    Latencies {
+        sorted_ns: samples,
+        preempted,
+    }
+}
+
+/// A reader routes in a tight loop, timing each lookup, first alone, then while a writer
+/// alternates full swaps (`store` of a prebuilt 1M-number snapshot) and one-deployment
+/// `apply`s as fast as it can.
+fn stall_report() {
+    let fx = fixture();
+    let table = Arc::new(RoutingTable::new((*fx.snapshot).clone()));
+    let alternate = Arc::new(RoutingSnapshot::build(fx.data.clone()).expect("valid"));
+    for (label, set) in [
+        ("1k hot numbers", 1_000usize),
+        ("64k numbers spread over 1M", LOOKUP_SET),
+    ] {
+        let quiet = time_lookups(&table, set, Duration::from_secs(2));
+        println!(
+            "REPORT stall [{label}, no writer] {}",
+            quiet.line("lookups").trim_start_matches("lookups: ")
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+            let snapshots = [Arc::clone(&fx.snapshot), Arc::clone(&alternate)];
+            std::thread::spawn(move || {
+                let changes = renumbering_changes();
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    table.store(Arc::clone(&snapshots[(swaps % 2) as usize]));
+                    let _ = table.apply(&changes[0]);
+                    let _ = table.apply(&changes[1]);
+                    swaps += 3;
+                }
+                swaps
+            })
+        };
+        let busy = time_lookups(&table, set, Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        let swaps = writer.join().unwrap_or(0);
+        println!(
+            "REPORT stall [{label}, writer swapping] {} ({swaps} swaps meanwhile)",
+            busy.line("x").trim_start_matches("x: ")
+        );
+    }
+}
+
+criterion_group!(benches, bench_lookup, bench_build, bench_apply);
+
+fn main() {
+    benches();
+    memory_report();
+    stall_report();
+    Criterion::default().configure_from_args().final_summary();
+}
