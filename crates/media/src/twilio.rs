@@ -260,14 +260,18 @@ fn to_json<T: Serialize>(value: &T) -> String {
 #[derive(Debug, Clone)]
 pub struct Outbound {
     ids: StreamIds,
+    /// `streamSid` as a JSON string literal, escaped once for the hand-written media path.
+    stream_sid_json: String,
     sequence: u64,
     chunk: u64,
 }
 
 impl Outbound {
     pub fn new(ids: StreamIds) -> Outbound {
+        let stream_sid_json = serde_json::Value::from(ids.stream_sid.as_str()).to_string();
         Outbound {
             ids,
+            stream_sid_json,
             sequence: 0,
             chunk: 0,
         }
@@ -319,7 +323,7 @@ impl Outbound {
         let sequence = self.next_sequence();
         self.chunk += 1;
         let mut out =
-            String::with_capacity(160 + self.ids.stream_sid.len() + ulaw.len().div_ceil(3) * 4);
+            String::with_capacity(160 + self.stream_sid_json.len() + ulaw.len().div_ceil(3) * 4);
         let _ = write!(
             out,
             "{{\"event\":\"media\",\"sequenceNumber\":\"{sequence}\",\"media\":{{\"track\":\"{INBOUND_TRACK}\",\
@@ -328,8 +332,7 @@ impl Outbound {
         );
         base64::engine::general_purpose::STANDARD.encode_string(ulaw, &mut out);
         out.push_str("\"},\"streamSid\":");
-        // SIDs are generated hex, but escape anyway: the account SID comes from config.
-        out.push_str(&serde_json::Value::from(self.ids.stream_sid.as_str()).to_string());
+        out.push_str(&self.stream_sid_json);
         out.push('}');
         out
     }
