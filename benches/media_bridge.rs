@@ -31,8 +31,8 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use switchboard_media::twilio::new_sid;
 use switchboard_media::{
-    connect_agent, negotiate, spawn_bridge, BridgeConfig, BridgeHandle, CustomParameters, IdleAudio,
-    StartParams, StreamIds,
+    connect_agent, negotiate, spawn_bridge, BridgeConfig, BridgeHandle, CustomParameters,
+    IdleAudio, StartParams, StreamIds,
 };
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,7 +55,12 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { baseline: false, calls: vec![500, 2000], seconds: 5, warmup: 2 };
+    let mut args = Args {
+        baseline: false,
+        calls: vec![500, 2000],
+        seconds: 5,
+        warmup: 2,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -77,7 +82,9 @@ fn parse_args() -> Result<Args> {
 /// The second number shows how much the shared machine got in the way.
 fn thread_cpu_ns() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    let mut fields = text.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+    let mut fields = text
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(0));
     (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
 }
 
@@ -96,8 +103,14 @@ struct RelayCounters {
 }
 
 /// The baseline: caller RTP → `media` JSON at once, agent `media` → RTP at once.
-async fn raw_relay(socket: UdpSocket, caller: SocketAddr, agent_url: String, counters: Arc<RelayCounters>) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(agent_url.as_str(), None, true).await?;
+async fn raw_relay(
+    socket: UdpSocket,
+    caller: SocketAddr,
+    agent_url: String,
+    counters: Arc<RelayCounters>,
+) -> Result<()> {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(agent_url.as_str(), None, true).await?;
     let engine = base64::engine::general_purpose::STANDARD;
     let mut buf = [0u8; 1500];
     let mut packet = [0u8; 12 + PAYLOAD];
@@ -140,7 +153,9 @@ fn bridge_thread(
     ready: oneshot::Sender<Result<Vec<SocketAddr>>>,
     mut commands: mpsc::Receiver<BridgeCommand>,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let counters = Arc::new(RelayCounters::default());
     runtime.block_on(async move {
         let setup = async {
@@ -153,7 +168,12 @@ fn bridge_thread(
                 let caller = caller_addrs[i % caller_addrs.len()];
                 addrs.push(local);
                 if baseline {
-                    relays.push(tokio::spawn(raw_relay(socket, caller, agent_url.clone(), counters.clone())));
+                    relays.push(tokio::spawn(raw_relay(
+                        socket,
+                        caller,
+                        agent_url.clone(),
+                        counters.clone(),
+                    )));
                     continue;
                 }
                 let offer = format!(
@@ -162,8 +182,10 @@ fn bridge_thread(
                     caller.port()
                 );
                 let (_, media) = negotiate(&offer, LOOPBACK, local.port())?;
-                let params =
-                    StartParams { ids: StreamIds::generate(new_sid("AC")), custom_parameters: CustomParameters::new() };
+                let params = StartParams {
+                    ids: StreamIds::generate(new_sid("AC")),
+                    custom_parameters: CustomParameters::new(),
+                };
                 let link = connect_agent(&agent_url, params, AGENT_CONNECT_TIMEOUT).await?;
                 let cfg = BridgeConfig {
                     idle_audio: IdleAudio::Nothing,
@@ -187,9 +209,15 @@ fn bridge_thread(
         while let Some(command) = commands.recv().await {
             match command {
                 BridgeCommand::Sample(reply) => {
-                    let relayed = (counters.rtp_in.load(Ordering::Relaxed), counters.rtp_out.load(Ordering::Relaxed));
+                    let relayed = (
+                        counters.rtp_in.load(Ordering::Relaxed),
+                        counters.rtp_out.load(Ordering::Relaxed),
+                    );
                     let (rx, tx) = handles.iter().fold(relayed, |(rx, tx), h| {
-                        (rx + h.stats().rtp_received.load(Ordering::Relaxed), tx + h.stats().rtp_sent.load(Ordering::Relaxed))
+                        (
+                            rx + h.stats().rtp_received.load(Ordering::Relaxed),
+                            tx + h.stats().rtp_sent.load(Ordering::Relaxed),
+                        )
                     });
                     let _ = reply.send((thread_cpu_ns(), rx, tx));
                 }
@@ -228,14 +256,22 @@ async fn echo_agent(
     recording: Arc<AtomicBool>,
 ) -> Vec<u32> {
     let mut uplink_us = Vec::new();
-    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return uplink_us };
+    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+        return uplink_us;
+    };
     while let Some(Ok(message)) = ws.next().await {
-        let Message::Text(text) = message else { continue };
+        let Message::Text(text) = message else {
+            continue;
+        };
         if !text.as_str().starts_with("{\"event\":\"media\"") {
             continue;
         }
         if recording.load(Ordering::Relaxed) {
-            let payload = text.as_str().split("\"payload\":\"").nth(1).unwrap_or_default();
+            let payload = text
+                .as_str()
+                .split("\"payload\":\"")
+                .nth(1)
+                .unwrap_or_default();
             // 16 base64 characters = the 12 stamp bytes.
             if let Some(prefix) = payload.get(..16) {
                 if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(prefix) {
@@ -276,7 +312,9 @@ fn summary(name: &str, mut samples_us: Vec<u32>) -> String {
 
 fn run(baseline: bool, calls: usize, seconds: u64, warmup: u64) -> Result<()> {
     let base = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let recording = Arc::new(AtomicBool::new(false));
         let listener = TcpListener::bind((LOOPBACK, 0)).await?;
@@ -473,7 +511,11 @@ fn run(baseline: bool, calls: usize, seconds: u64, warmup: u64) -> Result<()> {
 fn main() -> Result<()> {
     let args = parse_args()?;
     for calls in args.calls {
-        let what = if args.baseline { "BASELINE bare relay" } else { "switchboard bridge" };
+        let what = if args.baseline {
+            "BASELINE bare relay"
+        } else {
+            "switchboard bridge"
+        };
         println!(
             "media_bridge ({what}): {calls} concurrent calls, {}s measured after {}s warm-up",
             args.seconds, args.warmup
