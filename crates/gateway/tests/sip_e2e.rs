@@ -216,11 +216,18 @@ async fn digest_protected_trunk_challenges_then_answers() {
         ..Default::default()
     })
     .await;
-    let sipp = Sipp::new("uac_digest.xml", fixture.daemon.sip_udp)
+    // The digest `uri` must be the Request-URI (checked strictly); SIPp would hash
+    // `sip:host:port` unless told.
+    let target = fixture.daemon.sip_udp;
+    // SIPp prepends the `sip:` scheme itself.
+    let request_uri = format!("{CALLED}@{}:{};user=phone", target.ip(), target.port());
+    let sipp = Sipp::new("uac_digest.xml", target)
         .arg("-au")
         .arg("trunkuser")
         .arg("-ap")
-        .arg("s3cret-pw");
+        .arg("s3cret-pw")
+        .arg("-auth_uri")
+        .arg(&request_uri);
     expect_sipp_ok(&fixture.daemon, sipp).await;
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
     assert_eq!(

@@ -1,6 +1,8 @@
 //! The SIP front end: sockets, transaction driving, trunk auth, routing decisions, call flow.
 //!
 //! Layout (read top to bottom):
+//! - [`service`]: the endpoint task: transactions and the SIP side of every call.
+//! - [`call`]: one task per call: agent WebSocket, RTP bridge, port pair.
 //! - [`calls`]: the live-call handle the admin side uses ([`CallHandle`]).
 //! - [`ports`]: RTP port pairs with an RAII guard.
 //! - [`rate_limit`]: per-source token buckets applied in the socket readers.
@@ -12,15 +14,108 @@
 //! - [`twilio_rest`]: the Twilio-compatible call resource (REST hang-up).
 //! - [`txn`]: the transaction-layer driver (RFC 3261 §17 machines, 2xx repeats, CANCEL).
 
+pub mod call;
 pub mod calls;
 pub mod identity;
 pub mod metrics;
 pub mod ports;
 pub mod rate_limit;
 pub mod screen;
+pub mod service;
 pub mod transport;
 pub mod trunk;
 pub mod twilio_rest;
 pub mod txn;
 
 pub use calls::{CallCommand, CallDetails, CallEnded, CallHandle, HangupCause};
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use switchboard_sip::transaction::TimerConfig;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::state::AppState;
+use crate::SipAddrs;
+
+/// Why the SIP service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SipStartError {
+    #[error("binding the SIP listeners (udp {udp}, tcp {tcp}): {source}")]
+    Bind {
+        udp: SocketAddr,
+        tcp: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("registering the SIP metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("[media] rtp_ports: {0}")]
+    Ports(#[from] ports::PortError),
+}
+
+/// Binds the SIP listeners from `[sip] udp/tcp` and spawns the readers and the endpoint
+/// task on `tasks`; everything stops when `shutdown` is cancelled (answered calls get BYE).
+/// Returns the bound addresses (port 0 resolved).
+pub async fn start(
+    state: &AppState,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<SipAddrs, SipStartError> {
+    let config = &state.config;
+    let metrics = metrics::SipMetrics::register(state.metrics.registry())?;
+    let bind_error = |source| SipStartError::Bind {
+        udp: config.sip.udp,
+        tcp: config.sip.tcp,
+        source,
+    };
+    let listeners = transport::Listeners::bind(config.sip.udp, config.sip.tcp)
+        .await
+        .map_err(bind_error)?;
+    let udp = listeners.udp.local_addr().map_err(bind_error)?;
+    let tcp = listeners.tcp.local_addr().map_err(bind_error)?;
+    let ports = ports::RtpPortAllocator::from_spec(&config.media.rtp_ports)?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(transport::INBOUND_QUEUE);
+    let shared = transport::ReaderShared {
+        max_message_bytes: config.sip.max_message_bytes,
+        limiter: Arc::new(Mutex::new(rate_limit::RateLimiter::new(
+            config.sip.rate_limit_per_second,
+            config.sip.rate_limit_burst,
+        ))),
+        metrics: metrics.clone(),
+        inbound: inbound_tx,
+    };
+    let outbound = listeners
+        .spawn(shared, shutdown.clone(), tasks)
+        .map_err(bind_error)?;
+    // Via and Contact need an address peers can reach: a wildcard listener advertises
+    // `[media] advertised_ip` (the gateway's public address) with the bound port.
+    let reachable = |bound: SocketAddr| {
+        if bound.ip().is_unspecified() {
+            SocketAddr::new(config.media.advertised_ip, bound.port())
+        } else {
+            bound
+        }
+    };
+    let local = service::LocalAddrs {
+        udp: reachable(udp),
+        tcp: reachable(tcp),
+    };
+    let (commands_tx, commands_rx) = mpsc::channel(service::CORE_COMMAND_QUEUE);
+    let core = service::Core::new(
+        state.clone(),
+        metrics,
+        outbound,
+        txn::TxnLayer::new(TimerConfig::default()),
+        trunk::TrunkAuth::new(config.sip.nonce_ttl_secs),
+        ports,
+        local,
+        commands_tx,
+        tasks.clone(),
+    );
+    tasks.spawn(core.run(inbound_rx, commands_rx, shutdown));
+    tracing::info!(%udp, %tcp, "SIP listening");
+    Ok(SipAddrs { udp, tcp })
+}

@@ -22,6 +22,8 @@ pub const BIND_ATTEMPTS: usize = 16;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PortError {
+    #[error("rtp_ports {spec:?}: expected \"LOW-HIGH\" with 1 <= LOW < HIGH <= 65535")]
+    BadRange { spec: String },
     #[error("RTP port range {first}-{last} holds no even/odd port pair")]
     NoPairInRange { first: u16, last: u16 },
     #[error("no free RTP port pair ({capacity} pairs configured)")]
@@ -94,6 +96,20 @@ impl RtpPortAllocator {
         })
     }
 
+    /// A pool over `[media] rtp_ports` as written: `"LOW-HIGH"`.
+    pub fn from_spec(spec: &str) -> Result<Self, PortError> {
+        let bad = || PortError::BadRange {
+            spec: spec.to_owned(),
+        };
+        let (low, high) = spec.split_once('-').ok_or_else(bad)?;
+        let low: u16 = low.trim().parse().map_err(|_| bad())?;
+        let high: u16 = high.trim().parse().map_err(|_| bad())?;
+        if low == 0 || low >= high {
+            return Err(bad());
+        }
+        Self::new(low, high)
+    }
+
     /// Reserves the least recently used pair, or `None` when every pair is in use.
     pub fn allocate(&self) -> Option<RtpPorts> {
         let rtp = self.lock().free.pop_front()?;
@@ -161,6 +177,36 @@ mod tests {
         assert!(RtpPortAllocator::new(20001, 20002).is_err());
         assert!(RtpPortAllocator::new(20000, 20000).is_err());
         assert!(RtpPortAllocator::new(65535, 65535).is_err());
+    }
+
+    #[test]
+    fn ranges_parse_from_the_config_spelling() {
+        assert_eq!(
+            RtpPortAllocator::from_spec("20000-29999")
+                .unwrap()
+                .capacity(),
+            5000
+        );
+        assert_eq!(
+            RtpPortAllocator::from_spec(" 40000 - 40003 ")
+                .unwrap()
+                .capacity(),
+            2
+        );
+        for bad in [
+            "",
+            "20000",
+            "a-b",
+            "30000-20000",
+            "0-10",
+            "20001-20002",
+            "20000-70000",
+        ] {
+            assert!(
+                RtpPortAllocator::from_spec(bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -108,12 +108,20 @@ struct AnswerRetransmission {
     give_up_at: Instant,
 }
 
+/// A server transaction is matched on its source address as well as on the RFC 3261
+/// §17.2.3 key: a client retransmits from the socket it first sent from, so a request from
+/// another address reusing a branch (RFC 4475 and RFC 5118 messages share theirs; so may
+/// careless or hostile peers) starts its own transaction instead of being answered with
+/// someone else's response.
+type ServerKey = (SocketAddr, TransactionKey);
+
 /// The driver. See the module docs.
 #[derive(Debug)]
 pub struct TxnLayer {
     config: TimerConfig,
-    server: HashMap<TransactionKey, ServerEntry>,
-    server_ids: HashMap<TxnId, TransactionKey>,
+    /// Server transactions by source and §17.2.3 key (see [`ServerKey`]).
+    server: HashMap<ServerKey, ServerEntry>,
+    server_ids: HashMap<TxnId, ServerKey>,
     /// Client transactions by the branch we generated.
     client: HashMap<String, ClientEntry>,
     answers: Vec<AnswerRetransmission>,
@@ -196,7 +204,7 @@ impl TxnLayer {
         request: OwnedMessage,
     ) {
         let msg = request.message();
-        let Some(key) = server_key(&msg) else {
+        let Some(key) = server_key(&msg).map(|k| (source, k)) else {
             // No usable Via/CSeq/Call-ID: matching is impossible; answer 400 statelessly.
             let error = msg
                 .validate()
@@ -250,7 +258,7 @@ impl TxnLayer {
                     }
                     return;
                 }
-                let invite_key = key.with_method("INVITE");
+                let invite_key = (source, key.1.with_method("INVITE"));
                 let pending = self.server.get(&invite_key).and_then(|e| match &e.txn {
                     ServerTxn::Invite(t) => Some((e.id, t.has_final_response())),
                     ServerTxn::NonInvite(_) => None,
@@ -607,21 +615,18 @@ fn stamp_via(message: OwnedMessage, source: SocketAddr) -> OwnedMessage {
         return message;
     };
     let value = String::from_utf8_lossy(&bytes[start..end]).into_owned();
-    let mut stamped = String::with_capacity(value.len() + 48);
+    let mut params: Vec<String> = Vec::new();
     for (i, param) in value.split(';').enumerate() {
-        if i > 0 {
-            stamped.push(';');
-        }
         let name = param.split('=').next().unwrap_or("").trim();
         if i > 0 && name.eq_ignore_ascii_case("rport") && !param.contains('=') {
-            stamped.push_str(&format!("rport={}", source.port()));
+            params.push(format!("rport={}", source.port()));
         } else if i > 0 && name.eq_ignore_ascii_case("received") {
-            continue;
+            // Replaced below by what we saw.
         } else {
-            stamped.push_str(param);
+            params.push(param.to_owned());
         }
     }
-    let stamped = stamped.trim_end_matches(';').to_owned();
+    let stamped = params.join(";");
     let stamped = if host_matches {
         stamped
     } else {
@@ -805,6 +810,33 @@ mod tests {
         );
         let (tx, ev) = drain(&mut layer);
         assert_eq!((tx.len(), ev.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_reused_branch_from_another_source_is_a_new_transaction_and_received_is_replaced() {
+        let t0 = Instant::now();
+        let mut layer = TxnLayer::new(TimerConfig::default());
+        let msg = |received: &str| {
+            Bytes::from(format!(
+                "OPTIONS sip:gw SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::9:1];received={received};branch=z9hG4bKas3-111\r\n\
+                 Max-Forwards: 70\r\nTo: <sip:gw>\r\nFrom: <sip:a@b>;tag=x\r\nCall-ID: c9\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            ))
+        };
+        layer.handle_message(t0, src(), Transport::Udp, msg("2001:db8::9:255"));
+        let (_, ev) = drain(&mut layer);
+        let (_, req) = request_txn(&ev);
+        let text = String::from_utf8_lossy(req.bytes().as_ref()).into_owned();
+        assert!(
+            text.contains(
+                "Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111;received=192.0.2.10\r\n"
+            ),
+            "{text}"
+        );
+        req.message().validate().unwrap();
+        let other: SocketAddr = "192.0.2.11:5060".parse().unwrap();
+        layer.handle_message(t0, other, Transport::Udp, msg("[2001:db8::9:255]"));
+        let (_, ev) = drain(&mut layer);
+        assert_eq!(ev.len(), 1, "{ev:?}");
     }
 
     #[test]

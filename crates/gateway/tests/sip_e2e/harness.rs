@@ -312,7 +312,7 @@ impl Admin {
         allowed: &[&str],
         digest: Option<(&str, &str)>,
     ) -> anyhow::Result<()> {
-        let mut body = json!({ "connection_id": id, "allowed_addresses": allowed });
+        let mut body = json!({ "allowed_addresses": allowed });
         if let Some((username, password)) = digest {
             body["digest"] = json!({ "username": username, "password": password });
         }
@@ -330,7 +330,7 @@ impl Admin {
         expect_ready: bool,
     ) -> anyhow::Result<()> {
         let path = Self::scoped(&format!("/apps/{app}/versions/{version}"));
-        let body = json!({ "app_id": app, "version": version, "runtime_url": runtime_url, "dialect": "twilio" });
+        let body = json!({ "runtime_url": runtime_url, "dialect": "twilio" });
         self.ok("PUT", &path, &body)?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {

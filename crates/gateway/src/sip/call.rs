@@ -1,0 +1,248 @@
+//! One call's task: reach the agent while the caller hears ringing, then run the media
+//! bridge until either side hangs up.
+//!
+//! The SIP state of the call lives in the endpoint task ([`super::service`]); this task owns
+//! what may block or take time: the agent WebSocket, the RTP socket and the port pair. The two
+//! talk over bounded channels ([`CallEvent`] in, [`CoreCommand`] out). Every way out of this
+//! task drops the [`RtpPorts`] guard, so the pair returns to the pool whatever ended the call
+//! (reject, CANCEL, BYE, timeout, agent failure, admin hang-up, panic).
+
+use std::time::Duration;
+
+use switchboard_media::{
+    connect_agent, spawn_bridge, BridgeConfig, EndReason, NegotiatedMedia, StartParams,
+};
+use tokio::sync::mpsc;
+
+use super::calls::{CallCommand, HangupCause};
+use super::ports::RtpPorts;
+
+/// Events per call from the endpoint task: a handful per call lifetime.
+pub const CALL_EVENT_QUEUE: usize = 8;
+
+/// What the endpoint task tells a call.
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    /// The ACK for our 200 arrived: start media with what was negotiated.
+    Confirmed(NegotiatedMedia),
+    /// A re-INVITE/UPDATE changed the media (hold, resume, new address).
+    MediaUpdate(NegotiatedMedia),
+    /// The call is over on the SIP side (CANCEL, caller BYE, ACK timeout, shutdown).
+    Ended,
+}
+
+/// What a call tells the endpoint task.
+#[derive(Debug, Clone)]
+pub enum CoreCommand {
+    /// The agent is connected: answer with 200 OK.
+    AgentReady { call_id: String },
+    /// The agent could not be reached: answer the INVITE with `status`.
+    AgentFailed {
+        call_id: String,
+        status: u16,
+        why: String,
+    },
+    /// End the call from our side: BYE when answered, a final response while ringing.
+    /// `reason` goes into the Reason header.
+    HangUp {
+        call_id: String,
+        reason: HangupReason,
+    },
+}
+
+/// Why we end a call, for the BYE's Reason header (RFC 3326).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HangupReason {
+    /// The agent closed its WebSocket: a normal clearing (Q.850 cause 16).
+    AgentClosed,
+    /// The agent's WebSocket failed mid-call (Q.850 cause 41, temporary failure).
+    AgentError(String),
+    /// No RTP from the caller for `[media] timeout_secs` (Q.850 cause 102, recovery on timer expiry).
+    MediaTimeout,
+    /// The Twilio-compatible REST API or an operator ended the call (Q.850 cause 16).
+    Requested(String),
+    /// The RTP socket failed.
+    MediaError(String),
+}
+
+impl HangupReason {
+    /// The `Reason` header value.
+    pub fn header(&self) -> String {
+        let (cause, text) = match self {
+            HangupReason::AgentClosed => (16, "agent closed the media stream".to_owned()),
+            HangupReason::AgentError(e) => (41, format!("agent stream failed: {e}")),
+            HangupReason::MediaTimeout => (102, "no RTP from the caller".to_owned()),
+            HangupReason::Requested(who) => (16, format!("hung up by {who}")),
+            HangupReason::MediaError(e) => (41, format!("media error: {e}")),
+        };
+        format!(
+            "Q.850;cause={cause};text=\"{}\"",
+            text.replace(['"', '\\', '\r', '\n'], "'")
+        )
+    }
+
+    fn from_end(reason: EndReason) -> Option<HangupReason> {
+        match reason {
+            EndReason::CallerHangup => None,
+            EndReason::AgentClosed => Some(HangupReason::AgentClosed),
+            EndReason::AgentError(e) => Some(HangupReason::AgentError(e)),
+            EndReason::MediaTimeout => Some(HangupReason::MediaTimeout),
+            EndReason::SocketError(e) => Some(HangupReason::MediaError(e)),
+            other => Some(HangupReason::MediaError(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Everything a call task needs, prepared by the endpoint task.
+#[derive(Debug)]
+pub struct CallSetup {
+    pub call_id: String,
+    pub runtime_url: String,
+    pub start: StartParams,
+    pub connect_timeout: Duration,
+    pub bridge: BridgeConfig,
+    pub ports: RtpPorts,
+    pub rtp_socket: std::net::UdpSocket,
+}
+
+fn requested(cause: &HangupCause) -> HangupReason {
+    match cause {
+        HangupCause::RestApi => HangupReason::Requested("the REST API".to_owned()),
+        HangupCause::Admin(who) => HangupReason::Requested(who.clone()),
+    }
+}
+
+/// Runs one call to its end. Returns when both the SIP side and the media are finished.
+pub async fn run(
+    setup: CallSetup,
+    mut events: mpsc::Receiver<CallEvent>,
+    mut admin: mpsc::Receiver<CallCommand>,
+    core: mpsc::Sender<CoreCommand>,
+) {
+    let CallSetup {
+        call_id,
+        runtime_url,
+        start,
+        connect_timeout,
+        bridge,
+        ports,
+        rtp_socket,
+    } = setup;
+    // The guard lives until this function returns, on every path.
+    let _ports = ports;
+    let connecting = connect_agent(&runtime_url, start, connect_timeout);
+    let link = tokio::select! {
+        result = connecting => result,
+        _ = events.recv() => return, // CANCEL or shutdown while ringing
+        Some(CallCommand::Hangup(cause)) = admin.recv() => {
+            let _ = core.send(CoreCommand::HangUp { call_id, reason: requested(&cause) }).await;
+            return;
+        }
+    };
+    let link = match link {
+        Ok(link) => link,
+        Err(e) => {
+            let _ = core
+                .send(CoreCommand::AgentFailed {
+                    call_id,
+                    status: e.sip_status(),
+                    why: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
+    if core
+        .send(CoreCommand::AgentReady {
+            call_id: call_id.clone(),
+        })
+        .await
+        .is_err()
+    {
+        link.abandon().await;
+        return;
+    }
+    let media = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(CallEvent::Confirmed(media)) => break media,
+                Some(CallEvent::MediaUpdate(_)) => continue,
+                Some(CallEvent::Ended) | None => {
+                    link.abandon().await;
+                    return;
+                }
+            },
+            Some(CallCommand::Hangup(cause)) = admin.recv() => {
+                let _ = core.send(CoreCommand::HangUp { call_id, reason: requested(&cause) }).await;
+                link.abandon().await;
+                return;
+            }
+        }
+    };
+    let socket = match rtp_socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UdpSocket::from_std(rtp_socket))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = core
+                .send(CoreCommand::HangUp {
+                    call_id,
+                    reason: HangupReason::MediaError(e.to_string()),
+                })
+                .await;
+            link.abandon().await;
+            return;
+        }
+    };
+    let handle = spawn_bridge(socket, media, link, bridge);
+    loop {
+        tokio::select! {
+            reason = handle.ended() => {
+                if let Some(reason) = HangupReason::from_end(reason) {
+                    let _ = core.send(CoreCommand::HangUp { call_id, reason }).await;
+                }
+                return;
+            }
+            event = events.recv() => match event {
+                Some(CallEvent::MediaUpdate(media)) => handle.update_media(media),
+                Some(CallEvent::Confirmed(_)) => {}
+                Some(CallEvent::Ended) | None => {
+                    handle.hangup();
+                    let _ = handle.ended().await;
+                    return;
+                }
+            },
+            Some(CallCommand::Hangup(cause)) = admin.recv() => {
+                handle.hangup();
+                let _ = handle.ended().await;
+                let _ = core.send(CoreCommand::HangUp { call_id, reason: requested(&cause) }).await;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_headers_are_q850_with_safe_text() {
+        assert_eq!(
+            HangupReason::AgentClosed.header(),
+            "Q.850;cause=16;text=\"agent closed the media stream\""
+        );
+        let h = HangupReason::AgentError("bad \"frame\"\r\nInjected: x".into()).header();
+        assert!(h.starts_with("Q.850;cause=41;"), "{h}");
+        assert!(
+            !h.contains('\r') && !h.contains('\n') && h.matches('"').count() == 2,
+            "{h}"
+        );
+        assert_eq!(HangupReason::from_end(EndReason::CallerHangup), None);
+        assert_eq!(
+            HangupReason::from_end(EndReason::MediaTimeout),
+            Some(HangupReason::MediaTimeout)
+        );
+    }
+}
