@@ -365,6 +365,178 @@ async fn torture_corpus_over_udp_then_still_answers_options() {
     assert!(daemon.is_running());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_hanging_up_ends_the_call_with_a_bye_carrying_a_reason() {
+    if sipp_missing() {
+        return;
+    }
+    let options = FixtureOptions {
+        agent: AgentBehaviour {
+            handshake_delay: Duration::ZERO,
+            hang_up_after: Some(Duration::from_millis(500)),
+        },
+        ..Default::default()
+    };
+    let fixture = Fixture::start(options).await;
+    expect_sipp_ok(
+        &fixture.daemon,
+        Sipp::new("uac_call_remote_bye.xml", fixture.daemon.sip_udp),
+    )
+    .await;
+    let metrics = fixture.daemon.admin().metrics().expect("metrics");
+    assert_eq!(
+        metric(&metrics, "switchboard_sip_calls_active", ""),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_rest_call_update_hangs_up_and_unknown_calls_are_20404() {
+    if sipp_missing() {
+        return;
+    }
+    let fixture = Fixture::start(FixtureOptions::default()).await;
+    let sipp = Sipp::new("uac_call_remote_bye.xml", fixture.daemon.sip_udp);
+    let name = sipp.scenario.display().to_string();
+    let call = tokio::task::spawn_blocking(move || sipp.run());
+    // Wait for the agent's `start`, which names the call and the account.
+    let start = loop {
+        if let Some(start) = fixture.agent.calls().first().and_then(|c| {
+            c.messages
+                .iter()
+                .find(|m| m["event"] == "start")
+                .map(|m| m["start"].clone())
+        }) {
+            break start;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let call_sid = start["callSid"].as_str().expect("callSid").to_owned();
+    let account_sid = start["accountSid"].as_str().expect("accountSid").to_owned();
+    let admin = fixture.daemon.admin();
+    let path = format!("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json");
+    let basic = |password: &str| {
+        use base64::Engine as _;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{password}"));
+        vec![format!("Authorization: Basic {token}")]
+    };
+    let form = "application/x-www-form-urlencoded";
+    let (wrong, done, again) = tokio::task::spawn_blocking({
+        let (path, right, bad) = (path.clone(), basic(API_KEY), basic("not-the-key"));
+        move || {
+            let wrong = admin
+                .request("POST", &path, Some(form), b"Status=completed", &bad)
+                .unwrap();
+            let done = admin
+                .request("POST", &path, Some(form), b"Status=completed", &right)
+                .unwrap();
+            // Give the BYE time to complete, then the call is gone.
+            std::thread::sleep(Duration::from_millis(500));
+            let again = admin
+                .request("POST", &path, Some(form), b"Status=completed", &right)
+                .unwrap();
+            (wrong, done, again)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert_eq!(wrong.json()["code"], 20003);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["sid"], call_sid.as_str());
+    assert_eq!(done.json()["status"], "completed");
+    let run = call.await.unwrap().expect("sipp ran");
+    assert!(
+        run.success,
+        "{name} failed\n{}\n--- switchboard log ---\n{}",
+        run.report,
+        tail(&fixture.daemon.log(), 80)
+    );
+    assert_eq!(again.status, 404, "{}", again.body);
+    let body = again.json();
+    assert_eq!(body["code"], 20404, "{body}");
+    assert_eq!(body["status"], 404, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&call_sid)),
+        "{body}"
+    );
+    assert!(body["more_info"].as_str().is_some(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rtp_pair_serves_call_after_call_because_every_path_releases_it() {
+    if sipp_missing() {
+        return;
+    }
+    let options = FixtureOptions {
+        daemon: DaemonOptions {
+            rtp_pairs: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let fixture = Fixture::start(options).await;
+    let target = fixture.daemon.sip_udp;
+    // Answered calls, one at a time: each needs the single pair the previous one released.
+    expect_sipp_ok(
+        &fixture.daemon,
+        Sipp::new("uac_call.xml", target).calls(3, 1),
+    )
+    .await;
+    // An INVITE refused after the pair was taken (no codec in common) releases it too.
+    expect_sipp_ok(&fixture.daemon, Sipp::new("uac_reject_488.xml", target)).await;
+    expect_sipp_ok(&fixture.daemon, Sipp::new("uac_call.xml", target)).await;
+    let metrics = fixture.daemon.admin().metrics().expect("metrics");
+    assert_eq!(
+        metric(&metrics, "switchboard_sip_calls_answered_total", ""),
+        4.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchboard_sip_queue_full_total",
+            "queue=\"rtp_ports\""
+        ),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listeners_take_calls() {
+    if sipp_missing() {
+        return;
+    }
+    let options = FixtureOptions {
+        daemon: DaemonOptions {
+            sip_host: "[::1]",
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let fixture = Fixture::start(options).await;
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    expect_sipp_ok(
+        &fixture.daemon,
+        Sipp::new("uac_options.xml", fixture.daemon.sip_udp).local_ip(v6),
+    )
+    .await;
+    expect_sipp_ok(
+        &fixture.daemon,
+        Sipp::new("uac_call.xml", fixture.daemon.sip_udp).local_ip(v6),
+    )
+    .await;
+    let tcp = Sipp::new("uac_call.xml", fixture.daemon.sip_tcp)
+        .local_ip(v6)
+        .transport(Transport::Tcp);
+    expect_sipp_ok(&fixture.daemon, tcp).await;
+}
+
 /// Name of the environment variable that marks the run inside the lossy namespace.
 const NETEM_INNER: &str = "SWITCHBOARD_NETEM_INNER";
 

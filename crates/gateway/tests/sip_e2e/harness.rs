@@ -76,6 +76,10 @@ pub struct DaemonOptions {
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
     pub agent_connect_timeout_ms: u64,
+    /// Address the SIP listeners bind (port 0): `127.0.0.1` or `[::1]`.
+    pub sip_host: &'static str,
+    /// RTP port pairs to configure (the range is chosen per daemon).
+    pub rtp_pairs: u16,
     /// Extra `SWITCHBOARD_*` environment variables.
     pub env: Vec<(String, String)>,
 }
@@ -86,6 +90,8 @@ impl Default for DaemonOptions {
             rate_limit_per_second: 200,
             rate_limit_burst: 400,
             agent_connect_timeout_ms: 5_000,
+            sip_host: "127.0.0.1",
+            rtp_pairs: 100,
             env: Vec::new(),
         }
     }
@@ -112,8 +118,8 @@ impl Daemon {
         let config = format!(
             r#"
 [sip]
-udp = "127.0.0.1:0"
-tcp = "127.0.0.1:0"
+udp = "{sip_host}:0"
+tcp = "{sip_host}:0"
 rate_limit_per_second = {rate}
 rate_limit_burst = {burst}
 nonce_ttl_secs = 60
@@ -135,7 +141,8 @@ agent_connect_timeout_ms = {connect}
             burst = options.rate_limit_burst,
             db = dir.path().join("switchboard.db").display(),
             low = base,
-            high = base + 199,
+            high = base + options.rtp_pairs.clamp(1, 100) * 2 - 1,
+            sip_host = options.sip_host,
             connect = options.agent_connect_timeout_ms,
         );
         let config_path = dir.path().join("switchboard.toml");
@@ -731,7 +738,7 @@ impl Fixture {
         let digest = options.digest;
         let inbound = options.inbound_config.clone();
         let deployment_id = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            admin.put_connection(CONNECTION, &["127.0.0.1/32"], digest)?;
+            admin.put_connection(CONNECTION, &["127.0.0.1/32", "::1/128"], digest)?;
             admin.put_app_version(APP, 1, &url, true)?;
             admin.create_deployment("Support line", APP, 1, &[CALLED], inbound)
         })
