@@ -597,6 +597,9 @@ fn calls_survive_ten_percent_packet_loss() {
         out.contains("1 passed"),
         "inner test did not run\n{out}\n{err}"
     );
+    for line in out.lines().filter(|l| l.contains("retransmissions")) {
+        eprintln!("{line}");
+    }
 }
 
 /// Runs inside the namespace `calls_survive_ten_percent_packet_loss` sets up (10 % loss on
@@ -614,7 +617,14 @@ async fn lossy_calls_inside_namespace() {
         .arg("-d")
         .arg("2000");
     sipp.timeout = Duration::from_secs(180);
-    expect_sipp_ok(&fixture.daemon, sipp).await;
+    let run = expect_sipp_ok(&fixture.daemon, sipp).await;
+    // Proof that the loss was real: the carrier side had to retransmit.
+    let retransmissions = run.retransmissions.expect("SIPp statistics");
+    println!("SIPp retransmissions under loss: {retransmissions}");
+    assert!(
+        retransmissions > 0,
+        "no retransmission at all: is the loss active?"
+    );
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
     assert_eq!(
         metric(&metrics, "switchboard_sip_calls_answered_total", ""),

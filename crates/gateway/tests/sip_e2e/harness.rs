@@ -559,6 +559,8 @@ pub struct Sipp {
 #[derive(Debug)]
 pub struct SippRun {
     pub success: bool,
+    /// SIPp's cumulative `Retransmissions(C)` statistic (requests it had to resend).
+    pub retransmissions: Option<u64>,
     pub report: String,
 }
 
@@ -613,6 +615,7 @@ impl Sipp {
         let media_port = free_port(self.local_ip)?;
         let errors = logs.path().join("errors.log");
         let messages = logs.path().join("messages.log");
+        let stats = logs.path().join("stats.csv");
         let mut cmd = Command::new("sipp");
         cmd.arg(self.target.to_string())
             .arg("-sf")
@@ -639,7 +642,10 @@ impl Sipp {
             .arg(&errors)
             .arg("-trace_msg")
             .arg("-message_file")
-            .arg(&messages);
+            .arg(&messages)
+            .arg("-trace_stat")
+            .arg("-stf")
+            .arg(&stats);
         if let Some(rate) = self.rate {
             cmd.args(["-r", &rate.to_string()])
                 .args(["-l", &rate.max(1).to_string()]);
@@ -668,9 +674,25 @@ impl Sipp {
         );
         Ok(SippRun {
             success: output.status.success(),
+            retransmissions: cumulative_stat(&read(&stats), "Retransmissions(C)"),
             report,
         })
     }
+}
+
+/// The last value of `column` in SIPp's `;`-separated statistics file.
+fn cumulative_stat(csv: &str, column: &str) -> Option<u64> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next()?.split(';').collect();
+    let index = header.iter().position(|h| h.trim() == column)?;
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .last()?
+        .split(';')
+        .nth(index)?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A port free for both UDP and TCP on `ip` right now.
@@ -687,7 +709,7 @@ pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
 
 /// Runs SIPp on a blocking thread and asserts success, printing the logs (and the daemon's)
 /// on failure.
-pub async fn expect_sipp_ok(daemon: &Daemon, sipp: Sipp) {
+pub async fn expect_sipp_ok(daemon: &Daemon, sipp: Sipp) -> SippRun {
     let name = sipp.scenario.display().to_string();
     let run = tokio::task::spawn_blocking(move || sipp.run())
         .await
@@ -699,6 +721,7 @@ pub async fn expect_sipp_ok(daemon: &Daemon, sipp: Sipp) {
         run.report,
         tail(&daemon.log(), 150)
     );
+    run
 }
 
 /// The last `n` lines of `text`.
