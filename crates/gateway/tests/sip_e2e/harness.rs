@@ -686,8 +686,7 @@ fn cumulative_stat(csv: &str, column: &str) -> Option<u64> {
     let header: Vec<&str> = lines.next()?.split(';').collect();
     let index = header.iter().position(|h| h.trim() == column)?;
     lines
-        .filter(|l| !l.trim().is_empty())
-        .last()?
+        .rfind(|l| !l.trim().is_empty())?
         .split(';')
         .nth(index)?
         .trim()
