@@ -11,7 +11,7 @@
 //! ended call, or one outside the key's scope, answers Twilio's 404 shape
 //! `{"code":20404,"message":…,"more_info":…,"status":404}`.
 //!
-//! The admin router hands requests whose path [`matches`] to [`handle`].
+//! The admin router hands requests whose path [`matches()`] to [`handle`].
 
 use std::time::UNIX_EPOCH;
 
