@@ -267,6 +267,43 @@ async fn runtime_not_ready_is_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_too_slow_to_connect_is_503_and_the_call_is_released() {
+    if sipp_missing() {
+        return;
+    }
+    // The runtime is ready (its probe waits long enough) but answers a call's WebSocket
+    // after 1.5 s, beyond the 300 ms the daemon gives it.
+    let options = FixtureOptions {
+        agent: AgentBehaviour {
+            handshake_delay: Duration::from_millis(1500),
+            hang_up_after: None,
+        },
+        daemon: DaemonOptions {
+            agent_connect_timeout_ms: 300,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let fixture = Fixture::start(options).await;
+    expect_sipp_ok(
+        &fixture.daemon,
+        Sipp::new("uac_reject_503.xml", fixture.daemon.sip_udp),
+    )
+    .await;
+    let metrics = fixture.daemon.admin().metrics().expect("metrics");
+    assert_eq!(
+        metric(&metrics, "switchboard_sip_responses_total", "code=\"180\""),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "switchboard_sip_calls_active", ""),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_offer_and_hold_reinvite() {
     if sipp_missing() {
         return;
