@@ -12,30 +12,24 @@
 //! - [`trunk`]: source allowlists and digest authentication per connection.
 //! - [`transport`]: UDP/TCP listeners, readers with rate limiting, non-blocking sends.
 //! - [`twilio_rest`]: the Twilio-compatible call resource (REST hang-up).
-//! - [`txn`]: the transaction-layer driver (RFC 3261 §17 machines, 2xx repeats, CANCEL).
-
 //!
 //! # Decisions (what a production SBC facing carriers does)
 //! - **OPTIONS keep-alives** get 200 (Allow, Accept, Supported) only from sources some
 //!   connection admits; any other source gets 403, like its INVITEs. Scanners learn nothing
 //!   they could not learn from a 403 to an INVITE, and carriers' pings keep working.
-//! - **Responses** go to the packet's source address and port over the transport it came on
-//!   (TCP: the same connection), as RFC 3581 `rport` would, whether or not the peer asked;
-//!   `received`/`rport` are stamped into the top Via. Behind NAT the Via port is fiction.
-//! - **Server transactions** are matched on the source address as well as the §17.2.3 key,
-//!   so a reused branch from another address (the torture corpus does it; so may a hostile
-//!   peer) never receives someone else's response.
-//! - **Our BYE** goes to where the INVITE came from (the carrier's signalling address).
+//! - **Responses** to UDP requests go to the packet's source address and port: the reader
+//!   adds `rport` to every UDP request's top Via ([`transport::request_rport`]), so the
+//!   endpoint's RFC 3581 routing applies whether or not the peer asked. Behind NAT the Via
+//!   port is fiction; a trunk's signalling source is where it listens. TCP responses use
+//!   the connection the request came on.
+//! - **Our BYE** waits for the ACK of our 200 (RFC 3261 §15) and carries a Reason header.
 //! - **Unknown numbers** from sources no trunk admits get 403, not 404: strangers cannot
 //!   probe which numbers exist. Admitted sources get the routing answer.
 //! - **Max-Forwards 0** is 483 (we relay calls on to the agent like a proxy), except OPTIONS,
 //!   which the element answers itself (RFC 3261 §16.3 step 2).
 //! - **Digest**: the `uri` parameter must equal the Request-URI; a wrong password is 403
 //!   (not a new 401) so a misconfigured carrier does not loop.
-//! - **Transactions**: [`txn`] drives the deterministic RFC 3261 §17 state machines of
-//!   `switchboard_sip::transaction` (it predates a full `Endpoint` in crates/sip; its
-//!   interface — `handle_message`, `handle_timeout`, `poll_transmit`, `poll_event`,
-//!   `poll_timeout`, `respond` — is that contract, so one can replace the other).
+//! - **Transactions and dialogs** are crates/sip's [`Endpoint`], owned by the endpoint task.
 
 pub mod call;
 pub mod calls;
@@ -48,14 +42,13 @@ pub mod service;
 pub mod transport;
 pub mod trunk;
 pub mod twilio_rest;
-pub mod txn;
 
 pub use calls::{CallCommand, CallDetails, CallEnded, CallHandle, HangupCause};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use switchboard_sip::transaction::TimerConfig;
+use switchboard_sip::{Endpoint, EndpointConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -131,7 +124,7 @@ pub async fn start(
         state.clone(),
         metrics,
         outbound,
-        txn::TxnLayer::new(TimerConfig::default()),
+        Endpoint::new(EndpointConfig::new(local.udp.to_string(), rand::random())),
         trunk::TrunkAuth::new(config.sip.nonce_ttl_secs),
         ports,
         local,

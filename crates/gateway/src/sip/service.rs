@@ -1,27 +1,31 @@
-//! The endpoint task: one tokio task owning the transaction layer and the SIP side of every
-//! call, so nothing here needs a lock. It loops over three inputs — messages from the socket
-//! readers, commands from call tasks, and the transaction timers (`sleep_until` the earliest
-//! deadline) — and after each one drains the transaction layer: transmits to the sockets,
-//! events to the call logic below.
+//! The endpoint task: one tokio task owning the sans-IO [`Endpoint`] of crates/sip and the
+//! SIP side of every call, so nothing here needs a lock. It loops over three inputs —
+//! messages from the socket readers, commands from call tasks, and the endpoint's timers
+//! (`sleep_until(poll_timeout)`) — and after each one drains the endpoint: transmits to the
+//! sockets, events to the call logic below.
 //!
-//! Call flow for an initial INVITE: screening (§8.2) → trunk authentication (allowlist,
-//! digest) → routing (404/480/503 with Reason and Warning) → RTP port pair and SDP answer
-//! (488 when no codec matches; late offer when the INVITE has none) → 180 Ringing and a call
-//! task that reaches the agent → 200 OK when it did (503 when it did not) → ACK → media.
-//! BYE either way, CANCEL before the answer (487), re-INVITE/UPDATE (hold, refresh),
-//! OPTIONS/INFO inside and outside dialogs.
+//! Call flow for a new INVITE: screening (§8.2: 405/501/483/415/406) → trunk authentication
+//! (allowlist, digest) → routing (404/480/503 with Reason and Warning) → RTP port pair and
+//! SDP answer (488 when no codec matches; our offer when the INVITE has none) → 180 Ringing
+//! and a call task that reaches the agent → 200 OK when it did (503 when it did not) → ACK →
+//! media. BYE either way (ours waits for the ACK, RFC 3261 §15), CANCEL before the answer
+//! (487), re-INVITE/UPDATE (hold, refresh), OPTIONS/INFO inside and outside dialogs.
+//! Retransmissions, 100 Trying, CANCEL matching, 481/500 for bad dialogs and the 2xx
+//! repeats until the ACK are the endpoint's.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use switchboard_media::{
     BridgeConfig, CallInfo, CustomParameters, MediaError, NegotiatedMedia, SdpSession, StartParams,
     StreamIds,
 };
 use switchboard_routing::{Reject, RejectReason, Route, RouteDecision};
-use switchboard_sip::{HeaderName, Message, MessageBuilder, OwnedMessage, Transport};
+use switchboard_sip::{
+    DialogId, Endpoint, Event, HeaderName, MessageBuilder, OwnedMessage, ServerTxnId, Transmit,
+    Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,9 +36,8 @@ use super::identity;
 use super::metrics::SipMetrics;
 use super::ports::RtpPortAllocator;
 use super::screen::{self, ACCEPT, ALLOW};
-use super::transport::{Inbound, Outbound};
+use super::transport::{Inbound, Outbound, Parsed};
 use super::trunk::{TrunkAuth, TrunkVerdict};
-use super::txn::{new_branch, Transmit, TxnEvent, TxnId, TxnLayer};
 use crate::state::AppState;
 
 /// Commands from call tasks waiting for the endpoint task; a few per call.
@@ -45,10 +48,10 @@ const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
 const RUNTIME_ERROR_RETRY_AFTER_SECS: u32 = 60;
 /// How long shutdown gives BYEs to leave before the task exits.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
-/// Product token in Server headers.
+/// Product token in Server and User-Agent headers.
 const SERVER: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
 
-/// Where we can be reached, for Via and Contact.
+/// Where we can be reached, for Contact.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalAddrs {
     pub udp: SocketAddr,
@@ -75,26 +78,23 @@ enum CallState {
     Confirmed,
 }
 
-/// The SIP side of one call (UAS dialog).
+/// The SIP side of one call (we are the UAS).
 #[derive(Debug)]
 struct Call {
     call_sid: String,
-    invite_txn: TxnId,
-    invite: OwnedMessage,
-    source: SocketAddr,
+    invite_txn: ServerTxnId,
     transport: Transport,
-    local_tag: String,
     state: CallState,
+    /// Known once the ACK (or the ACK timeout) names it.
+    dialog: Option<DialogId>,
     sdp: SdpSession,
     /// Our SDP for the 200 (answer, or offer for a late-offer INVITE).
     local_sdp: String,
     /// The offer was ours (late offer, or a re-INVITE without SDP): the ACK brings the answer.
     awaiting_answer: bool,
     negotiated: Option<NegotiatedMedia>,
-    /// Highest CSeq seen from the caller and the INVITE's (the one its ACK carries).
-    remote_cseq: u32,
-    invite_cseq: u32,
-    local_cseq: u32,
+    /// We want to hang up but the 200 is not acknowledged yet (RFC 3261 §15: BYE waits).
+    bye_pending: Option<String>,
     to_task: mpsc::Sender<CallEvent>,
 }
 
@@ -104,12 +104,13 @@ pub struct Core {
     state: AppState,
     metrics: SipMetrics,
     outbound: Outbound,
-    txn: TxnLayer,
+    endpoint: Endpoint,
     trunk: TrunkAuth,
     ports: RtpPortAllocator,
     local: LocalAddrs,
+    /// Calls by SIP Call-ID.
     calls: HashMap<String, Call>,
-    by_invite: HashMap<TxnId, String>,
+    by_invite: HashMap<ServerTxnId, String>,
     commands: mpsc::Sender<CoreCommand>,
     tasks: TaskTracker,
 }
@@ -120,7 +121,7 @@ impl Core {
         state: AppState,
         metrics: SipMetrics,
         outbound: Outbound,
-        txn: TxnLayer,
+        endpoint: Endpoint,
         trunk: TrunkAuth,
         ports: RtpPortAllocator,
         local: LocalAddrs,
@@ -131,7 +132,7 @@ impl Core {
             state,
             metrics,
             outbound,
-            txn,
+            endpoint,
             trunk,
             ports,
             local,
@@ -150,7 +151,7 @@ impl Core {
         shutdown: CancellationToken,
     ) {
         loop {
-            let deadline = self.txn.poll_timeout();
+            let deadline = self.endpoint.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -159,11 +160,9 @@ impl Core {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(message) = inbound.recv() => {
-                    self.txn.handle_message(Instant::now(), message.source, message.transport, message.bytes);
-                }
+                Some(message) = inbound.recv() => self.on_inbound(message),
                 Some(command) = commands.recv() => self.on_command(command),
-                () = sleep => self.txn.handle_timeout(Instant::now()),
+                () = sleep => self.endpoint.handle_timeout(Instant::now()),
             }
             self.pump();
         }
@@ -178,21 +177,35 @@ impl Core {
         tokio::time::sleep(SHUTDOWN_FLUSH).await;
     }
 
-    /// Sends what the transaction layer wants sent and handles its events, until both are
-    /// drained (handling an event may produce more of either).
+    fn on_inbound(&mut self, inbound: Inbound) {
+        let now = Instant::now();
+        match inbound.message {
+            Parsed::Message(m) => {
+                self.endpoint
+                    .handle_message(now, inbound.source, inbound.transport, *m)
+            }
+            Parsed::Unparsed(bytes) => {
+                self.endpoint
+                    .handle_datagram(now, inbound.source, inbound.transport, bytes)
+            }
+        }
+    }
+
+    /// Sends what the endpoint wants sent and handles its events, until both are drained
+    /// (handling an event may produce more of either).
     fn pump(&mut self) {
         loop {
             let mut progressed = false;
             while let Some(Transmit {
-                destination,
+                remote,
                 transport,
                 bytes,
-            }) = self.txn.poll_transmit()
+            }) = self.endpoint.poll_transmit()
             {
                 progressed = true;
-                self.outbound.send(transport, destination, bytes);
+                self.outbound.send(transport, remote, bytes);
             }
-            while let Some(event) = self.txn.poll_event() {
+            while let Some(event) = self.endpoint.poll_event() {
                 progressed = true;
                 self.on_event(event);
             }
@@ -202,16 +215,32 @@ impl Core {
         }
     }
 
-    fn on_event(&mut self, event: TxnEvent) {
+    fn on_event(&mut self, event: Event) {
         match event {
-            TxnEvent::Request {
+            Event::NewInvite {
                 txn,
                 request,
-                source,
+                remote,
                 transport,
-            } => self.on_request(txn, request, source, transport),
-            TxnEvent::Ack { request, .. } => self.on_ack(&request),
-            TxnEvent::Cancelled { invite } => {
+            } => {
+                self.metrics.request("INVITE");
+                if self.screened(txn, &request) {
+                    self.on_invite(txn, request, remote, transport);
+                }
+            }
+            Event::ReInvite {
+                txn,
+                dialog,
+                request,
+            } => {
+                self.metrics.request("INVITE");
+                if self.screened(txn, &request) {
+                    self.renegotiate(txn, &request, dialog, "INVITE");
+                }
+            }
+            Event::Ack { dialog, request } => self.on_ack(dialog, &request),
+            Event::Cancel { invite, .. } => {
+                self.metrics.request("CANCEL");
                 if let Some(call_id) = self.by_invite.get(&invite).cloned() {
                     self.reply_to_invite(
                         &call_id,
@@ -222,47 +251,120 @@ impl Core {
                     self.finish(&call_id);
                 }
             }
-            TxnEvent::AckTimedOut { call_id } => {
-                let reason = "SIP;cause=408;text=\"no ACK for the 200 OK\"";
-                self.send_bye(&call_id, reason);
-                self.finish(&call_id);
+            Event::Bye { txn, request, .. } => {
+                self.metrics.request("BYE");
+                self.reply(txn, 200, None, None, &[]);
+                if let Ok(call_id) = request.message().call_id() {
+                    let call_id = call_id.to_owned();
+                    self.finish(&call_id);
+                }
             }
-            TxnEvent::Response { .. } | TxnEvent::RequestTimedOut { .. } => {
+            Event::Info { txn, .. } => {
+                self.metrics.request("INFO");
+                self.reply(txn, 200, None, None, &[]);
+            }
+            Event::Options {
+                txn,
+                dialog,
+                request,
+                remote,
+                ..
+            } => {
+                self.metrics.request("OPTIONS");
+                if !self.screened(txn, &request) {
+                    return;
+                }
+                // Keep-alives from the carriers we serve get 200; anyone else is refused
+                // like their INVITEs would be, so scanners learn nothing.
+                if dialog.is_some() || self.state.routing.load().admits_source(remote.ip()) {
+                    self.reply(txn, 200, None, None, &capabilities());
+                } else {
+                    self.metrics.auth.with_label_values(&["forbidden"]).inc();
+                    let why = format!("source {} is not in any trunk's allowlist", remote.ip());
+                    self.reply(
+                        txn,
+                        403,
+                        Some("Q.850;cause=21;text=\"source not allowed\""),
+                        Some(&why),
+                        &[],
+                    );
+                }
+            }
+            Event::Request {
+                txn,
+                dialog,
+                request,
+                ..
+            } => {
+                let method = request.message().method().unwrap_or("").to_owned();
+                self.metrics.request(&method);
+                if !self.screened(txn, &request) {
+                    return;
+                }
+                match (method.as_str(), dialog) {
+                    ("UPDATE", Some(dialog)) => self.renegotiate(txn, &request, dialog, "UPDATE"),
+                    _ => self.reply(txn, 481, None, Some("no such dialog"), &[]),
+                }
+            }
+            Event::AckTimedOut { dialog } => {
+                let call_id = self.endpoint.dialog(dialog).map(|d| d.call_id().to_owned());
+                if let Some(call_id) = call_id {
+                    if let Some(call) = self.calls.get_mut(&call_id) {
+                        call.dialog = Some(dialog);
+                    }
+                    self.send_bye(&call_id, "SIP;cause=408;text=\"no ACK for the 200 OK\"");
+                    self.finish(&call_id);
+                } else {
+                    self.endpoint.remove_dialog(dialog);
+                }
+            }
+            Event::Response { .. } | Event::TransactionTimedOut { .. } => {
                 // Responses to our BYEs: the call is already gone; nothing to do.
             }
-            TxnEvent::Malformed { status, error } => {
-                let action = status.map_or_else(|| "dropped".to_owned(), |s| s.to_string());
-                self.metrics
-                    .parse_errors
-                    .with_label_values(&[action.as_str()])
-                    .inc();
-                if let Some(status) = status {
-                    self.metrics.response(status);
-                }
-                tracing::debug!(error = %error, "malformed SIP message");
+            other => tracing::debug!(event = ?other, "unhandled SIP event"),
+        }
+    }
+
+    /// Applies request screening; answers and returns false when the request is refused.
+    fn screened(&mut self, txn: ServerTxnId, request: &OwnedMessage) -> bool {
+        match screen::screen(&request.message()) {
+            Ok(()) => true,
+            Err(refusal) => {
+                let reason = format!(
+                    "SIP;cause={};text=\"{}\"",
+                    refusal.status,
+                    sanitize(&refusal.why)
+                );
+                let headers: Vec<(&str, String)> = refusal
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (*n, v.clone()))
+                    .collect();
+                self.reply(
+                    txn,
+                    refusal.status,
+                    Some(&reason),
+                    Some(&refusal.why),
+                    &headers,
+                );
+                false
             }
         }
     }
 
-    /// Sends a response on `txn` and counts it.
-    fn respond(&mut self, txn: TxnId, status: u16, bytes: Bytes) {
-        self.metrics.response(status);
-        self.txn.respond(Instant::now(), txn, status, bytes);
-    }
-
-    /// A response to `request`: `status`, our tag, Server, optional Reason/Warning and more.
-    fn build(
+    /// The endpoint's response to `txn` (our To tag) with Server, `headers`, Reason and
+    /// Warning; `None` when the transaction is gone.
+    fn response(
         &self,
-        request: &Message<'_>,
+        txn: ServerTxnId,
         status: u16,
-        tag: &str,
         reason: Option<&str>,
         warning: Option<&str>,
         headers: &[(&str, String)],
-    ) -> Option<Bytes> {
-        let mut b = request
-            .response(status)
-            .to_tag(tag)
+    ) -> Option<MessageBuilder> {
+        let mut b = self
+            .endpoint
+            .response(txn, status)?
             .header("Server", SERVER);
         for (name, value) in headers {
             b = b.header(name, value);
@@ -276,97 +378,34 @@ impl Core {
                 format!("399 switchboard \"{}\"", sanitize(warning)),
             );
         }
-        match b.build() {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                tracing::warn!(error = %e, status, "cannot build response");
-                None
-            }
+        Some(b)
+    }
+
+    /// Sends a built response and counts it.
+    fn send(&mut self, txn: ServerTxnId, status: u16, response: MessageBuilder) {
+        match self.endpoint.respond(Instant::now(), txn, response) {
+            Ok(()) => self.metrics.response(status),
+            Err(e) => tracing::debug!(error = %e, status, "response not sent"),
         }
     }
 
-    /// Refuses `request` statelessly-in-a-transaction (no call state).
-    fn refuse(
+    /// Answers `txn` with `status` plus the given headers.
+    fn reply(
         &mut self,
-        txn: TxnId,
-        request: &Message<'_>,
+        txn: ServerTxnId,
         status: u16,
         reason: Option<&str>,
         warning: Option<&str>,
         headers: &[(&str, String)],
     ) {
-        let tag = new_tag();
-        if let Some(bytes) = self.build(request, status, &tag, reason, warning, headers) {
-            self.respond(txn, status, bytes);
-        }
-    }
-
-    fn on_request(
-        &mut self,
-        txn: TxnId,
-        request: OwnedMessage,
-        source: SocketAddr,
-        transport: Transport,
-    ) {
-        let msg = request.message();
-        let method = msg.method().unwrap_or("").to_owned();
-        self.metrics.request(&method);
-        if let Err(refusal) = screen::screen(&msg) {
-            let reason = format!(
-                "SIP;cause={};text=\"{}\"",
-                refusal.status,
-                sanitize(&refusal.why)
-            );
-            let headers: Vec<(&str, String)> = refusal
-                .headers
-                .iter()
-                .map(|(n, v)| (*n, v.clone()))
-                .collect();
-            self.refuse(
-                txn,
-                &msg,
-                refusal.status,
-                Some(&reason),
-                Some(&refusal.why),
-                &headers,
-            );
-            return;
-        }
-        let to_tag = msg.to().ok().and_then(|t| t.tag().map(str::to_owned));
-        if let Some(to_tag) = to_tag {
-            self.in_dialog(txn, &request, &to_tag);
-            return;
-        }
-        match method.as_str() {
-            "INVITE" => self.on_invite(txn, request, source, transport),
-            "OPTIONS" => {
-                // Keep-alives from the carriers we serve get 200; anyone else is refused
-                // like their INVITEs would be, so scanners learn nothing.
-                let admitted = self.state.routing.load().admits_source(source.ip());
-                if admitted {
-                    let headers = capabilities();
-                    self.refuse(txn, &msg, 200, None, None, &headers);
-                } else {
-                    self.metrics.auth.with_label_values(&["forbidden"]).inc();
-                    let why = format!("source {} is not in any trunk's allowlist", source.ip());
-                    self.refuse(
-                        txn,
-                        &msg,
-                        403,
-                        Some("Q.850;cause=21;text=\"source not allowed\""),
-                        Some(&why),
-                        &[],
-                    );
-                }
-            }
-            // BYE, INFO, UPDATE outside a dialog (RFC 3261 §12.2.2).
-            _ => self.refuse(txn, &msg, 481, None, Some("no such dialog"), &[]),
+        if let Some(b) = self.response(txn, status, reason, warning, headers) {
+            self.send(txn, status, b);
         }
     }
 
     fn on_invite(
         &mut self,
-        txn: TxnId,
+        txn: ServerTxnId,
         request: OwnedMessage,
         source: SocketAddr,
         transport: Transport,
@@ -378,9 +417,8 @@ impl Core {
         };
         if self.calls.contains_key(&call_id) {
             // Same Call-ID, new transaction, no To tag: a merged or looped request (§8.2.2.2).
-            self.refuse(
+            self.reply(
                 txn,
-                &msg,
                 482,
                 None,
                 Some("a call with this Call-ID is in progress"),
@@ -422,9 +460,8 @@ impl Core {
             TrunkVerdict::Forbidden(why) => {
                 self.metrics.auth.with_label_values(&["forbidden"]).inc();
                 tracing::info!(%source, %called, why, "INVITE refused by trunk authentication");
-                self.refuse(
+                self.reply(
                     txn,
-                    &msg,
                     403,
                     Some("Q.850;cause=21;text=\"trunk authentication failed\""),
                     Some(&why),
@@ -440,9 +477,8 @@ impl Core {
                     .auth
                     .with_label_values(&[if stale { "stale" } else { "challenged" }])
                     .inc();
-                self.refuse(
+                self.reply(
                     txn,
-                    &msg,
                     401,
                     None,
                     None,
@@ -453,9 +489,8 @@ impl Core {
         }
         if !self.state.is_ready() {
             let retry = [("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())];
-            self.refuse(
+            self.reply(
                 txn,
-                &msg,
                 503,
                 Some("Q.850;cause=41;text=\"gateway starting\""),
                 Some("routing table not loaded yet"),
@@ -467,7 +502,7 @@ impl Core {
         let route = match snapshot.route(chrono::Utc::now(), &called, &caller, &call_id) {
             RouteDecision::Accept(route) => route,
             RouteDecision::Reject(reject) => {
-                self.reject_route(txn, &msg, &reject);
+                self.reject_route(txn, &reject);
                 return;
             }
         };
@@ -488,9 +523,8 @@ impl Core {
                     .with_label_values(&["rtp_ports"])
                     .inc();
                 let retry = [("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())];
-                self.refuse(
+                self.reply(
                     txn,
-                    &msg,
                     503,
                     Some("Q.850;cause=34;text=\"no RTP ports free\""),
                     Some(&e.to_string()),
@@ -505,7 +539,7 @@ impl Core {
             Some(offer) => match sdp.answer(&offer) {
                 Ok((answer, negotiated)) => (answer.into_string(), Some(negotiated), false),
                 Err(e) => {
-                    self.refuse_media(txn, &msg, &e);
+                    self.refuse_media(txn, &e);
                     return;
                 }
             },
@@ -513,7 +547,6 @@ impl Core {
         };
 
         // Register the call, ring, and start the task that reaches the agent.
-        let local_tag = new_tag();
         let ids = StreamIds::generate(account_sid_for(route.scope()));
         let call_sid = ids.call_sid.clone();
         let start = StartParams {
@@ -543,47 +576,33 @@ impl Core {
             ports,
             rtp_socket,
         };
-        let ringing = self.build(
-            &msg,
-            180,
-            &local_tag,
-            None,
-            None,
-            &[("Contact", self.contact(transport))],
-        );
-        let invite_cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
         tracing::info!(%call_sid, %call_id, explanation = %route.explanation(), "routing call");
         self.calls.insert(
             call_id.clone(),
             Call {
                 call_sid: call_sid.clone(),
                 invite_txn: txn,
-                invite: request.clone(),
-                source,
                 transport,
-                local_tag,
                 state: CallState::Ringing,
+                dialog: None,
                 sdp,
                 local_sdp,
                 awaiting_answer,
                 negotiated,
-                remote_cseq: invite_cseq,
-                invite_cseq,
-                local_cseq: 0,
+                bye_pending: None,
                 to_task,
             },
         );
         self.by_invite.insert(txn, call_id);
         self.state.calls.insert(call_sid, handle);
         self.metrics.calls_active.inc();
-        if let Some(ringing) = ringing {
-            self.respond(txn, 180, ringing);
-        }
+        let contact = [("Contact", self.contact(transport))];
+        self.reply(txn, 180, None, None, &contact);
         self.tasks
             .spawn(call::run(setup, events_rx, admin_rx, self.commands.clone()));
     }
 
-    fn reject_route(&mut self, txn: TxnId, msg: &Message<'_>, reject: &Reject) {
+    fn reject_route(&mut self, txn: ServerTxnId, reject: &Reject) {
         let reason = reject.reason();
         self.metrics
             .route_rejects
@@ -606,24 +625,24 @@ impl Core {
             _ => 41,                                 // temporary failure
         };
         let reason_header = format!("Q.850;cause={cause};text=\"{}\"", reason.as_str());
-        let mut headers = Vec::new();
         let retry = match (reject.retry_after(), status) {
             (Some(secs), _) => Some(secs),
             (None, 503) => Some(RUNTIME_ERROR_RETRY_AFTER_SECS),
             _ => None,
         };
-        if let Some(secs) = retry {
-            headers.push(("Retry-After", secs.to_string()));
-        }
-        self.refuse(txn, msg, status, Some(&reason_header), Some(&why), &headers);
+        let headers: Vec<(&str, String)> = retry
+            .map(|s| ("Retry-After", s.to_string()))
+            .into_iter()
+            .collect();
+        self.reply(txn, status, Some(&reason_header), Some(&why), &headers);
     }
 
-    fn refuse_media(&mut self, txn: TxnId, msg: &Message<'_>, error: &MediaError) {
+    fn refuse_media(&mut self, txn: ServerTxnId, error: &MediaError) {
         let status = error.sip_status();
         let why = error.to_string();
-        // 304/305: Warning codes for media type / format not available (RFC 3261 §20.43).
         let mut headers = Vec::new();
         if status == 488 {
+            // 304: media type not available (RFC 3261 §20.43).
             headers.push((
                 "Warning",
                 "304 switchboard \"only PCMU, PCMA and telephone-event are available\"".to_owned(),
@@ -631,7 +650,7 @@ impl Core {
             headers.push(("Accept", ACCEPT.to_owned()));
         }
         let reason = format!("Q.850;cause=88;text=\"{}\"", sanitize(&why));
-        self.refuse(txn, msg, status, Some(&reason), Some(&why), &headers);
+        self.reply(txn, status, Some(&reason), Some(&why), &headers);
     }
 
     fn contact(&self, transport: Transport) -> String {
@@ -643,7 +662,7 @@ impl Core {
         }
     }
 
-    /// Answers the pending INVITE of `call_id` with a final non-2xx response.
+    /// Answers the still-ringing INVITE of `call_id` with a final non-2xx response.
     fn reply_to_invite(
         &mut self,
         call_id: &str,
@@ -654,18 +673,15 @@ impl Core {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
-        if !self.txn.is_pending(call.invite_txn) {
+        if call.state != CallState::Ringing {
             return;
         }
-        let (txn, tag) = (call.invite_txn, call.local_tag.clone());
-        let invite = call.invite.clone();
+        let txn = call.invite_txn;
         let headers: Vec<(&str, String)> = retry_after
             .map(|s| ("Retry-After", s.to_string()))
             .into_iter()
             .collect();
-        if let Some(bytes) = self.build(&invite.message(), status, &tag, reason, None, &headers) {
-            self.respond(txn, status, bytes);
-        }
+        self.reply(txn, status, reason, None, &headers);
     }
 
     fn on_command(&mut self, command: CoreCommand) {
@@ -684,49 +700,45 @@ impl Core {
             }
             CoreCommand::HangUp { call_id, reason } => self.hang_up(&call_id, &reason),
         }
-        self.pump();
     }
 
+    /// The agent is connected: 200 OK with our SDP.
     fn answer(&mut self, call_id: &str) {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
-        if call.state != CallState::Ringing || !self.txn.is_pending(call.invite_txn) {
+        if call.state != CallState::Ringing {
             return;
         }
-        let invite = call.invite.clone();
-        let (txn, tag, sdp) = (
-            call.invite_txn,
-            call.local_tag.clone(),
-            call.local_sdp.clone(),
-        );
-        let contact = self.contact(call.transport);
-        let msg = invite.message();
-        let built = msg
-            .response(200)
-            .to_tag(&tag)
-            .header("Server", SERVER)
-            .header("Contact", contact)
-            .header("Allow", ALLOW)
-            .header("Supported", screen::SUPPORTED.join(", "))
-            .body("application/sdp", sdp.as_bytes())
-            .build();
-        let Ok(bytes) = built else { return };
-        self.respond(txn, 200, bytes);
+        let (txn, sdp, transport) = (call.invite_txn, call.local_sdp.clone(), call.transport);
+        let headers = [
+            ("Contact", self.contact(transport)),
+            ("Allow", ALLOW.to_owned()),
+            ("Supported", screen::SUPPORTED.join(", ")),
+        ];
+        let Some(ok) = self.response(txn, 200, None, None, &headers) else {
+            return;
+        };
+        self.send(txn, 200, ok.body("application/sdp", sdp.as_bytes()));
         self.metrics.calls_answered.inc();
         if let Some(call) = self.calls.get_mut(call_id) {
             call.state = CallState::Answered;
         }
     }
 
-    fn on_ack(&mut self, ack: &OwnedMessage) {
+    fn on_ack(&mut self, dialog: DialogId, ack: &OwnedMessage) {
         let msg = ack.message();
-        let Ok(call_id) = msg.call_id() else { return };
-        let Some(call) = self.calls.get_mut(call_id) else {
+        let Ok(call_id) = msg.call_id().map(str::to_owned) else {
             return;
         };
-        let Ok(cseq) = msg.cseq() else { return };
-        if cseq.seq != call.invite_cseq {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        call.dialog = Some(dialog);
+        if let Some(reason) = call.bye_pending.take() {
+            // We wanted to hang up while the 200 was unacknowledged (RFC 3261 §15).
+            self.send_bye(&call_id, &reason);
+            self.finish(&call_id);
             return;
         }
         let answer = screen::sdp_body(&msg).map(|b| String::from_utf8_lossy(b).into_owned());
@@ -738,13 +750,11 @@ impl Core {
                 }
                 Some(Err(e)) => {
                     let reason = format!("Q.850;cause=88;text=\"{}\"", sanitize(&e.to_string()));
-                    let call_id = call_id.to_owned();
                     self.send_bye(&call_id, &reason);
                     self.finish(&call_id);
                     return;
                 }
                 None if call.state == CallState::Answered => {
-                    let call_id = call_id.to_owned();
                     self.send_bye(
                         &call_id,
                         "SIP;cause=488;text=\"the ACK carried no SDP answer to our offer\"",
@@ -773,77 +783,32 @@ impl Core {
         }
     }
 
-    fn in_dialog(&mut self, txn: TxnId, request: &OwnedMessage, to_tag: &str) {
-        let msg = request.message();
-        let method = msg.method().unwrap_or("").to_owned();
-        let call_id = msg.call_id().unwrap_or("").to_owned();
-        let known = self
-            .calls
-            .get(&call_id)
-            .is_some_and(|c| c.local_tag == to_tag && c.state != CallState::Ringing);
-        if !known {
-            self.refuse(txn, &msg, 481, None, Some("no such dialog"), &[]);
-            return;
-        }
-        let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
-        let Some(call) = self.calls.get_mut(&call_id) else {
-            return;
-        };
-        if cseq < call.remote_cseq {
-            // §12.2.2: out of order.
-            self.refuse(
-                txn,
-                &msg,
-                500,
-                None,
-                Some("CSeq out of order"),
-                &[("Retry-After", "1".to_owned())],
-            );
-            return;
-        }
-        call.remote_cseq = cseq;
-        let tag = call.local_tag.clone();
-        match method.as_str() {
-            "BYE" => {
-                if let Some(bytes) = self.build(&msg, 200, &tag, None, None, &[]) {
-                    self.respond(txn, 200, bytes);
-                }
-                self.finish(&call_id);
-            }
-            "INVITE" | "UPDATE" => self.renegotiate(txn, &msg, &call_id, &method, cseq),
-            _ => {
-                // OPTIONS and INFO inside the dialog.
-                let headers = if method == "OPTIONS" {
-                    capabilities()
-                } else {
-                    Vec::new()
-                };
-                if let Some(bytes) = self.build(&msg, 200, &tag, None, None, &headers) {
-                    self.respond(txn, 200, bytes);
-                }
-            }
-        }
-    }
-
     /// re-INVITE or UPDATE: answer an offer with our SDP (hold, resume, refresh), or make an
     /// offer when a re-INVITE brings none (the ACK then answers it).
     fn renegotiate(
         &mut self,
-        txn: TxnId,
-        msg: &Message<'_>,
-        call_id: &str,
+        txn: ServerTxnId,
+        request: &OwnedMessage,
+        dialog: DialogId,
         method: &str,
-        cseq: u32,
     ) {
-        let Some(call) = self.calls.get_mut(call_id) else {
+        let msg = request.message();
+        let call_id = msg.call_id().unwrap_or("").to_owned();
+        let contact = match self.calls.get(&call_id) {
+            Some(call) => self.contact(call.transport),
+            None => {
+                self.reply(txn, 481, None, Some("no such call"), &[]);
+                return;
+            }
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let (transport, tag, state) = (call.transport, call.local_tag.clone(), call.state);
-        if method == "INVITE" && state == CallState::Answered {
+        call.dialog = Some(dialog);
+        if method == "INVITE" && call.state == CallState::Answered {
             // Our 200 is not acknowledged yet (RFC 3261 §14.2).
-            self.refuse(
+            self.reply(
                 txn,
-                msg,
                 491,
                 None,
                 Some("previous INVITE not yet acknowledged"),
@@ -851,7 +816,7 @@ impl Core {
             );
             return;
         }
-        let offer = screen::sdp_body(msg).map(|b| String::from_utf8_lossy(b).into_owned());
+        let offer = screen::sdp_body(&msg).map(|b| String::from_utf8_lossy(b).into_owned());
         let outcome = match offer {
             Some(offer) => call
                 .sdp
@@ -867,20 +832,15 @@ impl Core {
         let (body, media) = match outcome {
             Ok(Some(pair)) => pair,
             Ok(None) => {
-                if let Some(bytes) = self.build(msg, 200, &tag, None, None, &[]) {
-                    self.respond(txn, 200, bytes);
-                }
+                self.reply(txn, 200, None, None, &[]);
                 return;
             }
             Err(e) => {
                 // The call keeps its previous media (RFC 3261 §14.2).
-                self.refuse_media(txn, msg, &e);
+                self.refuse_media(txn, &e);
                 return;
             }
         };
-        if method == "INVITE" {
-            call.invite_cseq = cseq;
-        }
         if let Some(media) = media {
             call.negotiated = Some(media.clone());
             if call
@@ -894,93 +854,62 @@ impl Core {
                     .inc();
             }
         }
-        let built = msg
-            .response(200)
-            .to_tag(&tag)
-            .header("Server", SERVER)
-            .header("Contact", self.contact(transport))
-            .header("Allow", ALLOW)
-            .body("application/sdp", body.as_bytes())
-            .build();
-        if let Ok(bytes) = built {
-            self.respond(txn, 200, bytes);
+        let headers = [("Contact", contact), ("Allow", ALLOW.to_owned())];
+        if let Some(ok) = self.response(txn, 200, None, None, &headers) {
+            self.send(txn, 200, ok.body("application/sdp", body.as_bytes()));
         }
     }
 
-    /// Ends a call from our side: a final response while it rings, BYE once answered.
+    /// Ends a call from our side: a final response while it rings, BYE once answered
+    /// (deferred until the ACK if it has not come yet).
     fn hang_up(&mut self, call_id: &str, reason: &HangupReason) {
-        let Some(call) = self.calls.get(call_id) else {
+        let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
         let header = reason.header();
-        if call.state == CallState::Ringing {
-            let status = match reason {
-                HangupReason::Requested(_) => 480,
-                _ => 503,
-            };
-            self.reply_to_invite(call_id, status, Some(&header), None);
-        } else {
-            self.send_bye(call_id, &header);
+        match (call.state, call.dialog) {
+            (CallState::Ringing, _) => {
+                let status = match reason {
+                    HangupReason::Requested(_) => 480,
+                    _ => 503,
+                };
+                self.reply_to_invite(call_id, status, Some(&header), None);
+            }
+            (_, None) => {
+                call.bye_pending = Some(header);
+                return;
+            }
+            (_, Some(_)) => self.send_bye(call_id, &header),
         }
         self.finish(call_id);
     }
 
-    /// Sends BYE with `reason` in the call's dialog (to where the INVITE came from: the
-    /// carrier's signalling address, over the same transport/connection).
+    /// Sends BYE with `reason` in the call's dialog and forgets the dialog.
     fn send_bye(&mut self, call_id: &str, reason: &str) {
-        let local = self.local;
-        let Some(call) = self.calls.get_mut(call_id) else {
+        let Some(dialog) = self.calls.get(call_id).and_then(|c| c.dialog) else {
             return;
         };
-        call.local_cseq += 1;
-        let invite = call.invite.message();
-        let branch = new_branch();
-        let via_addr = local.for_transport(call.transport);
-        let via = format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            if call.transport.is_stream() {
-                "TCP"
-            } else {
-                "UDP"
-            },
-            via_addr
-        );
-        let target = invite
-            .contact()
-            .ok()
-            .flatten()
-            .map(|c| c.uri_text.to_owned())
-            .or_else(|| invite.from().ok().map(|f| f.uri_text.to_owned()))
-            .unwrap_or_else(|| format!("sip:{}", call.source));
-        let Some(from) = invite.header(HeaderName::From).and_then(|h| h.value_str()) else {
+        let Some(builder) = self.endpoint.dialog_request(dialog, "BYE") else {
             return;
         };
-        let Some(to) = invite.header(HeaderName::To).and_then(|h| h.value_str()) else {
+        let Some((hop, transport)) = self
+            .endpoint
+            .dialog(dialog)
+            .map(|d| (d.next_hop(), d.transport()))
+        else {
             return;
         };
-        let mut b = MessageBuilder::request("BYE", &target)
-            .header("Via", via)
-            .header("Max-Forwards", 70);
-        for route in invite
-            .headers_named(HeaderName::RecordRoute)
-            .filter_map(|h| h.value_str())
-        {
-            b = b.header("Route", route);
-        }
-        let b = b
-            .header("From", format!("{to};tag={}", call.local_tag))
-            .header("To", from)
-            .header("Call-ID", call_id)
-            .header("CSeq", format!("{} BYE", call.local_cseq))
+        let built = builder
             .header("Reason", reason)
-            .header("User-Agent", SERVER);
-        match b.build() {
-            Ok(bytes) => {
-                let (destination, transport) = (call.source, call.transport);
-                self.txn
-                    .send_request(Instant::now(), "BYE", branch, destination, transport, bytes);
-            }
-            Err(e) => tracing::warn!(%call_id, error = %e, "cannot build BYE"),
+            .header("User-Agent", SERVER)
+            .build();
+        self.endpoint.remove_dialog(dialog);
+        match built.map(|bye| {
+            self.endpoint
+                .send_request(Instant::now(), hop, transport, bye)
+        }) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => tracing::warn!(%call_id, error = %e, "cannot send BYE"),
         }
     }
 
@@ -990,7 +919,6 @@ impl Core {
             return;
         };
         self.by_invite.remove(&call.invite_txn);
-        self.txn.forget_answer(call_id);
         self.state.calls.remove(&call.call_sid);
         self.metrics.calls_active.dec();
         let _ = call.to_task.try_send(CallEvent::Ended);
@@ -998,7 +926,6 @@ impl Core {
     }
 }
 
-/// Allow/Accept/Supported, what an OPTIONS answer advertises.
 fn capabilities() -> Vec<(&'static str, String)> {
     vec![
         ("Allow", ALLOW.to_owned()),
@@ -1046,11 +973,6 @@ fn custom_parameters(route: &Route) -> CustomParameters {
         app_variables: &variables,
         app_overrides: &overrides,
     })
-}
-
-/// A random dialog tag (RFC 3261 §19.3: at least 32 random bits; we use 64).
-fn new_tag() -> String {
-    format!("sb{:016x}", rand::random::<u64>())
 }
 
 /// Text safe inside a quoted string of a header value.

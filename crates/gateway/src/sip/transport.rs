@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use switchboard_sip::Transport;
-use switchboard_sip::{Frame, StreamDecoder};
+use switchboard_sip::{Frame, HeaderName, OwnedMessage, StreamDecoder, Transport};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -58,7 +57,26 @@ pub struct Inbound {
     /// Where it came from (IPv4-mapped addresses already turned into IPv4).
     pub source: SocketAddr,
     pub transport: Transport,
-    pub bytes: Bytes,
+    pub message: Parsed,
+}
+
+/// A message as the reader left it: parsed (the endpoint task does not parse again), or raw
+/// when it does not parse (the endpoint answers what it can salvage, statelessly).
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    /// Boxed: the parsed index is ~760 bytes, and the queue moves items by value.
+    Message(Box<OwnedMessage>),
+    Unparsed(Bytes),
+}
+
+impl Parsed {
+    /// The bytes as they will be handed on.
+    pub fn bytes(&self) -> Bytes {
+        match self {
+            Parsed::Message(m) => m.bytes(),
+            Parsed::Unparsed(b) => b.clone(),
+        }
+    }
 }
 
 /// What the readers share: limits, the rate limiter, metrics and the queue to the endpoint.
@@ -83,7 +101,7 @@ impl ReaderShared {
             Verdict::Allow => match self.inbound.try_send(Inbound {
                 source,
                 transport,
-                bytes,
+                message: prepare(bytes, transport, &self.metrics),
             }) {
                 Ok(()) => None,
                 Err(mpsc::error::TrySendError::Full(item)) => {
@@ -91,7 +109,11 @@ impl ReaderShared {
                         .queue_full
                         .with_label_values(&["inbound"])
                         .inc();
-                    overload_response(&item.bytes, "overloaded: inbound queue full", &self.metrics)
+                    overload_response(
+                        &item.message.bytes(),
+                        "overloaded: inbound queue full",
+                        &self.metrics,
+                    )
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => None,
             },
@@ -131,6 +153,127 @@ pub fn overload_response(bytes: &[u8], why: &str, metrics: &SipMetrics) -> Optio
         .ok()?;
     metrics.response(503);
     Some(response)
+}
+
+/// Parses a message in the reader (off the endpoint task), counting what does not parse
+/// or validate (the endpoint answers those), and asks for symmetric response routing on
+/// UDP requests ([`request_rport`]).
+fn prepare(bytes: Bytes, transport: Transport, metrics: &SipMetrics) -> Parsed {
+    let count = |e: &switchboard_sip::SipError| {
+        let action = e
+            .response_status()
+            .map_or_else(|| "dropped".to_owned(), |s| s.to_string());
+        metrics
+            .parse_errors
+            .with_label_values(&[action.as_str()])
+            .inc();
+    };
+    let udp = transport == Transport::Udp;
+    match OwnedMessage::parse(bytes.clone()) {
+        Err(e) => {
+            count(&e);
+            // The endpoint salvages a 400 from the raw lines; it must go back to the source
+            // port like every other response.
+            Parsed::Unparsed(if udp { raw_request_rport(bytes) } else { bytes })
+        }
+        Ok(message) => {
+            if let Err(e) = message.message().validate() {
+                count(&e);
+            }
+            if udp {
+                Parsed::Message(Box::new(request_rport(message)))
+            } else {
+                Parsed::Message(Box::new(message))
+            }
+        }
+    }
+}
+
+/// [`request_rport`] for a request the codec cannot parse: the first Via header line, when
+/// it is not folded, gets `;rport` after its first value. Anything else passes unchanged.
+fn raw_request_rport(bytes: Bytes) -> Bytes {
+    if bytes.starts_with(b"SIP/") {
+        return bytes;
+    }
+    let head_end = find(&bytes, b"\r\n\r\n").unwrap_or(bytes.len());
+    let Some(first_break) = find(&bytes, b"\r\n") else {
+        return bytes;
+    };
+    let mut line_start = first_break + 2;
+    while line_start < head_end {
+        let line_end = find(&bytes[line_start..], b"\r\n").map_or(head_end, |p| line_start + p);
+        let line = &bytes[line_start..line_end];
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            break;
+        };
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"via") || name.eq_ignore_ascii_case(b"v") {
+            let folded = bytes
+                .get(line_end + 2)
+                .is_some_and(|b| *b == b' ' || *b == b'\t');
+            let value = &line[colon + 1..];
+            let first = value.iter().position(|b| *b == b',').unwrap_or(value.len());
+            let parm = &value[..first];
+            let has_rport = parm.split(|b| *b == b';').skip(1).any(|p| {
+                p.split(|b| *b == b'=')
+                    .next()
+                    .unwrap_or(b"")
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"rport")
+            });
+            if folded || has_rport {
+                return bytes;
+            }
+            let trimmed = parm.len()
+                - parm
+                    .iter()
+                    .rev()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+            let at = line_start + colon + 1 + trimmed;
+            let mut out = Vec::with_capacity(bytes.len() + 6);
+            out.extend_from_slice(&bytes[..at]);
+            out.extend_from_slice(b";rport");
+            out.extend_from_slice(&bytes[at..]);
+            return Bytes::from(out);
+        }
+        line_start = line_end + 2;
+    }
+    bytes
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Asks for symmetric response routing on a UDP request: appends `;rport` to its top Via
+/// when the peer did not (RFC 3581). The endpoint then answers to the packet's source port,
+/// as carrier-facing SBCs do for every UDP peer: a trunk's signalling source is where it
+/// listens, and behind NAT the Via port is fiction. Responses, and requests that already
+/// carry `rport`, pass unchanged.
+pub fn request_rport(message: OwnedMessage) -> OwnedMessage {
+    let offset = {
+        let m = message.message();
+        if !m.is_request() || m.via().map(|v| v.rport().is_some()).unwrap_or(true) {
+            return message;
+        }
+        let Some(Ok(element)) = m.list_elements(HeaderName::Via).next() else {
+            return message;
+        };
+        let bytes = m.as_bytes();
+        // The element borrows the message buffer: its end is where the parameter goes.
+        let start = (element.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize);
+        match start.map(|s| s + element.len()) {
+            Some(end) if end <= bytes.len() => end,
+            _ => return message,
+        }
+    };
+    let bytes = message.bytes();
+    let mut out = Vec::with_capacity(bytes.len() + 6);
+    out.extend_from_slice(&bytes[..offset]);
+    out.extend_from_slice(b";rport");
+    out.extend_from_slice(&bytes[offset..]);
+    OwnedMessage::parse(Bytes::from(out)).unwrap_or(message)
 }
 
 /// Canonical form of a peer address: IPv4-mapped IPv6 (dual-stack sockets) becomes IPv4, so
@@ -495,6 +638,46 @@ Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         );
     }
 
+    fn rport(raw: &'static [u8]) -> String {
+        let parsed = OwnedMessage::parse(Bytes::from_static(raw)).unwrap();
+        String::from_utf8_lossy(&request_rport(parsed).bytes()).into_owned()
+    }
+
+    #[test]
+    fn udp_requests_ask_for_rport_once() {
+        let text = rport(INVITE);
+        assert!(
+            text.contains("Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1;rport\r\n"),
+            "{text}"
+        );
+        let again = OwnedMessage::parse(Bytes::from(text.clone())).unwrap();
+        assert_eq!(String::from_utf8_lossy(&request_rport(again).bytes()), text);
+        // Only the first via-parm of a multi-value line is touched; folded lines work too.
+        let text = rport(b"OPTIONS sip:x SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1 , SIP/2.0/UDP b;branch=z9hG4bK2\r\nf: <sip:a@b>;tag=1\r\nt: <sip:x>\r\ni: c\r\nCSeq: 1 OPTIONS\r\n\r\n");
+        assert!(
+            text.contains("v: SIP/2.0/UDP a;branch=z9hG4bK1;rport , SIP/2.0/UDP b"),
+            "{text}"
+        );
+        let text = rport(b"OPTIONS sip:x SIP/2.0\r\nv: SIP/2.0/UDP a ;\r\n branch=z9hG4bK1\r\nf: <sip:a@b>;tag=1\r\nt: <sip:x>\r\ni: c\r\nCSeq: 1 OPTIONS\r\n\r\n");
+        assert!(text.contains("branch=z9hG4bK1;rport\r\n"), "{text}");
+        let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n\r\n";
+        assert!(!rport(response).contains("rport"));
+    }
+
+    #[test]
+    fn unparseable_requests_ask_for_rport_too() {
+        let bad = Bytes::from_static(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.53;branch=z9hG4bKk\r\nContent-Length: -5\r\n\r\n");
+        let text = String::from_utf8_lossy(&raw_request_rport(bad)).into_owned();
+        assert!(
+            text.contains("Via: SIP/2.0/UDP 192.0.2.53;branch=z9hG4bKk;rport\r\n"),
+            "{text}"
+        );
+        let already = Bytes::from_static(
+            b"INVITE sip:x SIP/2.0\r\nv: SIP/2.0/UDP h;rport;branch=z9hG4bKk\r\n\r\n",
+        );
+        assert_eq!(raw_request_rport(already.clone()), already);
+    }
+
     #[test]
     fn mapped_addresses_are_canonical() {
         let mapped: SocketAddr = "[::ffff:192.0.2.1]:5060".parse().unwrap();
@@ -525,7 +708,12 @@ Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
             (got.transport, got.source),
             (Transport::Udp, client.local_addr().unwrap())
         );
-        assert_eq!(&got.bytes[..], INVITE);
+        let expected = request_rport(OwnedMessage::parse(Bytes::from_static(INVITE)).unwrap());
+        assert_eq!(
+            got.message.bytes(),
+            expected.bytes(),
+            "UDP requests ask for rport"
+        );
         assert!(outbound.send(Transport::Udp, got.source, Bytes::from_static(b"pong")));
         let mut reply = [0u8; 16];
         let (n, _) = client.recv_from(&mut reply).await.unwrap();
@@ -539,7 +727,11 @@ Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(got.transport, Transport::Tcp);
         stream.write_all(second).await.unwrap();
         let again = rx.recv().await.unwrap();
-        assert_eq!(&again.bytes[..], INVITE);
+        assert_eq!(
+            &again.message.bytes()[..],
+            INVITE,
+            "TCP requests pass unchanged"
+        );
         assert!(outbound.send(
             Transport::Tcp,
             got.source,

@@ -121,9 +121,89 @@ pub fn manifest(shared: &Path) -> Vec<Row> {
         .collect()
 }
 
-/// Status codes of the responses arriving on `socket` within `wait` (stops early once a
-/// final response arrived).
-pub fn collect(socket: &UdpSocket, wait: Duration) -> Vec<u16> {
+/// How a response is matched to the request it answers: the top Via's branch and the
+/// CSeq method (the RFC 3261 §17.1.3 transaction key), or Call-ID and CSeq when the request
+/// has no branch (RFC 2543 style).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub branch: Option<String>,
+    pub call_id: Option<String>,
+    pub cseq: Option<String>,
+}
+
+impl Ids {
+    fn cseq_method(&self) -> Option<&str> {
+        self.cseq
+            .as_deref()
+            .and_then(|c| c.split_whitespace().nth(1))
+    }
+
+    /// Whether `response` (its ids) answers the request with these ids.
+    pub fn answered_by(&self, response: &Ids) -> bool {
+        match &self.branch {
+            Some(branch) => {
+                response.branch.as_ref() == Some(branch)
+                    && response.cseq_method() == self.cseq_method()
+            }
+            None => response.call_id == self.call_id && response.cseq == self.cseq,
+        }
+    }
+}
+
+/// The ids of a raw message (long or compact header names, folded lines joined).
+pub fn ids_of(message: &[u8]) -> Ids {
+    let text = String::from_utf8_lossy(message);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines: Vec<String> = Vec::new();
+    for line in head.split("\r\n").skip(1) {
+        match lines.last_mut() {
+            Some(last) if line.starts_with([' ', '\t']) => {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    let mut ids = Ids {
+        branch: None,
+        call_id: None,
+        cseq: None,
+    };
+    let mut via_seen = false;
+    for line in &lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let normalized = Some(value.split_whitespace().collect::<Vec<_>>().join(" "));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "via" | "v" if !via_seen => {
+                via_seen = true;
+                let top = value.split(',').next().unwrap_or("");
+                ids.branch = top.split(';').skip(1).find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    (k.trim().eq_ignore_ascii_case("branch")).then(|| v.trim().to_owned())
+                });
+            }
+            "call-id" | "i" if ids.call_id.is_none() => ids.call_id = normalized,
+            "cseq" if ids.cseq.is_none() => ids.cseq = normalized,
+            _ => {}
+        }
+    }
+    ids
+}
+
+/// Status codes of the responses to `message` arriving on `socket` within `wait` (stops
+/// early at a final response). Responses are matched to the message's transaction
+/// ([`Ids::answered_by`]), so repeats of other transactions' final responses (RFC 3261
+/// Timer G) are not mistaken for this message's.
+/// Failure responses to INVITEs are acknowledged, as a UAC would.
+pub fn collect(socket: &UdpSocket, target: SocketAddr, message: &[u8], wait: Duration) -> Vec<u16> {
+    let ids = ids_of(message);
+    let request_line = String::from_utf8_lossy(message)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
     let deadline = Instant::now() + wait;
     let mut codes = Vec::new();
     let mut buf = [0u8; 65_536];
@@ -137,7 +217,8 @@ pub fn collect(socket: &UdpSocket, wait: Duration) -> Vec<u16> {
         let Ok((n, _)) = socket.recv_from(&mut buf) else {
             break;
         };
-        let text = String::from_utf8_lossy(&buf[..n]);
+        let response = &buf[..n];
+        let text = String::from_utf8_lossy(response);
         let Some(code) = text
             .strip_prefix("SIP/2.0 ")
             .and_then(|r| r.get(..3))
@@ -145,6 +226,14 @@ pub fn collect(socket: &UdpSocket, wait: Duration) -> Vec<u16> {
         else {
             continue;
         };
+        if !ids.answered_by(&ids_of(response)) {
+            continue;
+        }
+        if code >= 300 && ids.cseq_method() == Some("INVITE") {
+            if let Some(ack) = ack_for(&request_line, &text) {
+                let _ = socket.send_to(ack.as_bytes(), target);
+            }
+        }
         codes.push(code);
         if code >= 200 {
             break;
@@ -153,8 +242,39 @@ pub fn collect(socket: &UdpSocket, wait: Duration) -> Vec<u16> {
     codes
 }
 
+/// The ACK for a failure response to an INVITE (RFC 3261 §17.1.1.3): the INVITE's
+/// Request-URI, the response's top Via, From, To (with tag), Call-ID, CSeq number.
+fn ack_for(invite_line: &str, response: &str) -> Option<String> {
+    let uri = invite_line.split_whitespace().nth(1)?;
+    let head = response.split("\r\n\r\n").next()?;
+    let mut out = format!("ACK {uri} SIP/2.0\r\n");
+    let mut via_done = false;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim().to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" if !via_done => {
+                via_done = true;
+                let top = value.split(',').next()?.trim();
+                out.push_str(&format!("Via: {top}\r\n"));
+            }
+            "from" | "f" | "to" | "t" | "call-id" | "i" => out.push_str(&format!("{line}\r\n")),
+            "cseq" => {
+                let number = value.split_whitespace().next()?;
+                out.push_str(&format!("CSeq: {number} ACK\r\n"));
+            }
+            _ => {}
+        }
+    }
+    out.push_str("Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    Some(out)
+}
+
 /// Sends every corpus message and checks the outcome; returns failures (empty on success).
 pub fn run(shared: &Path, target: SocketAddr) -> Vec<String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
     let mut failures = Vec::new();
     let mut seen = BTreeMap::new();
     for row in manifest(shared) {
@@ -171,16 +291,16 @@ pub fn run(shared: &Path, target: SocketAddr) -> Vec<String> {
         } else {
             raw
         };
-        // A fresh socket per message: retransmitted responses to earlier messages (several
-        // RFC 5118 files share a Call-ID and branch) cannot be mistaken for this one's.
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+        // One socket for the whole corpus, like one carrier: several files share a branch
+        // and sent-by, so the endpoint rightly treats a later one as a retransmission of an
+        // earlier one and repeats that response to where the first came from.
         socket.send_to(&message, target).expect("send");
         let wait = if expect == Expect::Silence {
             Duration::from_millis(500)
         } else {
             Duration::from_secs(3)
         };
-        let codes = collect(&socket, wait);
+        let codes = collect(&socket, target, &message, wait);
         let last_final = codes.iter().copied().rfind(|c| *c >= 200);
         let ok = match (&expect, last_final) {
             (Expect::Silence, _) => codes.is_empty(),
@@ -204,6 +324,26 @@ pub fn run(shared: &Path, target: SocketAddr) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_and_acks_come_from_the_headers() {
+        let response = "SIP/2.0 404 Not Found\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1;rport=5;received=127.0.0.1, SIP/2.0/UDP x\r\n\
+f: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\ni:  abc \r\nCSeq:   7   INVITE\r\nContent-Length: 0\r\n\r\n";
+        let ids = ids_of(response.as_bytes());
+        assert_eq!(ids.branch.as_deref(), Some("z9hG4bK1"));
+        assert_eq!(
+            (ids.call_id.as_deref(), ids.cseq.as_deref()),
+            (Some("abc"), Some("7 INVITE"))
+        );
+        let folded = b"OPTIONS x SIP/2.0\r\nv: SIP/2.0/UDP h ;\r\n  branch  =  z9hG4bKq , SIP/2.0/UDP y\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(ids_of(folded).branch.as_deref(), Some("z9hG4bKq"));
+        let ack = ack_for("INVITE sip:c@d SIP/2.0", response).unwrap();
+        assert_eq!(
+            ack,
+            "ACK sip:c@d SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1;rport=5;received=127.0.0.1\r\nf: <sip:a@b>;tag=1\r\n\
+To: <sip:c@d>;tag=2\r\ni:  abc \r\nCSeq: 7 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
 
     #[test]
     fn wire_form_fixes_line_ends_header_end_and_length() {
