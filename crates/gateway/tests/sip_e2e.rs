@@ -336,13 +336,21 @@ async fn a_flooding_source_is_shed_while_the_carrier_still_gets_through() {
     };
     let fixture = Fixture::start(options).await;
     let target = fixture.daemon.sip_udp;
-    // 127.0.0.3 floods INVITEs as fast as it can while the carrier (127.0.0.1) places a call.
+    // 127.0.0.3 floods INVITEs as fast as it can for as long as the carrier (127.0.0.1)
+    // takes to place a call.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = std::sync::Arc::clone(&stop);
     let flood = tokio::task::spawn_blocking(move || {
         let socket = UdpSocket::bind("127.0.0.3:0").expect("flood socket");
-        socket.set_read_timeout(Some(Duration::from_millis(1))).ok();
+        socket.set_nonblocking(true).expect("nonblocking");
         let mut got_503 = 0;
         let mut buf = [0u8; 4096];
-        for i in 0..5_000 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut i = 0u64;
+        while !flooding.load(std::sync::atomic::Ordering::Relaxed)
+            && std::time::Instant::now() < deadline
+        {
+            i += 1;
             let invite = format!(
                 "INVITE sip:+918047168000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bK-flood-{i}\r\n\
                  Max-Forwards: 70\r\nFrom: <sip:flood@127.0.0.3>;tag=f{i}\r\nTo: <sip:+918047168000@127.0.0.1>\r\n\
@@ -358,7 +366,10 @@ async fn a_flooding_source_is_shed_while_the_carrier_still_gets_through() {
         }
         got_503
     });
+    // Let the flood get going before the carrier calls.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     expect_sipp_ok(&fixture.daemon, Sipp::new("uac_call.xml", target)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let got_503 = flood.await.unwrap();
     assert!(
         got_503 > 0,
@@ -640,7 +651,7 @@ fn calls_survive_ten_percent_packet_loss() {
 }
 
 /// Runs inside the namespace `calls_survive_ten_percent_packet_loss` sets up (10 % loss on
-/// loopback): 20 calls, each INVITE/200/ACK/BYE over UDP with retransmissions; none may fail.
+/// loopback): 30 calls, each INVITE/200/ACK/BYE over UDP with retransmissions; none may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by calls_survive_ten_percent_packet_loss inside a lossy network namespace"]
 async fn lossy_calls_inside_namespace() {
@@ -650,9 +661,9 @@ async fn lossy_calls_inside_namespace() {
     );
     let fixture = Fixture::start(FixtureOptions::default()).await;
     let mut sipp = Sipp::new("uac_call_lossy.xml", fixture.daemon.sip_udp)
-        .calls(20, 4)
+        .calls(30, 10)
         .arg("-d")
-        .arg("2000");
+        .arg("500");
     sipp.timeout = Duration::from_secs(180);
     let run = expect_sipp_ok(&fixture.daemon, sipp).await;
     // Proof that the loss was real: the carrier side had to retransmit.
@@ -665,7 +676,7 @@ async fn lossy_calls_inside_namespace() {
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
     assert_eq!(
         metric(&metrics, "switchboard_sip_calls_answered_total", ""),
-        20.0,
+        30.0,
         "{metrics}"
     );
 }
