@@ -238,7 +238,10 @@ impl Core {
                     self.renegotiate(txn, &request, dialog, "INVITE");
                 }
             }
-            Event::Ack { dialog, request } => self.on_ack(dialog, &request),
+            Event::Ack { dialog, request } => {
+                self.metrics.request("ACK");
+                self.on_ack(dialog, &request);
+            }
             Event::Cancel { invite, .. } => {
                 self.metrics.request("CANCEL");
                 if let Some(call_id) = self.by_invite.get(&invite).cloned() {
@@ -994,4 +997,31 @@ fn unix_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_text_cannot_break_out_of_its_quoted_string() {
+        assert_eq!(
+            sanitize("no \"route\"\r\nInjected: 1"),
+            "no 'route'''Injected: 1"
+        );
+        assert_eq!(sanitize(&"x".repeat(500)).len(), 200);
+    }
+
+    #[test]
+    fn options_answers_advertise_what_we_do() {
+        let caps = capabilities();
+        let get = |name: &str| {
+            caps.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("Allow"), Some(ALLOW));
+        assert_eq!(get("Accept"), Some("application/sdp"));
+        assert!(get("Supported").is_some());
+    }
 }
