@@ -321,14 +321,13 @@ async fn cohort_upload(addr: std::net::SocketAddr, deployment: &str, rows: u64) 
         for i in 0..rows {
             use std::fmt::Write as _;
             let _ = writeln!(chunk, "cust{i},+91 9{:09},Customer {i},Hindi", i);
-            if chunk.len() > 240 * 1024 {
-                if tx
+            if chunk.len() > 240 * 1024
+                && tx
                     .send(Ok(Frame::data(Bytes::from(std::mem::take(&mut chunk)))))
                     .await
                     .is_err()
-                {
-                    return;
-                }
+            {
+                return;
             }
         }
         chunk.push_str(&tail);
