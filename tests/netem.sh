@@ -9,8 +9,8 @@
 # Only the namespace's own loopback is affected; the host network is never touched. Loss is
 # applied with `tc qdisc add dev lo root netem loss P%` where the kernel has sch_netem; kernels
 # built without it (some VM/CI kernels) get the same effect from an nftables rule dropping P %
-# of packets at the input hook (`numgen random mod 100 < P`). Either way each packet crossing
-# loopback is lost independently with probability P and the sender sees no error.
+# of packets at the input hook (`numgen random mod 100 < P`). Either way each UDP packet (SIP and
+# RTP) crossing loopback is lost independently with probability P and the sender sees no error.
 # `up` prints which mechanism it used ("netem" or "nft").
 set -euo pipefail
 
@@ -23,13 +23,18 @@ need_tools() {
 
 apply_loss() {
     local ns=$1 percent=$2
+    # UDP only (SIP and RTP): the admin API and agent WebSockets are TCP control plane, not the
+    # path under test, and a lost SYN would only turn the run into a test of TCP's 1 s RTO.
     if command -v tc >/dev/null 2>&1 &&
-        ip netns exec "$ns" tc qdisc add dev lo root netem loss "${percent}%" 2>/dev/null; then
+        ip netns exec "$ns" tc qdisc add dev lo root handle 1: prio 2>/dev/null &&
+        ip netns exec "$ns" tc qdisc add dev lo parent 1:3 handle 30: netem loss "${percent}%" 2>/dev/null &&
+        ip netns exec "$ns" tc filter add dev lo parent 1:0 protocol ip u32 match ip protocol 17 0xff flowid 1:3 2>/dev/null; then
         echo netem
         return 0
     fi
+    ip netns exec "$ns" tc qdisc del dev lo root 2>/dev/null || true
     if command -v nft >/dev/null 2>&1 &&
-        printf 'table inet sbloss {\n chain input {\n  type filter hook input priority 0; policy accept;\n  numgen random mod 100 < %d drop\n }\n}\n' "$percent" |
+        printf 'table inet sbloss {\n chain input {\n  type filter hook input priority 0; policy accept;\n  meta l4proto udp numgen random mod 100 < %d drop\n }\n}\n' "$percent" |
         ip netns exec "$ns" nft -f - 2>/dev/null; then
         echo nft
         return 0
