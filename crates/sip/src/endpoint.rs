@@ -51,6 +51,7 @@ use crate::dialog::{AnswerRetransmission, AnswerTimer, Dialog, DialogId, DialogK
 use crate::error::SipError;
 use crate::header::HeaderName;
 use crate::message::{Message, OwnedMessage};
+use crate::stateless::{StatelessStats, StatelessTagger};
 use crate::transaction::{
     is_rfc3261_branch, AckDisposition, ClientInviteState, ClientInviteTransaction,
     ClientNonInviteTransaction, SentBy, ServerInviteState, ServerInviteTransaction,
@@ -344,6 +345,8 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     next_id: u64,
     token_counter: u64,
+    tagger: StatelessTagger,
+    stats: StatelessStats,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -359,7 +362,7 @@ impl std::fmt::Debug for Endpoint {
 }
 
 /// SplitMix64: a bijective mixer, so distinct counters give distinct tokens.
-fn splitmix64(mut x: u64) -> u64 {
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -621,6 +624,7 @@ fn no_such_transaction() -> SipError {
 impl Endpoint {
     /// A new endpoint.
     pub fn new(config: EndpointConfig) -> Self {
+        let tagger = StatelessTagger::new(config.instance_seed);
         Endpoint {
             config,
             server_txns: HashMap::new(),
@@ -635,6 +639,8 @@ impl Endpoint {
             events: VecDeque::new(),
             next_id: 0,
             token_counter: 0,
+            tagger,
+            stats: StatelessStats::default(),
         }
     }
 
@@ -651,6 +657,12 @@ impl Endpoint {
     /// Live dialogs.
     pub fn dialog_count(&self) -> usize {
         self.dialogs.len()
+    }
+
+    /// Counters of what was answered or absorbed without state (monotonic; export the
+    /// difference since the last read as metrics).
+    pub fn stats(&self) -> StatelessStats {
+        self.stats
     }
 
     fn next_id(&mut self) -> u64 {
@@ -816,7 +828,15 @@ impl Endpoint {
             reject = Some(481);
         }
 
-        let local_tag = match local_tag {
+        if let Some(status) = reject {
+            // 481/500 keep no state: a retransmission is answered the same way again.
+            let tag = local_tag.or_else(|| self.tagger.tag_for(&m));
+            self.reply_stateless(&m, target, transport, status, tag);
+            return;
+        }
+        // Out of dialog the tag derives from the request, so the TU may still answer
+        // statelessly (`respond_stateless`) with the tag a retransmission would get.
+        let local_tag = match local_tag.or_else(|| self.tagger.tag_for(&m)) {
             Some(tag) => tag,
             None => self.token(),
         };
@@ -858,10 +878,6 @@ impl Endpoint {
             },
         );
 
-        if let Some(status) = reject {
-            self.respond_status(now, id, status);
-            return;
-        }
         if method == "INVITE" && self.config.trying_delay.is_none() {
             self.respond_status(now, id, 100);
         }
@@ -922,7 +938,19 @@ impl Endpoint {
         let m = request.message();
         let Some(dialog_id) = dialog_key_of_request(&m).and_then(|k| self.dialog_keys.get(&k))
         else {
-            return; // stray ACK: nothing to acknowledge
+            // No transaction, no dialog: the ACK of a stateless reply (its To tag is the
+            // one we derived from this very request), or a stray. Either way, nothing to do.
+            let ours = m.to().ok().and_then(|to| to.tag()).is_some_and(|tag| {
+                self.tagger
+                    .tag_for(&m)
+                    .is_some_and(|expected| expected == tag)
+            });
+            if ours {
+                self.stats.absorbed_acks += 1;
+            } else {
+                self.stats.stray_acks += 1;
+            }
+            return;
         };
         let dialog_id = *dialog_id;
         let cseq = m.cseq().map(|c| c.seq).ok();
@@ -958,10 +986,12 @@ impl Endpoint {
             );
             Some((id, t.local_tag.clone(), unanswered))
         });
-        let local_tag = match &invite_info {
-            // §9.2: the CANCEL's response carries the INVITE response's To tag.
-            Some((_, tag, _)) => tag.clone(),
-            None => self.token(),
+        let Some((invite, local_tag, unanswered)) = invite_info else {
+            // Nothing to cancel: a stateless 481, so stray CANCELs cost no state.
+            let m = request.message();
+            let tag = self.tagger.tag_for(&m);
+            self.reply_stateless(&m, target, transport, 481, tag);
+            return;
         };
         let id = ServerTxnId(self.next_id());
         self.server_keys.insert(key.clone(), id);
@@ -978,19 +1008,15 @@ impl Endpoint {
                 source: remote,
                 target,
                 transport,
+                // §9.2: the CANCEL's response carries the INVITE response's To tag.
                 local_tag,
                 dialog: None,
                 answer_by: None,
             },
         );
-        match invite_info {
-            None => self.respond_status(now, id, 481),
-            Some((invite, _, unanswered)) => {
-                self.respond_status(now, id, 200);
-                if unanswered {
-                    self.events.push_back(Event::Cancel { invite, request });
-                }
-            }
+        self.respond_status(now, id, 200);
+        if unanswered {
+            self.events.push_back(Event::Cancel { invite, request });
         }
     }
 
@@ -1313,6 +1339,42 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Answers `txn`'s request with a final non-2xx response (any final one for a non-INVITE)
+    /// and forgets the transaction at once, as a stateless proxy's `sl_send_reply` does.
+    ///
+    /// Call it for refusals decided before a call is taken on (403, 404, 480, 503, ...), in
+    /// the same turn as the event that carried the request: nothing is kept, so a flood of
+    /// rejected requests costs no memory and no timers. A retransmission of the request comes
+    /// back as a new event and, answered the same way, gets the identical response (the To
+    /// tag is derived from the request); the ACK for it is absorbed (see [`Endpoint::stats`]).
+    ///
+    /// Errors: `Build` when the transaction is gone, already answered finally, the status is
+    /// provisional, or it is a 2xx to an INVITE (that needs a dialog: use `respond`).
+    pub fn respond_stateless(
+        &mut self,
+        txn: ServerTxnId,
+        response: MessageBuilder,
+    ) -> Result<(), SipError> {
+        let t = self.server_txns.get(&txn).ok_or_else(no_such_transaction)?;
+        let response = response.to_tag(&t.local_tag).build_message()?;
+        let status = response.message().status().unwrap_or_default();
+        if status < 200 || (t.is_invite() && status < 300) {
+            return Err(SipError::Build {
+                reason: "a stateless answer must be final, and not a 2xx to an INVITE",
+            });
+        }
+        if t.answer_by.is_none() {
+            return Err(SipError::Build {
+                reason: "the transaction already sent its final response",
+            });
+        }
+        let (target, transport) = (t.target, t.transport);
+        self.transmit(target, transport, response.bytes());
+        self.stats.replies += 1;
+        self.remove_server(txn);
+        Ok(())
+    }
+
     /// [`Endpoint::respond`] with a bare response (no extra headers or body).
     fn respond_status(&mut self, now: Instant, txn: ServerTxnId, status: u16) {
         if let Some(b) = self.response(txn, status) {
@@ -1545,18 +1607,19 @@ impl Endpoint {
         let target = m
             .via()
             .map_or(remote, |via| response_target(&via, remote, transport));
-        let tag = self.token();
+        let tag = self.stateless_tag(m);
         let mut b = m.response(status).to_tag(&tag);
         if let SipError::BadExtension { unsupported } = error {
             b = b.header("Unsupported", unsupported.join(", "));
         }
         if let Ok(bytes) = b.build() {
             self.transmit(target, transport, bytes);
+            self.stats.replies += 1;
         }
     }
 
     fn reply_overloaded(&mut self, m: &Message<'_>, target: SocketAddr, transport: Transport) {
-        let tag = self.token();
+        let tag = self.stateless_tag(m);
         let response = m
             .response(503)
             .to_tag(&tag)
@@ -1565,6 +1628,35 @@ impl Endpoint {
             .build();
         if let Ok(bytes) = response {
             self.transmit(target, transport, bytes);
+            self.stats.replies += 1;
+        }
+    }
+
+    /// The To tag for a stateless reply to `m`: derived from the request when it names a
+    /// Call-ID, From and Via (so its ACK is recognised), else a fresh token.
+    fn stateless_tag(&mut self, m: &Message<'_>) -> String {
+        match self.tagger.tag_for(m) {
+            Some(tag) => tag,
+            None => self.token(),
+        }
+    }
+
+    /// A bare final response with no transaction (`tag`: the To tag, else derived).
+    fn reply_stateless(
+        &mut self,
+        m: &Message<'_>,
+        target: SocketAddr,
+        transport: Transport,
+        status: u16,
+        tag: Option<String>,
+    ) {
+        let tag = match tag {
+            Some(tag) => tag,
+            None => self.stateless_tag(m),
+        };
+        if let Ok(bytes) = m.response(status).to_tag(&tag).build() {
+            self.transmit(target, transport, bytes);
+            self.stats.replies += 1;
         }
     }
 
@@ -1582,9 +1674,24 @@ impl Endpoint {
                 if self.armed.get(&key) != Some(&at) {
                     self.armed.insert(key, at);
                     self.timers.push(Reverse((at, key)));
+                    self.compact_timers();
                 }
             }
             None => self.unschedule(key),
+        }
+    }
+
+    /// Superseded deadlines stay in the heap until popped; when they outnumber the live
+    /// ones (many transactions ended early, each leaving a far deadline behind), rebuild
+    /// the heap from the live set so its size stays proportional to live state.
+    fn compact_timers(&mut self) {
+        const SLACK: usize = 1024;
+        if self.timers.len() > 2 * self.armed.len() + SLACK {
+            self.timers = self
+                .armed
+                .iter()
+                .map(|(&key, &at)| Reverse((at, key)))
+                .collect();
         }
     }
 

@@ -64,6 +64,7 @@ pub mod via;
 pub mod auth;
 pub mod dialog;
 pub mod endpoint;
+pub mod stateless;
 pub mod transaction;
 
 pub use builder::{reason_phrase, MessageBuilder};
@@ -77,6 +78,7 @@ pub use message::{parse, ContactValue, Header, Message, OwnedMessage, MAX_HEADER
 pub use method::Method;
 pub use name_addr::NameAddr;
 pub use params::{Param, Params};
+pub use stateless::StatelessStats;
 pub use stream::{Frame, StreamDecoder, DEFAULT_MAX_MESSAGE_SIZE};
 pub use uri::{percent_decode, Host, SipUri, TelUri, Uri};
 pub use values::{CSeq, ContentType};

@@ -1247,3 +1247,188 @@ fn digest_challenge_then_authenticated_invite() {
         "ACK for the 401 (CSeq 1), then for the 200 (CSeq 2)"
     );
 }
+
+// ---- stateless refusals (sl_send_reply) -------------------------------------------
+
+/// A UAS that lets its TU decide before any `100 Trying`, as the gateway runs it.
+fn deciding_uas() -> Endpoint {
+    let mut config = EndpointConfig::new(UAS_ADDR, 99);
+    config.trying_delay = Some(Duration::from_millis(200));
+    Endpoint::new(config)
+}
+
+fn ack_for(response: &[u8], branch: &str) -> Bytes {
+    let to_tag = parse(response)
+        .unwrap()
+        .to()
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    Bytes::from(format!(
+        "ACK sip:+918047168000@192.0.2.9 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.20:5060;branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:+14085550100@198.51.100.20>;tag=c1\r\nTo: <sip:+918047168000@192.0.2.9>;tag={to_tag}\r\n\
+Call-ID: call-{branch}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+#[test]
+fn stateless_refusals_keep_no_state_repeat_identically_and_absorb_their_ack() {
+    let mut ep = deciding_uas();
+    let t0 = Instant::now();
+    let invite = carrier_invite("z9hG4bKsl");
+    let mut answers = Vec::new();
+    for attempt in 0..2u32 {
+        // The original and a retransmission: each is a new event, answered the same way.
+        let at = t0 + Duration::from_millis(500) * attempt;
+        ep.handle_datagram(at, addr(CARRIER), Transport::Udp, invite.clone());
+        let (sent, events) = drain(&mut ep);
+        assert!(sent.is_empty(), "no 100 before the TU decides: {sent:?}");
+        let txn = new_invite_txn(&events);
+        let not_found = ep
+            .response(txn, 404)
+            .unwrap()
+            .header("Reason", "Q.850;cause=1");
+        ep.respond_stateless(txn, not_found).unwrap();
+        assert_eq!(ep.transaction_count(), 0, "nothing kept for a refusal");
+        let (sent, events) = drain(&mut ep);
+        assert!(events.is_empty());
+        assert_eq!(sent.iter().map(status_of).collect::<Vec<_>>(), [404]);
+        answers.push(sent[0].bytes.clone());
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "a retransmission gets the identical answer"
+    );
+
+    ep.handle_datagram(
+        t0,
+        addr(CARRIER),
+        Transport::Udp,
+        ack_for(&answers[0], "z9hG4bKsl"),
+    );
+    let (sent, events) = drain(&mut ep);
+    assert!(sent.is_empty() && events.is_empty());
+    let stats = ep.stats();
+    assert_eq!(
+        (stats.replies, stats.absorbed_acks, stats.stray_acks),
+        (2, 1, 0)
+    );
+    // An ACK whose To tag we did not derive is a stray, not ours.
+    let forged = ack_for(&answers[0], "z9hG4bKother");
+    ep.handle_datagram(t0, addr(CARRIER), Transport::Udp, forged);
+    assert_eq!(ep.stats().stray_acks, 1);
+
+    // No timer retransmits a stateless answer, and the timer heap drains.
+    let (sent, _) = run_timers(&mut ep, t0 + Duration::from_secs(64));
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(ep.poll_timeout(), None);
+}
+
+#[test]
+fn stateless_answers_refuse_what_needs_a_transaction() {
+    let mut ep = deciding_uas();
+    let t0 = Instant::now();
+    ep.handle_datagram(
+        t0,
+        addr(CARRIER),
+        Transport::Udp,
+        carrier_invite("z9hG4bKno"),
+    );
+    let (_, events) = drain(&mut ep);
+    let txn = new_invite_txn(&events);
+    let ringing = ep.response(txn, 180).unwrap();
+    assert!(
+        ep.respond_stateless(txn, ringing).is_err(),
+        "1xx is never stateless"
+    );
+    let ok = ep.response(txn, 200).unwrap();
+    assert!(
+        ep.respond_stateless(txn, ok).is_err(),
+        "a 2xx needs a dialog"
+    );
+    // The TU did not decide in this turn: the transaction stays, and 100 follows.
+    assert_eq!(ep.transaction_count(), 1);
+    let (sent, _) = run_timers(&mut ep, t0 + Duration::from_millis(250));
+    assert_eq!(
+        sent.iter().map(|(_, t)| status_of(t)).collect::<Vec<_>>(),
+        [100]
+    );
+}
+
+#[test]
+fn a_flood_of_refused_invites_leaves_memory_flat() {
+    let mut ep = deciding_uas();
+    let t0 = Instant::now();
+    for i in 0..20_000u32 {
+        let now = t0 + Duration::from_micros(300) * i;
+        ep.handle_datagram(
+            now,
+            addr(CARRIER),
+            Transport::Udp,
+            carrier_invite(&format!("z9hG4bKf{i}")),
+        );
+        let (_, events) = drain(&mut ep);
+        let txn = new_invite_txn(&events);
+        let refusal = ep.response(txn, 480).unwrap();
+        ep.respond_stateless(txn, refusal).unwrap();
+        while ep.poll_timeout().is_some_and(|at| at <= now) {
+            ep.handle_timeout(now);
+        }
+        drain(&mut ep);
+        assert_eq!(ep.transaction_count(), 0);
+    }
+    // Every deadline left behind was superseded and has been dropped by now.
+    assert_eq!(ep.poll_timeout(), None);
+    assert_eq!(ep.stats().replies, 20_000);
+}
+
+/// Over a lossy network a UAC's INVITE refused statelessly still completes: lost 486s are
+/// recovered by the UAC's INVITE retransmissions (each answered identically), its ACKs are
+/// absorbed, and the UAS never holds a transaction.
+#[test]
+fn stateless_refusal_survives_loss_and_holds_no_state() {
+    for seed in 1..=12 {
+        let mut sim = Sim::new(seed, 30);
+        sim.nodes[UAS].ep = deciding_uas();
+        let invite = invite_request(sim.ep(UAC), false);
+        let now = sim.now;
+        sim.ep(UAC)
+            .send_request(now, addr(UAS_ADDR), Transport::Udp, invite)
+            .unwrap();
+        let mut finals = Vec::new();
+        let mut refusals = Vec::new();
+        while sim.now < sim.at(64.0) {
+            let limit = sim.at(64.0);
+            sim.step(limit);
+            while let Some((who, ev)) = sim.events.pop_front() {
+                match (who, ev) {
+                    (UAS, Event::NewInvite { txn, .. }) => {
+                        let busy = sim.ep(UAS).response(txn, 486).unwrap();
+                        sim.ep(UAS).respond_stateless(txn, busy).unwrap();
+                    }
+                    (UAC, Event::Response { response, .. }) => {
+                        finals.push(response.message().status().unwrap());
+                    }
+                    (UAC, Event::TransactionTimedOut { .. }) => finals.push(408),
+                    (who, other) => panic!("unexpected event at {who}: {other:?}"),
+                }
+            }
+            sim.flush();
+            assert_eq!(sim.ep(UAS).transaction_count(), 0, "seed {seed}");
+        }
+        for (_, t) in &sim.nodes[UAS].sent {
+            refusals.push(t.bytes.clone());
+        }
+        assert_eq!(finals, [486], "seed {seed}");
+        assert!(refusals.windows(2).all(|w| w[0] == w[1]), "seed {seed}");
+        let stats = sim.ep(UAS).stats();
+        assert_eq!(stats.stray_acks, 0, "seed {seed}");
+        assert!(
+            stats.absorbed_acks as usize <= sim.sent_count(UAC, "ACK"),
+            "seed {seed}"
+        );
+        assert_eq!(sim.ep(UAS).poll_timeout(), None, "seed {seed}");
+    }
+}
