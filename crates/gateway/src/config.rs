@@ -50,18 +50,55 @@ pub struct SipConfig {
     pub rate_limit_burst: u32,
     /// How long a digest nonce stays valid.
     pub nonce_ttl_secs: u64,
+    /// What a source in no connection's `allowed_addresses` gets: `drop` (silence, no state)
+    /// or `reject` (a stateless 403, at most a few per second per source).
+    pub untrusted: UntrustedPolicy,
+    /// Concurrent TCP connections one trusted source may hold (untrusted ones get none).
+    pub max_tcp_connections_per_source: u32,
+    /// Failed digest answers from one address within `ban_window_secs` that ban it.
+    pub ban_digest_failures: u32,
+    /// Malformed messages from one address within `ban_window_secs` that ban it.
+    pub ban_malformed_messages: u32,
+    /// The window over which failures are counted.
+    pub ban_window_secs: u64,
+    /// How long a banned address is ignored (everything it sends is dropped).
+    pub ban_secs: u64,
+}
+
+/// `[sip] untrusted`: the answer for sources no connection admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UntrustedPolicy {
+    /// No answer and no state: scanners (`svmap`, `svwar`) find nothing.
+    Drop,
+    /// A stateless 403, for operators who want misconfigured carriers told why.
+    Reject,
 }
 
 /// Default SIP port on every interface: carriers send trunks to the well-known port.
 const DEFAULT_SIP_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060);
 /// RFC 3261 §18.1.1 bounds a UDP message by the 65,535-octet datagram; nothing legitimate is larger.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_535;
-/// A busy trunk sends tens of INVITEs per second; 200/s per source leaves headroom for peaks.
-const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 200;
+/// A trusted trunk's normal traffic must never be refused: carriers burst thousands of INVITEs
+/// per second at peaks, so the per-source bucket sits above that and only stops one source from
+/// taking the whole SIP engine. Protection from strangers is screening, not this bucket.
+const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 5_000;
 /// Two seconds' worth of the sustained rate, so a carrier's retransmission burst is not dropped.
-const DEFAULT_RATE_LIMIT_BURST: u32 = 400;
+const DEFAULT_RATE_LIMIT_BURST: u32 = 10_000;
 /// Five minutes: long enough for a slow carrier's challenge/response, short enough to bound replay.
 const DEFAULT_NONCE_TTL_SECS: u64 = 300;
+/// A carrier opens a handful of TCP connections per signalling host; 64 leaves room for
+/// reconnect storms while one trusted address can never take all of the process's sockets.
+const DEFAULT_MAX_TCP_CONNECTIONS_PER_SOURCE: u32 = 64;
+/// 10 wrong passwords in a minute is guessing, not a typo (fail2ban's and Kamailio's
+/// pike/htable recipes use the same order of magnitude).
+const DEFAULT_BAN_DIGEST_FAILURES: u32 = 10;
+/// A carrier's stack never sends malformed SIP in bursts; 50 in a window is a fuzzer.
+const DEFAULT_BAN_MALFORMED_MESSAGES: u32 = 50;
+/// One minute of failures counts toward a ban.
+const DEFAULT_BAN_WINDOW_SECS: u64 = 60;
+/// Ten minutes makes guessing uneconomic while a misconfigured carrier recovers on its own.
+const DEFAULT_BAN_SECS: u64 = 600;
 
 impl Default for SipConfig {
     fn default() -> Self {
@@ -72,6 +109,12 @@ impl Default for SipConfig {
             rate_limit_per_second: DEFAULT_RATE_LIMIT_PER_SECOND,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             nonce_ttl_secs: DEFAULT_NONCE_TTL_SECS,
+            untrusted: UntrustedPolicy::Drop,
+            max_tcp_connections_per_source: DEFAULT_MAX_TCP_CONNECTIONS_PER_SOURCE,
+            ban_digest_failures: DEFAULT_BAN_DIGEST_FAILURES,
+            ban_malformed_messages: DEFAULT_BAN_MALFORMED_MESSAGES,
+            ban_window_secs: DEFAULT_BAN_WINDOW_SECS,
+            ban_secs: DEFAULT_BAN_SECS,
         }
     }
 }
@@ -375,6 +418,21 @@ impl Config {
         }
         if self.sip.rate_limit_burst == 0 {
             bad("sip.rate_limit_burst", "must be positive".to_owned());
+        }
+        for (key, value) in [
+            (
+                "sip.ban_digest_failures",
+                u64::from(self.sip.ban_digest_failures),
+            ),
+            (
+                "sip.ban_malformed_messages",
+                u64::from(self.sip.ban_malformed_messages),
+            ),
+            ("sip.ban_window_secs", self.sip.ban_window_secs),
+        ] {
+            if value == 0 {
+                bad(key, "must be positive".to_owned());
+            }
         }
         if self.admin.max_body_bytes == 0 {
             bad("admin.max_body_bytes", "must be positive".to_owned());

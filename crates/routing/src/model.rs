@@ -94,6 +94,10 @@ pub struct Connection {
     pub digest: Option<DigestCredentials>,
     #[serde(default)]
     pub provider: Option<String>,
+    /// New calls per second this trunk may offer; above it INVITEs get a stateless 503 with
+    /// Retry-After. `None`: unlimited (screening and the per-source bucket still apply).
+    #[serde(default)]
+    pub max_calls_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

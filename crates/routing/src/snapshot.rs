@@ -484,11 +484,19 @@ impl RoutingSnapshot {
 
     fn finish(&mut self) {
         if self.sources_dirty {
-            let filter = SourceFilter::new(
-                self.connections
+            // A digest connection without an allowlist admits any source that authenticates,
+            // so the screen in front of the SIP engine must let every source through to its
+            // (stateless) challenge.
+            let anywhere: [ipnet::IpNet; 2] = [
+                ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+                ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+            ];
+            let filter = SourceFilter::new(self.connections.iter().flat_map(|(_, c)| {
+                let open = c.allowed_addresses.is_empty() && c.digest.is_some();
+                c.allowed_addresses
                     .iter()
-                    .flat_map(|(_, c)| c.allowed_addresses.iter()),
-            );
+                    .chain(anywhere.iter().filter(move |_| open))
+            }));
             self.sources = Arc::new(filter);
             self.sources_dirty = false;
         }

@@ -86,6 +86,7 @@ fn connection(id: &str, nets: &[&str]) -> Connection {
         allowed_addresses: nets.iter().map(|n| n.parse().unwrap()).collect(),
         digest: None,
         provider: Some("exotel".into()),
+        max_calls_per_second: None,
     }
 }
 

@@ -29,6 +29,7 @@ pub fn redacted(c: &Connection) -> Value {
         "allowed_addresses": c.allowed_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "digest": c.digest.as_ref().map(|d| json!({ "username": d.username, "password": "***" })),
         "provider": c.provider,
+        "max_calls_per_second": c.max_calls_per_second,
     })
 }
 
@@ -48,7 +49,12 @@ pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
     if let Some(map) = map {
         deny_unknown(
             map,
-            &["allowed_addresses", "digest", "provider"],
+            &[
+                "allowed_addresses",
+                "digest",
+                "provider",
+                "max_calls_per_second",
+            ],
             &root,
             &mut p,
         );
@@ -58,10 +64,24 @@ pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
         let provider = optional(map, "provider").map(|v| {
             super::request::bounded_string(v, MAX_TEXT_CHARS, at(&root, "provider"), &mut p)
         });
-        parsed = Some((addresses, digest, provider));
+        let max_cps = optional(map, "max_calls_per_second")
+            .filter(|v| !v.is_null())
+            .and_then(|v| {
+                let loc = at(&root, "max_calls_per_second");
+                let n = super::request::uint(v, loc.clone(), &mut p)?;
+                if n == 0 {
+                    p.push(loc, "greater_than", "Input should be greater than 0");
+                    return None;
+                }
+                Some(n)
+            });
+        parsed = Some((addresses, digest, provider, max_cps));
     }
     p.finish()?;
-    let (Some(connection_id), Some((Some(allowed_addresses), digest, provider))) = (id, parsed)
+    let (
+        Some(connection_id),
+        Some((Some(allowed_addresses), digest, provider, max_calls_per_second)),
+    ) = (id, parsed)
     else {
         return Err(ApiError::invalid(root, "missing", "Field required"));
     };
@@ -70,6 +90,7 @@ pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
         allowed_addresses,
         digest: digest.flatten(),
         provider: provider.flatten(),
+        max_calls_per_second,
     };
     let _write = cx.state.write_lock().await;
     cx.state.store.put_connection(&scope, &connection).await?;

@@ -36,6 +36,16 @@ pub struct SipMetrics {
     pub auth: IntCounterVec,
     /// Routing rejections by reason (`no_route`, `paused`, ...).
     pub route_rejects: IntCounterVec,
+    /// Messages and connections dropped by screening, by reason (`untrusted`, `banned`,
+    /// `tcp_per_source`).
+    pub dropped: IntCounterVec,
+    /// Addresses banned (digest guessing, malformed bursts).
+    pub bans: IntCounter,
+    /// What the SIP engine did without keeping state, by what (`reply`, `ack_absorbed`,
+    /// `ack_stray`).
+    pub stateless: IntCounterVec,
+    /// Live SIP transactions (accepted calls' and in-dialog requests' only).
+    pub transactions: IntGauge,
 }
 
 impl SipMetrics {
@@ -100,7 +110,31 @@ impl SipMetrics {
         registry.register(Box::new(queue_full.clone()))?;
         registry.register(Box::new(auth.clone()))?;
         registry.register(Box::new(route_rejects.clone()))?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "sip_dropped_total",
+                "SIP messages and connections dropped by screening, by reason",
+            ),
+            &["reason"],
+        )?;
+        let bans = IntCounter::new("sip_bans_total", "Source addresses banned")?;
+        let stateless = IntCounterVec::new(
+            Opts::new(
+                "sip_stateless_total",
+                "Replies sent and ACKs absorbed without a transaction",
+            ),
+            &["what"],
+        )?;
+        let transactions = IntGauge::new("sip_transactions", "Live SIP transactions")?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(bans.clone()))?;
+        registry.register(Box::new(stateless.clone()))?;
+        registry.register(Box::new(transactions.clone()))?;
         Ok(Self {
+            dropped,
+            bans,
+            stateless,
+            transactions,
             requests,
             invites,
             responses,

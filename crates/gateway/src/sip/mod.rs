@@ -5,6 +5,7 @@
 //! - [`call`]: one task per call: agent WebSocket, RTP bridge, port pair.
 //! - [`calls`]: the live-call handle the admin side uses ([`CallHandle`]).
 //! - [`ports`]: RTP port pairs with an RAII guard.
+//! - [`guard`]: screening before state: trusted / untrusted / banned sources, TCP slots.
 //! - [`rate_limit`]: per-source token buckets applied in the socket readers.
 //! - [`metrics`]: SIP counters on the gateway's Prometheus registry.
 //! - [`identity`]: called and calling numbers of an INVITE.
@@ -14,9 +15,14 @@
 //! - [`twilio_rest`]: the Twilio-compatible call resource (REST hang-up).
 //!
 //! # Decisions (what a production SBC facing carriers does)
-//! - **OPTIONS keep-alives** get 200 (Allow, Accept, Supported) only from sources some
-//!   connection admits; any other source gets 403, like its INVITEs. Scanners learn nothing
-//!   they could not learn from a 403 to an INVITE, and carriers' pings keep working.
+//! - **Screening before state**: a source no connection admits is dropped before its datagram
+//!   is copied (`[sip] untrusted = "drop"`, the default) or gets a stateless 403 (`reject`);
+//!   its TCP connections are closed at accept. Scanners learn nothing.
+//! - **Stateless refusals**: every answer that refuses a request before a call is taken on
+//!   (400, 401, 403, 404, 480, 482, 483, 488, 503, ...) and every out-of-dialog OPTIONS answer
+//!   leaves no transaction behind ([`switchboard_sip::Endpoint::respond_stateless`]); only
+//!   accepted calls (180/200) hold an INVITE server transaction.
+//! - **OPTIONS keep-alives** from trusted sources get 200 (Allow, Accept, Supported).
 //! - **Responses** to UDP requests go to the packet's source address and port: the reader
 //!   adds `rport` to every UDP request's top Via ([`transport::request_rport`]), so the
 //!   endpoint's RFC 3581 routing applies whether or not the peer asked. Behind NAT the Via
@@ -33,6 +39,7 @@
 
 pub mod call;
 pub mod calls;
+pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod ports;
@@ -94,7 +101,14 @@ pub async fn start(
     let tcp = listeners.tcp.local_addr().map_err(bind_error)?;
     let ports = ports::RtpPortAllocator::from_spec(&config.media.rtp_ports)?;
     let (inbound_tx, inbound_rx) = mpsc::channel(transport::INBOUND_QUEUE);
+    let guard = guard::Guard::new(
+        std::sync::Arc::clone(&state.routing),
+        &config.sip,
+        metrics.clone(),
+    );
     let shared = transport::ReaderShared {
+        guard: guard.clone(),
+        tagger: switchboard_sip::stateless::StatelessTagger::new(rand::random()),
         max_message_bytes: config.sip.max_message_bytes,
         limiter: Arc::new(Mutex::new(rate_limit::RateLimiter::new(
             config.sip.rate_limit_per_second,
@@ -124,7 +138,8 @@ pub async fn start(
         state.clone(),
         metrics,
         outbound,
-        Endpoint::new(EndpointConfig::new(local.udp.to_string(), rand::random())),
+        Endpoint::new(endpoint_config(local.udp.to_string())),
+        guard,
         trunk::TrunkAuth::new(config.sip.nonce_ttl_secs),
         ports,
         local,
@@ -135,3 +150,16 @@ pub async fn start(
     tracing::info!(%udp, %tcp, "SIP listening");
     Ok(SipAddrs { udp, tcp })
 }
+
+/// How the gateway runs the SIP engine: the call layer answers every new INVITE in the same
+/// turn (a stateless refusal or 180), so the endpoint holds its `100 Trying` back for the
+/// RFC 3261 §17.2.1 200 ms instead of sending one before every refusal.
+fn endpoint_config(sent_by: String) -> EndpointConfig {
+    let mut config = EndpointConfig::new(sent_by, rand::random());
+    config.trying_delay = Some(TRYING_DELAY);
+    config
+}
+
+/// RFC 3261 §17.2.1: a server transaction sends 100 Trying if the TU has not answered within
+/// 200 ms.
+const TRYING_DELAY: std::time::Duration = std::time::Duration::from_millis(200);

@@ -23,8 +23,8 @@ use switchboard_media::{
 };
 use switchboard_routing::{Reject, RejectReason, Route, RouteDecision};
 use switchboard_sip::{
-    DialogId, Endpoint, Event, HeaderName, MessageBuilder, OwnedMessage, ServerTxnId, Transmit,
-    Transport,
+    DialogId, Endpoint, Event, HeaderName, MessageBuilder, OwnedMessage, ServerTxnId,
+    StatelessStats, Transmit, Transport,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use super::call::{self, CallEvent, CallSetup, CoreCommand, HangupReason, CALL_EVENT_QUEUE};
 use super::calls::{account_sid_for, CallDetails, CallHandle};
+use super::guard::{Guard, Offence};
 use super::identity;
 use super::metrics::SipMetrics;
 use super::ports::RtpPortAllocator;
@@ -46,6 +47,8 @@ pub const CORE_COMMAND_QUEUE: usize = 4096;
 const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
 /// `Retry-After` for a runtime in `error` (routing gives none): a minute lets an operator act.
 const RUNTIME_ERROR_RETRY_AFTER_SECS: u32 = 60;
+/// `Retry-After` above a connection's `max_calls_per_second`: its bucket refills within a second.
+const CALL_RATE_RETRY_AFTER_SECS: u32 = 1;
 /// How long shutdown gives BYEs to leave before the task exits.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
 /// Product token in Server and User-Agent headers.
@@ -98,6 +101,13 @@ struct Call {
     to_task: mpsc::Sender<CallEvent>,
 }
 
+/// A connection's `max_calls_per_second` token bucket.
+#[derive(Debug, Clone, Copy)]
+struct CallRate {
+    tokens: f64,
+    refilled_at: Instant,
+}
+
 /// The endpoint task's state.
 #[derive(Debug)]
 pub struct Core {
@@ -105,9 +115,15 @@ pub struct Core {
     metrics: SipMetrics,
     outbound: Outbound,
     endpoint: Endpoint,
+    guard: Guard,
     trunk: TrunkAuth,
     ports: RtpPortAllocator,
     local: LocalAddrs,
+    /// Per-connection buckets for `max_calls_per_second`, by connection id (bounded by the
+    /// number of connections).
+    call_rates: HashMap<String, CallRate>,
+    /// The endpoint's stateless counters as last exported to metrics.
+    exported: StatelessStats,
     /// Calls by SIP Call-ID.
     calls: HashMap<String, Call>,
     by_invite: HashMap<ServerTxnId, String>,
@@ -122,6 +138,7 @@ impl Core {
         metrics: SipMetrics,
         outbound: Outbound,
         endpoint: Endpoint,
+        guard: Guard,
         trunk: TrunkAuth,
         ports: RtpPortAllocator,
         local: LocalAddrs,
@@ -133,9 +150,12 @@ impl Core {
             metrics,
             outbound,
             endpoint,
+            guard,
             trunk,
             ports,
             local,
+            call_rates: HashMap::new(),
+            exported: StatelessStats::default(),
             calls: HashMap::new(),
             by_invite: HashMap::new(),
             commands,
@@ -213,6 +233,28 @@ impl Core {
                 break;
             }
         }
+        self.export_stats();
+    }
+
+    /// Moves the endpoint's stateless counters and transaction count into the metrics.
+    fn export_stats(&mut self) {
+        let now = self.endpoint.stats();
+        let was = std::mem::replace(&mut self.exported, now);
+        for (what, delta) in [
+            ("reply", now.replies - was.replies),
+            ("ack_absorbed", now.absorbed_acks - was.absorbed_acks),
+            ("ack_stray", now.stray_acks - was.stray_acks),
+        ] {
+            if delta > 0 {
+                self.metrics
+                    .stateless
+                    .with_label_values(&[what])
+                    .inc_by(delta);
+            }
+        }
+        self.metrics
+            .transactions
+            .set(i64::try_from(self.endpoint.transaction_count()).unwrap_or(i64::MAX));
     }
 
     fn on_event(&mut self, event: Event) {
@@ -224,7 +266,7 @@ impl Core {
                 transport,
             } => {
                 self.metrics.request("INVITE");
-                if self.screened(txn, &request) {
+                if self.screened(txn, &request, true) {
                     self.on_invite(txn, request, remote, transport);
                 }
             }
@@ -234,7 +276,7 @@ impl Core {
                 request,
             } => {
                 self.metrics.request("INVITE");
-                if self.screened(txn, &request) {
+                if self.screened(txn, &request, false) {
                     self.renegotiate(txn, &request, dialog, "INVITE");
                 }
             }
@@ -274,17 +316,19 @@ impl Core {
                 ..
             } => {
                 self.metrics.request("OPTIONS");
-                if !self.screened(txn, &request) {
+                let stateless = dialog.is_none();
+                if !self.screened(txn, &request, stateless) {
                     return;
                 }
-                // Keep-alives from the carriers we serve get 200; anyone else is refused
-                // like their INVITEs would be, so scanners learn nothing.
+                // Keep-alives from the carriers we serve get 200 (statelessly out of a dialog,
+                // so a carrier pinging every second costs no transaction); anyone else is
+                // refused like their INVITEs would be.
                 if dialog.is_some() || self.state.routing.load().admits_source(remote.ip()) {
-                    self.reply(txn, 200, None, None, &capabilities());
+                    self.answer_with(txn, stateless, 200, None, None, &capabilities());
                 } else {
                     self.metrics.auth.with_label_values(&["forbidden"]).inc();
                     let why = format!("source {} is not in any trunk's allowlist", remote.ip());
-                    self.reply(
+                    self.refuse(
                         txn,
                         403,
                         Some("Q.850;cause=21;text=\"source not allowed\""),
@@ -301,11 +345,12 @@ impl Core {
             } => {
                 let method = request.message().method().unwrap_or("").to_owned();
                 self.metrics.request(&method);
-                if !self.screened(txn, &request) {
+                if !self.screened(txn, &request, dialog.is_none()) {
                     return;
                 }
                 match (method.as_str(), dialog) {
                     ("UPDATE", Some(dialog)) => self.renegotiate(txn, &request, dialog, "UPDATE"),
+                    (_, None) => self.refuse(txn, 481, None, Some("no such dialog"), &[]),
                     _ => self.reply(txn, 481, None, Some("no such dialog"), &[]),
                 }
             }
@@ -328,8 +373,9 @@ impl Core {
         }
     }
 
-    /// Applies request screening; answers and returns false when the request is refused.
-    fn screened(&mut self, txn: ServerTxnId, request: &OwnedMessage) -> bool {
+    /// Applies request screening; answers (statelessly when `stateless`, i.e. outside a
+    /// dialog) and returns false when the request is refused.
+    fn screened(&mut self, txn: ServerTxnId, request: &OwnedMessage, stateless: bool) -> bool {
         match screen::screen(&request.message()) {
             Ok(()) => true,
             Err(refusal) => {
@@ -343,8 +389,9 @@ impl Core {
                     .iter()
                     .map(|(n, v)| (*n, v.clone()))
                     .collect();
-                self.reply(
+                self.answer_with(
                     txn,
+                    stateless,
                     refusal.status,
                     Some(&reason),
                     Some(&refusal.why),
@@ -392,6 +439,42 @@ impl Core {
         }
     }
 
+    /// Refuses `txn`'s request statelessly (no transaction kept; see
+    /// [`Endpoint::respond_stateless`]): for every refusal before a call is taken on.
+    fn refuse(
+        &mut self,
+        txn: ServerTxnId,
+        status: u16,
+        reason: Option<&str>,
+        warning: Option<&str>,
+        headers: &[(&str, String)],
+    ) {
+        let Some(b) = self.response(txn, status, reason, warning, headers) else {
+            return;
+        };
+        match self.endpoint.respond_stateless(txn, b) {
+            Ok(()) => self.metrics.response(status),
+            Err(e) => tracing::debug!(error = %e, status, "stateless response not sent"),
+        }
+    }
+
+    /// [`Core::refuse`] when `stateless`, else [`Core::reply`].
+    fn answer_with(
+        &mut self,
+        txn: ServerTxnId,
+        stateless: bool,
+        status: u16,
+        reason: Option<&str>,
+        warning: Option<&str>,
+        headers: &[(&str, String)],
+    ) {
+        if stateless {
+            self.refuse(txn, status, reason, warning, headers);
+        } else {
+            self.reply(txn, status, reason, warning, headers);
+        }
+    }
+
     /// Answers `txn` with `status` plus the given headers.
     fn reply(
         &mut self,
@@ -420,7 +503,7 @@ impl Core {
         };
         if self.calls.contains_key(&call_id) {
             // Same Call-ID, new transaction, no To tag: a merged or looped request (§8.2.2.2).
-            self.reply(
+            self.refuse(
                 txn,
                 482,
                 None,
@@ -458,12 +541,22 @@ impl Core {
             request_uri,
             authorization,
         );
+        let wrong_credentials = matches!(verdict, TrunkVerdict::WrongCredentials(_));
         match verdict {
             TrunkVerdict::Admit => {}
-            TrunkVerdict::Forbidden(why) => {
-                self.metrics.auth.with_label_values(&["forbidden"]).inc();
-                tracing::info!(%source, %called, why, "INVITE refused by trunk authentication");
-                self.reply(
+            TrunkVerdict::Forbidden(why) | TrunkVerdict::WrongCredentials(why) => {
+                let label = if wrong_credentials {
+                    "failed"
+                } else {
+                    "forbidden"
+                };
+                self.metrics.auth.with_label_values(&[label]).inc();
+                if wrong_credentials {
+                    self.guard
+                        .offence(Instant::now(), source.ip(), Offence::DigestFailure);
+                }
+                tracing::debug!(%source, %called, why, "INVITE refused by trunk authentication");
+                self.refuse(
                     txn,
                     403,
                     Some("Q.850;cause=21;text=\"trunk authentication failed\""),
@@ -480,7 +573,7 @@ impl Core {
                     .auth
                     .with_label_values(&[if stale { "stale" } else { "challenged" }])
                     .inc();
-                self.reply(
+                self.refuse(
                     txn,
                     401,
                     None,
@@ -490,9 +583,27 @@ impl Core {
                 return;
             }
         }
+        if let Some(limit) = connection.and_then(|c| c.max_calls_per_second) {
+            let id = connection.map_or("", |c| c.connection_id.as_str());
+            if !self.take_call_token(id, limit) {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["connection_503"])
+                    .inc();
+                let retry = [("Retry-After", CALL_RATE_RETRY_AFTER_SECS.to_string())];
+                self.refuse(
+                    txn,
+                    503,
+                    Some("Q.850;cause=42;text=\"connection call rate exceeded\""),
+                    Some("above the connection's max_calls_per_second"),
+                    &retry,
+                );
+                return;
+            }
+        }
         if !self.state.is_ready() {
             let retry = [("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())];
-            self.reply(
+            self.refuse(
                 txn,
                 503,
                 Some("Q.850;cause=41;text=\"gateway starting\""),
@@ -526,7 +637,7 @@ impl Core {
                     .with_label_values(&["rtp_ports"])
                     .inc();
                 let retry = [("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())];
-                self.reply(
+                self.refuse(
                     txn,
                     503,
                     Some("Q.850;cause=34;text=\"no RTP ports free\""),
@@ -542,7 +653,7 @@ impl Core {
             Some(offer) => match sdp.answer(&offer) {
                 Ok((answer, negotiated)) => (answer.into_string(), Some(negotiated), false),
                 Err(e) => {
-                    self.refuse_media(txn, &e);
+                    self.refuse_media(txn, &e, true);
                     return;
                 }
             },
@@ -579,7 +690,7 @@ impl Core {
             ports,
             rtp_socket,
         };
-        tracing::info!(%call_sid, %call_id, explanation = %route.explanation(), "routing call");
+        tracing::debug!(%call_sid, %call_id, explanation = %route.explanation(), "routing call");
         self.calls.insert(
             call_id.clone(),
             Call {
@@ -613,7 +724,8 @@ impl Core {
             .inc();
         let status = reject.sip_status();
         let why = reject.explanation();
-        tracing::info!(
+        // Counted above; a log line per refused call would cost more than the refusal.
+        tracing::debug!(
             status,
             reason = reason.as_str(),
             why,
@@ -637,10 +749,12 @@ impl Core {
             .map(|s| ("Retry-After", s.to_string()))
             .into_iter()
             .collect();
-        self.reply(txn, status, Some(&reason_header), Some(&why), &headers);
+        self.refuse(txn, status, Some(&reason_header), Some(&why), &headers);
     }
 
-    fn refuse_media(&mut self, txn: ServerTxnId, error: &MediaError) {
+    /// 488/500 for an offer we cannot answer: stateless for a new INVITE, in the transaction
+    /// for a re-INVITE/UPDATE.
+    fn refuse_media(&mut self, txn: ServerTxnId, error: &MediaError, stateless: bool) {
         let status = error.sip_status();
         let why = error.to_string();
         let mut headers = Vec::new();
@@ -653,7 +767,32 @@ impl Core {
             headers.push(("Accept", ACCEPT.to_owned()));
         }
         let reason = format!("Q.850;cause=88;text=\"{}\"", sanitize(&why));
-        self.reply(txn, status, Some(&reason), Some(&why), &headers);
+        self.answer_with(txn, stateless, status, Some(&reason), Some(&why), &headers);
+    }
+
+    /// Charges one new call to connection `id`'s bucket of `limit` calls per second (burst:
+    /// one second's worth); false when it is empty.
+    fn take_call_token(&mut self, id: &str, limit: u32) -> bool {
+        let now = Instant::now();
+        let rate = self
+            .call_rates
+            .entry(id.to_owned())
+            .or_insert_with(|| CallRate {
+                tokens: f64::from(limit),
+                refilled_at: now,
+            });
+        let limit = f64::from(limit);
+        let elapsed = now
+            .saturating_duration_since(rate.refilled_at)
+            .as_secs_f64();
+        rate.tokens = (rate.tokens + elapsed * limit).min(limit);
+        rate.refilled_at = now;
+        if rate.tokens >= 1.0 {
+            rate.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn contact(&self, transport: Transport) -> String {
@@ -840,7 +979,7 @@ impl Core {
             }
             Err(e) => {
                 // The call keeps its previous media (RFC 3261 §14.2).
-                self.refuse_media(txn, &e);
+                self.refuse_media(txn, &e, false);
                 return;
             }
         };

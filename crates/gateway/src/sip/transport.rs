@@ -2,9 +2,11 @@
 //!
 //! Readers (one task per UDP socket, one per TCP connection) turn datagrams and framed
 //! stream messages into [`Inbound`] items on a bounded queue to the endpoint task. Before
-//! anything is queued, each message is charged to its source's token bucket
-//! ([`RateLimiter`]) and checked against `[sip] max_message_bytes`, so a flood is shed in
-//! the reader and never fills the queue other carriers share. Excess INVITEs get a
+//! anything is copied or parsed, the source is screened ([`Guard`]): untrusted and banned
+//! addresses are dropped (or, in `reject` mode, get a rare stateless 403) and TCP connections
+//! from them are closed at accept. A trusted message is then charged to its source's token
+//! bucket ([`RateLimiter`]) and checked against `[sip] max_message_bytes`, so a flood is shed
+//! in the reader and never fills the queue other carriers share. Excess INVITEs get a
 //! stateless `503` with `Retry-After` (a few per second per source); the rest is dropped.
 //!
 //! Sending never blocks the endpoint task: UDP uses `try_send_to` (a full socket buffer
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
+use switchboard_sip::stateless::StatelessTagger;
 use switchboard_sip::{Frame, HeaderName, OwnedMessage, StreamDecoder, Transport};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -25,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::guard::{Guard, Offence, Standing, TcpSlot};
 use super::metrics::SipMetrics;
 use super::rate_limit::{RateLimiter, Verdict};
 
@@ -86,11 +90,38 @@ pub struct ReaderShared {
     pub limiter: Arc<Mutex<RateLimiter>>,
     pub metrics: SipMetrics,
     pub inbound: mpsc::Sender<Inbound>,
+    pub guard: Guard,
+    /// To tags for the 403s untrusted sources get in `reject` mode.
+    pub tagger: StatelessTagger,
 }
 
 impl ReaderShared {
-    /// Rate-limits and queues one message; returns a stateless response to send back (a 503
-    /// for a shed INVITE), if any.
+    /// Screens a message by its source before anything is allocated for it. `Ok(())`: a
+    /// trusted source, go on. `Err(reply)`: dropped, with a stateless 403 to send back for an
+    /// untrusted source in `reject` mode.
+    fn screen(&self, source: SocketAddr, bytes: &[u8]) -> Result<(), Option<Bytes>> {
+        let now = Instant::now();
+        match self.guard.standing(now, source.ip()) {
+            Standing::Trusted => Ok(()),
+            Standing::Banned => {
+                self.guard.dropped(now, source.ip(), Standing::Banned);
+                Err(None)
+            }
+            Standing::Untrusted => {
+                if !self.guard.reply_to_untrusted(now, source.ip()) {
+                    return Err(None);
+                }
+                let reply = untrusted_response(bytes, source, &self.tagger);
+                if reply.is_some() {
+                    self.metrics.response(403);
+                }
+                Err(reply)
+            }
+        }
+    }
+
+    /// Rate-limits and queues one message from a trusted source; returns a stateless
+    /// response to send back (a 503 for a shed INVITE), if any.
     fn admit(&self, source: SocketAddr, transport: Transport, bytes: Bytes) -> Option<Bytes> {
         let verdict = self
             .limiter
@@ -101,7 +132,7 @@ impl ReaderShared {
             Verdict::Allow => match self.inbound.try_send(Inbound {
                 source,
                 transport,
-                message: prepare(bytes, transport, &self.metrics),
+                message: self.prepare(bytes, source, transport),
             }) {
                 Ok(()) => None,
                 Err(mpsc::error::TrySendError::Full(item)) => {
@@ -155,35 +186,57 @@ pub fn overload_response(bytes: &[u8], why: &str, metrics: &SipMetrics) -> Optio
     Some(response)
 }
 
-/// Parses a message in the reader (off the endpoint task), counting what does not parse
-/// or validate (the endpoint answers those), and asks for symmetric response routing on
-/// UDP requests ([`request_rport`]).
-fn prepare(bytes: Bytes, transport: Transport, metrics: &SipMetrics) -> Parsed {
-    let count = |e: &switchboard_sip::SipError| {
-        let action = e
-            .response_status()
-            .map_or_else(|| "dropped".to_owned(), |s| s.to_string());
-        metrics
-            .parse_errors
-            .with_label_values(&[action.as_str()])
-            .inc();
-    };
-    let udp = transport == Transport::Udp;
-    match OwnedMessage::parse(bytes.clone()) {
-        Err(e) => {
-            count(&e);
-            // The endpoint salvages a 400 from the raw lines; it must go back to the source
-            // port like every other response.
-            Parsed::Unparsed(if udp { raw_request_rport(bytes) } else { bytes })
-        }
-        Ok(message) => {
-            if let Err(e) = message.message().validate() {
+/// The stateless 403 an untrusted source gets in `reject` mode: for requests other than ACK
+/// that parse; nothing for anything else.
+fn untrusted_response(bytes: &[u8], source: SocketAddr, tagger: &StatelessTagger) -> Option<Bytes> {
+    let request = switchboard_sip::parse(bytes).ok()?;
+    if !request.is_request() || request.method() == Some("ACK") {
+        return None;
+    }
+    let tag = tagger.tag_for(&request)?;
+    let why = format!("no connection allows {}", source.ip());
+    request
+        .response(403)
+        .to_tag(&tag)
+        .header("Reason", "Q.850;cause=21;text=\"source not allowed\"")
+        .header("Warning", format!("399 switchboard \"{why}\""))
+        .build()
+        .ok()
+}
+
+impl ReaderShared {
+    /// Parses a message in the reader (off the endpoint task), counting what does not parse
+    /// or validate (the endpoint answers those, and a burst of them bans the source), and
+    /// asks for symmetric response routing on UDP requests ([`request_rport`]).
+    fn prepare(&self, bytes: Bytes, source: SocketAddr, transport: Transport) -> Parsed {
+        let count = |e: &switchboard_sip::SipError| {
+            let action = e
+                .response_status()
+                .map_or_else(|| "dropped".to_owned(), |s| s.to_string());
+            self.metrics
+                .parse_errors
+                .with_label_values(&[action.as_str()])
+                .inc();
+            self.guard
+                .offence(Instant::now(), source.ip(), Offence::Malformed);
+        };
+        let udp = transport == Transport::Udp;
+        match OwnedMessage::parse(bytes.clone()) {
+            Err(e) => {
                 count(&e);
+                // The endpoint salvages a 400 from the raw lines; it must go back to the source
+                // port like every other response.
+                Parsed::Unparsed(if udp { raw_request_rport(bytes) } else { bytes })
             }
-            if udp {
-                Parsed::Message(Box::new(request_rport(message)))
-            } else {
-                Parsed::Message(Box::new(message))
+            Ok(message) => {
+                if let Err(e) = message.message().validate() {
+                    count(&e);
+                }
+                if udp {
+                    Parsed::Message(Box::new(request_rport(message)))
+                } else {
+                    Parsed::Message(Box::new(message))
+                }
             }
         }
     }
@@ -394,11 +447,17 @@ async fn udp_reader(socket: Arc<UdpSocket>, shared: ReaderShared, shutdown: Canc
                 continue;
             }
         };
+        let source = canonical(source);
+        if let Err(reply) = shared.screen(source, &buf[..len]) {
+            if let Some(reply) = reply {
+                let _ = socket.try_send_to(&reply, source);
+            }
+            continue;
+        }
         if len > shared.max_message_bytes {
             shared.metrics.oversized.inc();
             continue;
         }
-        let source = canonical(source);
         let bytes = Bytes::copy_from_slice(&buf[..len]);
         if let Some(reply) = shared.admit(source, Transport::Udp, bytes) {
             let _ = socket.try_send_to(&reply, source);
@@ -410,6 +469,8 @@ async fn udp_reader(socket: Arc<UdpSocket>, shared: ReaderShared, shutdown: Canc
 struct Registered {
     peer: SocketAddr,
     conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    /// The source's TCP slot, given back when the connection ends.
+    _slot: TcpSlot,
 }
 
 impl Drop for Registered {
@@ -438,6 +499,19 @@ async fn tcp_acceptor(
                 }
             },
         };
+        let peer = canonical(peer);
+        let now = Instant::now();
+        let standing = shared.guard.standing(now, peer.ip());
+        if standing != Standing::Trusted {
+            // Closed at accept: an untrusted address never holds a socket of ours.
+            shared.guard.dropped(now, peer.ip(), standing);
+            drop(stream);
+            continue;
+        }
+        let Some(slot) = shared.guard.tcp_slot(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         if conns.len() >= MAX_TCP_CONNECTIONS {
             shared
                 .metrics
@@ -447,13 +521,13 @@ async fn tcp_acceptor(
             drop(stream);
             continue;
         }
-        let peer = canonical(peer);
         let _ = stream.set_nodelay(true);
         let (writer_tx, writer_rx) = mpsc::channel(TCP_WRITE_QUEUE);
         conns.insert(peer, writer_tx.clone());
         let registered = Registered {
             peer,
             conns: Arc::clone(&conns),
+            _slot: slot,
         };
         tasks.spawn(tcp_connection(
             stream,
@@ -514,6 +588,10 @@ async fn tcp_connection(
                     let _ = writer_tx.try_send(Bytes::from_static(b"\r\n"));
                 }
                 Ok(Some(Frame::Message(message))) => {
+                    if shared.screen(peer, &message.bytes()).is_err() {
+                        // Banned (or no longer trusted) mid-connection: close it.
+                        break 'conn;
+                    }
                     if let Some(reply) = shared.admit(peer, Transport::Tcp, message.bytes()) {
                         let _ = writer_tx.try_send(reply);
                     }
@@ -550,20 +628,126 @@ async fn tcp_connection(
 mod tests {
     use super::*;
 
+    use crate::config::{SipConfig, UntrustedPolicy};
+    use switchboard_routing::model::{Connection, Scope};
+    use switchboard_routing::{Change, RoutingSettings, RoutingSnapshot, RoutingTable};
+
+    /// A routing table whose one connection trusts `nets`.
+    fn table_trusting(nets: &[&str]) -> Arc<RoutingTable> {
+        let table = RoutingTable::new(RoutingSnapshot::empty(RoutingSettings::default()).unwrap());
+        let connection = Connection {
+            connection_id: "trunk".into(),
+            allowed_addresses: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            digest: None,
+            provider: None,
+            max_calls_per_second: None,
+        };
+        table
+            .apply(&[Change::UpsertConnection(Scope::new("o", "w"), connection)])
+            .unwrap();
+        Arc::new(table)
+    }
+
+    fn shared_with(
+        per_second: u32,
+        burst: u32,
+        queue: usize,
+        trusted: &[&str],
+        sip: SipConfig,
+    ) -> (ReaderShared, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let registry = prometheus::Registry::new();
+        let metrics = SipMetrics::register(&registry).unwrap();
+        let shared = ReaderShared {
+            max_message_bytes: 2048,
+            limiter: Arc::new(Mutex::new(RateLimiter::new(per_second, burst))),
+            guard: Guard::new(table_trusting(trusted), &sip, metrics.clone()),
+            tagger: StatelessTagger::new(7),
+            metrics,
+            inbound: tx,
+        };
+        (shared, rx)
+    }
+
     fn shared(
         per_second: u32,
         burst: u32,
         queue: usize,
     ) -> (ReaderShared, mpsc::Receiver<Inbound>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let registry = prometheus::Registry::new();
-        let shared = ReaderShared {
-            max_message_bytes: 2048,
-            limiter: Arc::new(Mutex::new(RateLimiter::new(per_second, burst))),
-            metrics: SipMetrics::register(&registry).unwrap(),
-            inbound: tx,
+        shared_with(
+            per_second,
+            burst,
+            queue,
+            &["192.0.2.0/24", "127.0.0.1/32"],
+            SipConfig::default(),
+        )
+    }
+
+    #[test]
+    fn untrusted_sources_are_dropped_or_get_a_rare_stateless_403() {
+        let stranger: SocketAddr = "198.51.100.9:5060".parse().unwrap();
+        let (shared, _rx) = shared(1000, 1000, 16);
+        assert_eq!(
+            shared.screen(stranger, INVITE),
+            Err(None),
+            "drop by default"
+        );
+        assert!(shared
+            .screen("192.0.2.1:5060".parse().unwrap(), INVITE)
+            .is_ok());
+        assert_eq!(
+            shared
+                .metrics
+                .dropped
+                .with_label_values(&["untrusted"])
+                .get(),
+            1
+        );
+
+        let reject = SipConfig {
+            untrusted: UntrustedPolicy::Reject,
+            ..SipConfig::default()
         };
-        (shared, rx)
+        let (shared, _rx) = shared_with(1000, 1000, 16, &["192.0.2.0/24"], reject);
+        let Err(Some(reply)) = shared.screen(stranger, INVITE) else {
+            panic!("reject mode answers");
+        };
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("SIP/2.0 403 "), "{text}");
+        assert!(text.contains("no connection allows 198.51.100.9"), "{text}");
+        // The same request gets the same answer (the To tag is derived from it).
+        assert_eq!(shared.screen(stranger, INVITE), Err(Some(reply)));
+        // ACKs are never answered; the reply budget is small.
+        let ack = b"ACK sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKa\r\n\r\n";
+        assert_eq!(shared.screen(stranger, ack), Err(None));
+        let answered = (0..100)
+            .filter(|_| matches!(shared.screen(stranger, INVITE), Err(Some(_))))
+            .count();
+        assert!(answered < 20, "{answered} replies: a reflector");
+    }
+
+    #[test]
+    fn a_burst_of_malformed_messages_bans_the_source() {
+        let sip = SipConfig {
+            ban_malformed_messages: 3,
+            ..SipConfig::default()
+        };
+        let (shared, _rx) = shared_with(1000, 1000, 64, &["192.0.2.0/24"], sip);
+        let fuzzer: SocketAddr = "192.0.2.66:5060".parse().unwrap();
+        let garbage = Bytes::from_static(b"INVITE sip:x SIP/2.0\r\nContent-Length: -5\r\n\r\n");
+        for _ in 0..3 {
+            assert!(shared.screen(fuzzer, &garbage).is_ok());
+            shared.admit(fuzzer, Transport::Udp, garbage.clone());
+        }
+        assert_eq!(shared.screen(fuzzer, INVITE), Err(None), "banned");
+        assert!(shared
+            .screen("192.0.2.1:5060".parse().unwrap(), INVITE)
+            .is_ok());
+        assert_eq!(shared.metrics.bans.get(), 1);
+        assert_eq!(
+            shared.metrics.dropped.with_label_values(&["banned"]).get(),
+            1
+        );
     }
 
     const INVITE: &[u8] = b"INVITE sip:+918047168000@gw SIP/2.0\r\n\

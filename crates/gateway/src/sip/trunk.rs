@@ -29,6 +29,8 @@ pub enum TrunkVerdict {
     Admit,
     /// 403 Forbidden; the text goes into the Warning/Reason headers.
     Forbidden(String),
+    /// 403 Forbidden for a wrong digest user or password: counts toward a ban of the source.
+    WrongCredentials(String),
     /// 401 with this `WWW-Authenticate` value.
     Challenge {
         www_authenticate: String,
@@ -110,7 +112,7 @@ impl TrunkAuth {
             Verification::Valid => TrunkVerdict::Admit,
             Verification::Stale => challenge(true),
             Verification::Rejected(Rejection::BadResponse | Rejection::UnknownUser) => {
-                TrunkVerdict::Forbidden(format!(
+                TrunkVerdict::WrongCredentials(format!(
                     "digest authentication failed for user {:?} on connection {}",
                     authorization.username, connection.connection_id
                 ))
@@ -138,6 +140,7 @@ mod tests {
                 password: "s3cret".into(),
             }),
             provider: None,
+            max_calls_per_second: None,
         }
     }
 
@@ -223,7 +226,7 @@ mod tests {
         let bad = answer(&www_authenticate, "guess", "abc");
         assert!(matches!(
             auth.check(NOW + 5, 43, src, Some(&c), true, "INVITE", URI, Some(&bad)),
-            TrunkVerdict::Forbidden(_)
+            TrunkVerdict::WrongCredentials(_)
         ));
         // The allowlist still applies to authenticated requests.
         assert!(matches!(
