@@ -138,6 +138,13 @@ pub struct AdminConfig {
     pub probe_interval_secs: u64,
     /// How long one probe may take before the version is marked `error`.
     pub probe_timeout_ms: u64,
+    /// Cap on concurrently open admin connections; connections beyond it are closed at accept
+    /// (and counted in `switchboard_admin_connections_rejected_total`).
+    pub max_connections: usize,
+    /// Slow-body bound, seconds. A JSON body must arrive completely within it; a multipart
+    /// cohort upload (which may legitimately take minutes) must not stall longer than it
+    /// between two reads. Past it the request gets 408 and the connection is closed.
+    pub body_timeout_secs: u64,
 }
 
 /// Default admin listener: loopback, so a fresh install is not reachable from the network.
@@ -150,6 +157,14 @@ const DEFAULT_MAX_UPLOAD_BYTES: u64 = 256 << 20;
 const DEFAULT_PROBE_INTERVAL_SECS: u64 = 30;
 /// 3 s: the same budget a call gets to reach its agent (`media.agent_connect_timeout_ms`).
 const DEFAULT_PROBE_TIMEOUT_MS: u64 = 3_000;
+/// 256: far more than the handful of operators, deploy scripts and Prometheus scrapers that use
+/// the admin API at once, yet few enough that connections held open on purpose (slowloris)
+/// cannot exhaust the process's file descriptors, which the SIP side needs too.
+const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// 30 s: a 1 MiB JSON body (the default cap) arrives in well under a second on any working
+/// link, so 30 s only cuts off clients that stall on purpose or are broken; as an upload's gap
+/// between reads it tolerates a congested network without holding a dead upload open.
+const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -161,6 +176,8 @@ impl Default for AdminConfig {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             probe_interval_secs: DEFAULT_PROBE_INTERVAL_SECS,
             probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
         }
     }
 }
@@ -440,6 +457,12 @@ impl Config {
         if self.admin.probe_interval_secs == 0 {
             bad("admin.probe_interval_secs", "must be positive".to_owned());
         }
+        if self.admin.max_connections == 0 {
+            bad("admin.max_connections", "must be positive".to_owned());
+        }
+        if self.admin.body_timeout_secs == 0 {
+            bad("admin.body_timeout_secs", "must be positive".to_owned());
+        }
         for (i, k) in self.admin.api_keys.iter().enumerate() {
             if k.expose().trim().is_empty() {
                 bad(
@@ -668,6 +691,8 @@ mod tests {
         assert_eq!(c.store.url, "sqlite://switchboard.db");
         assert_eq!(c.media.rtp_ports, "20000-29999");
         assert_eq!(c.routing.country_code(), None);
+        assert_eq!(c.admin.max_connections, 256);
+        assert_eq!(c.admin.body_timeout_secs, 30);
     }
 
     #[test]
@@ -717,6 +742,15 @@ mod tests {
     }
 
     #[test]
+    fn admin_limits_must_be_positive() {
+        let errs = Config::from_toml_str("[admin]\nmax_connections = 0\nbody_timeout_secs = 0")
+            .unwrap_err()
+            .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["admin.max_connections", "admin.body_timeout_secs"]);
+    }
+
+    #[test]
     fn environment_overrides_the_file_with_typed_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -727,6 +761,8 @@ mod tests {
                 ("SWITCHBOARD_ADMIN_LISTEN", "127.0.0.1:0"),
                 ("SWITCHBOARD_ADMIN_API_KEYS", "k1, k2"),
                 ("SWITCHBOARD_SIP_RATE_LIMIT_BURST", "9"),
+                ("SWITCHBOARD_ADMIN_MAX_CONNECTIONS", "16"),
+                ("SWITCHBOARD_ADMIN_BODY_TIMEOUT_SECS", "5"),
                 ("SWITCHBOARD_ROUTING_DEFAULT_COUNTRY_CODE", "91"),
                 ("SWITCHBOARD_LOG", "ignored: not a section"),
                 ("PATH", "/bin"),
@@ -736,6 +772,8 @@ mod tests {
         assert_eq!(c.admin.listen.port(), 0);
         assert_eq!(c.admin.api_keys, [ApiKey::new("k1"), ApiKey::new("k2")]);
         assert_eq!(c.sip.rate_limit_burst, 9);
+        assert_eq!(c.admin.max_connections, 16);
+        assert_eq!(c.admin.body_timeout_secs, 5);
         assert_eq!(c.routing.country_code(), Some("91"));
     }
 

@@ -24,6 +24,15 @@ pub struct Metrics {
     pub admin_requests: IntCounterVec,
     /// Admin request latency by route pattern.
     pub admin_request_seconds: HistogramVec,
+    /// Admin connections open right now (bounded by `[admin] max_connections`).
+    pub admin_connections_open: IntGauge,
+    /// Admin connections closed at accept because `[admin] max_connections` were already open.
+    pub admin_connections_rejected: IntCounter,
+    /// Admin connections closed because the request head (or the next one on an idle keep-alive
+    /// connection) did not arrive within the header read timeout.
+    pub admin_header_timeouts: IntCounter,
+    /// Admin requests whose body stalled past `[admin] body_timeout_secs` (answered 408).
+    pub admin_body_timeouts: IntCounter,
     // --- routing table ---
     /// Version of the routing snapshot currently served.
     pub routing_table_version: IntGauge,
@@ -62,6 +71,22 @@ impl Metrics {
             .buckets(ADMIN_LATENCY_BUCKETS.to_vec()),
             &["route"],
         )?;
+        let admin_connections_open = IntGauge::new(
+            "admin_connections_open",
+            "Admin API connections currently open",
+        )?;
+        let admin_connections_rejected = IntCounter::new(
+            "admin_connections_rejected_total",
+            "Admin API connections closed at accept because max_connections were open",
+        )?;
+        let admin_header_timeouts = IntCounter::new(
+            "admin_header_timeouts_total",
+            "Admin API connections closed because request headers did not arrive in time",
+        )?;
+        let admin_body_timeouts = IntCounter::new(
+            "admin_body_timeouts_total",
+            "Admin API requests answered 408 because the body stalled past body_timeout_secs",
+        )?;
         let routing_table_version = IntGauge::new(
             "routing_table_version",
             "Version of the routing snapshot in use",
@@ -94,6 +119,10 @@ impl Metrics {
         )?;
         registry.register(Box::new(admin_requests.clone()))?;
         registry.register(Box::new(admin_request_seconds.clone()))?;
+        registry.register(Box::new(admin_connections_open.clone()))?;
+        registry.register(Box::new(admin_connections_rejected.clone()))?;
+        registry.register(Box::new(admin_header_timeouts.clone()))?;
+        registry.register(Box::new(admin_body_timeouts.clone()))?;
         registry.register(Box::new(routing_table_version.clone()))?;
         registry.register(Box::new(routing_numbers.clone()))?;
         registry.register(Box::new(routing_snapshot_swaps.clone()))?;
@@ -105,6 +134,10 @@ impl Metrics {
             registry,
             admin_requests,
             admin_request_seconds,
+            admin_connections_open,
+            admin_connections_rejected,
+            admin_header_timeouts,
+            admin_body_timeouts,
             routing_table_version,
             routing_numbers,
             routing_snapshot_swaps,

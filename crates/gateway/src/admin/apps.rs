@@ -5,7 +5,6 @@
 //! [`super::probe`] re-checks every version afterwards.
 
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use switchboard_routing::model::{AppVersion, RuntimeStatus, Scope};
 use switchboard_routing::Change;
@@ -15,7 +14,7 @@ use super::error::{json_response, ApiError};
 use super::request::{
     at, body_loc, deny_unknown, object, optional, read_json, required, string, Loc, Problems,
 };
-use super::{probe, validate, Body, Ctx};
+use super::{probe, validate, Body, Ctx, RequestBody};
 
 /// The only Media Streams dialect the gateway speaks today.
 pub const DIALECT_TWILIO: &str = "twilio";
@@ -24,7 +23,7 @@ const MAX_URL_CHARS: usize = 2048;
 
 /// `PUT /apps/{app_id}/versions/{version}`: 200 with the version, `status: "provisioning"` for a
 /// new runtime URL (the status it had when the URL is unchanged), probed at once.
-pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let mut p = Problems::default();
     let (app_id, version) = path_ids(cx, &mut p);

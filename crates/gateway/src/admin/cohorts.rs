@@ -24,7 +24,6 @@ use chrono::Utc;
 use futures_util::StreamExt as _;
 use http::{Response, StatusCode};
 use http_body_util::BodyStream;
-use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use switchboard_routing::model::{
     AppOverrides, Cohort, CohortMember, CohortRejection, CohortResult, CohortStatus, Scope,
@@ -34,13 +33,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::body_timeout::is_timeout;
 use super::csv::CsvReader;
 use super::error::{json_response, ApiError};
 use super::request::{
     array, at, body_loc, check_declared_length, deny_unknown, media_type, object, optional,
     read_json, required, string, Loc, Problems,
 };
-use super::{deployments, Body, Ctx};
+use super::{deployments, Body, Ctx, RequestBody};
 use crate::state::AppState;
 
 /// Rows per store transaction: one commit per 10k rows keeps a million-row upload to a hundred
@@ -599,7 +599,7 @@ fn finish_err(p: Problems) -> ApiError {
 // Endpoints
 
 /// `POST …/cohorts/upload` (multipart). 201 with the finished cohort.
-pub async fn upload(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn upload(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let deployment = deployments::load(cx, &scope).await?;
     if media_type(&cx.headers) != "multipart/form-data" {
@@ -783,9 +783,11 @@ fn spool_error(e: io::Error) -> ApiError {
     ApiError::NotReady
 }
 
-/// Size limits are 413; anything else about the multipart framing is the client's (422).
+/// Size limits are 413, a stalled body 408; anything else about the multipart framing is the
+/// client's (422).
 fn multipart_error(e: multer::Error, limit: u64) -> ApiError {
     match e {
+        multer::Error::StreamReadFailed(e) if is_timeout(&*e) => ApiError::RequestTimeout,
         multer::Error::StreamSizeExceeded { .. } => ApiError::PayloadTooLarge { limit },
         multer::Error::FieldSizeExceeded { limit, .. } => ApiError::PayloadTooLarge { limit },
         other => ApiError::invalid(
@@ -799,7 +801,7 @@ fn multipart_error(e: multer::Error, limit: u64) -> ApiError {
 /// `POST …/cohorts/stream`: `{"name": …, "users": [{phone_number, user_identifier?,
 /// app_variables?, app_overrides?}]}` with 1–1000 users. Bad phone numbers reject their row, as in
 /// a CSV; anything structurally wrong is a 422.
-pub async fn stream(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn stream(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let deployment = deployments::load(cx, &scope).await?;
     let value = read_json(&cx.headers, body, cx.max_body()).await?;

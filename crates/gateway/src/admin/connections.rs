@@ -4,7 +4,6 @@
 //! show `"password": "***"`), so listing trunks never exposes credentials.
 
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use ipnet::IpNet;
 use serde_json::{json, Value};
 use switchboard_routing::model::{Connection, DigestCredentials, Scope};
@@ -15,7 +14,7 @@ use super::error::{json_response, ApiError};
 use super::request::{
     array, at, body_loc, deny_unknown, object, optional, read_json, required, string, Problems,
 };
-use super::{validate, Body, Ctx};
+use super::{validate, Body, Ctx, RequestBody};
 
 /// Longest provider label / digest username or password accepted.
 const MAX_TEXT_CHARS: usize = 256;
@@ -34,7 +33,7 @@ pub fn redacted(c: &Connection) -> Value {
 }
 
 /// `PUT /connections/{connection_id}`: 200 with the stored connection.
-pub async fn put(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let mut p = Problems::default();
     let id = validate::id_text(

@@ -2,7 +2,6 @@
 
 use chrono::{SecondsFormat, Utc};
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use switchboard_routing::model::{
     ChannelDirection, ConnectionConfig, Deployment, DeploymentStatus, Scope,
 };
@@ -13,7 +12,7 @@ use super::error::{json_response, ApiError};
 use super::request::{
     at, body_loc, deny_unknown, object, optional, read_json, required, uint, Problems,
 };
-use super::{validate, Body, Ctx};
+use super::{validate, Body, Ctx, RequestBody};
 
 /// Fields of a create request (seed 000).
 const CREATE_FIELDS: [&str; 7] = [
@@ -52,7 +51,7 @@ fn new_deployment_id() -> String {
 }
 
 /// `POST /deployments`: 201 with the full deployment, `status: "active"`.
-pub async fn create(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn create(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let value = read_json(&cx.headers, body, cx.max_body()).await?;
     let mut p = Problems::default();
@@ -147,7 +146,7 @@ pub async fn list(cx: &Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 /// `PATCH /deployments/{id}` (seed 001): only the fields given; null or omitted = unchanged.
-pub async fn patch(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn patch(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let value = read_json(&cx.headers, body, cx.max_body()).await?;
     let mut p = Problems::default();
@@ -196,7 +195,7 @@ pub async fn patch(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError>
 }
 
 /// `PUT /deployments/{id}/status` (seed 002): `{"action": "pause" | "resume"}`.
-pub async fn set_status(cx: &Ctx, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn set_status(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError> {
     let scope = cx.scope()?;
     let value = read_json(&cx.headers, body, cx.max_body()).await?;
     let mut p = Problems::default();

@@ -6,7 +6,7 @@
 //! `HTTPException`.
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
@@ -75,6 +75,10 @@ pub enum ApiError {
     /// 409: the write conflicts with existing data (a phone number owned elsewhere, an id taken).
     #[error("{detail}")]
     Conflict { detail: String },
+    /// 408: the body stalled past `[admin] body_timeout_secs`. The connection is closed after
+    /// the answer (the rest of the body is never read).
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// 413: the body is larger than the configured cap.
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -118,6 +122,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotReady | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -148,6 +153,11 @@ impl ApiError {
             if let Ok(v) = HeaderValue::from_str(&list) {
                 resp.headers_mut().insert(ALLOW, v);
             }
+        }
+        if matches!(self, ApiError::RequestTimeout) {
+            // Say so explicitly: hyper closes the connection anyway (the body was not read).
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(self, ApiError::Unauthorized) {
             resp.headers_mut()

@@ -1,10 +1,11 @@
 //! The admin HTTP API: hyper 1 (HTTP/1.1) with a small router of its own.
 //!
-//! Layout: [`router`] (the route table), [`auth`] (API keys), [`request`] (bodies, limits and the
-//! field reader), [`error`] (FastAPI-shaped errors), [`validate`] (seed rules), one module per
-//! resource ([`deployments`], [`cohorts`] with its streaming [`csv`] reader, [`connections`],
-//! [`apps`] with the runtime [`probe`], [`splits`]), [`openapi`] (the hand-written spec) and
-//! [`sync`] (changes committed by other gateways).
+//! Layout: [`listener`] (accept loop, connection cap, header and idle timeouts), [`router`] (the
+//! route table), [`auth`] (API keys), [`request`] (bodies, limits and the field reader),
+//! [`body_timeout`] (slow bodies get 408), [`error`] (FastAPI-shaped errors), [`validate`] (seed
+//! rules), one module per resource ([`deployments`], [`cohorts`] with its streaming [`csv`]
+//! reader, [`connections`], [`apps`] with the runtime [`probe`], [`splits`]), [`openapi`] (the
+//! hand-written spec) and [`sync`] (changes committed by other gateways).
 //!
 //! Every handler that writes follows one order: validate everything (one 422 listing all
 //! problems), take the write lock, commit to the store, apply the same change to the routing
@@ -12,11 +13,13 @@
 
 pub mod apps;
 pub mod auth;
+pub mod body_timeout;
 pub mod cohorts;
 pub mod connections;
 pub mod csv;
 pub mod deployments;
 pub mod error;
+pub mod listener;
 pub mod openapi;
 pub mod probe;
 pub mod request;
@@ -25,23 +28,17 @@ pub mod splits;
 pub mod sync;
 pub mod validate;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use switchboard_routing::model::Scope;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+pub use self::body_timeout::RequestBody;
+pub use self::listener::{serve, serve_with, Limits, HEADER_READ_TIMEOUT};
 
 use self::auth::{Principal, API_KEY_HEADER, ELEVENLABS_KEY_HEADER};
 use self::error::{json_response, ApiError};
@@ -50,57 +47,6 @@ use crate::state::AppState;
 
 /// Response body type of every admin handler.
 pub type Body = Full<Bytes>;
-
-/// Accepts admin connections until `shutdown`, then lets in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have, and back off a
-                    // little so a persistent error does not spin.
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        tasks.spawn(connection(stream, peer, state.clone(), shutdown.clone()));
-    }
-}
-
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    state: AppState,
-    shutdown: CancellationToken,
-) {
-    let service = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(state, req).await) }
-    });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
-        }
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
 
 /// Everything a handler needs besides the body.
 #[derive(Debug)]
@@ -179,7 +125,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 /// Routes, authenticates, dispatches, and records metrics for one request.
-pub async fn handle(state: AppState, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: AppState, req: Request<RequestBody>) -> Response<Body> {
     // SIP side hook: the Twilio-compatible call resource (REST hang-up), own auth and errors.
     if crate::sip::twilio_rest::matches(req.uri().path()) {
         return crate::sip::twilio_rest::handle(&state, req).await;
@@ -221,7 +167,7 @@ async fn dispatch(
     state: &AppState,
     route: &'static router::Route,
     params: Params,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     match route.id {
         RouteId::Healthz => {

@@ -7,6 +7,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value};
 
+use super::body_timeout::is_timeout;
 use super::error::{ApiError, FieldError, LocItem};
 
 /// A `loc` under construction: `["body", "connection_configs", 0]`.
@@ -47,7 +48,8 @@ pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiE
 }
 
 /// Reads a JSON body: 415 unless `application/json` (or `…+json`), 413 over `limit` bytes,
-/// 422 `json_invalid` for malformed JSON and `missing` for an empty body.
+/// 408 when it stalls (see [`super::body_timeout`]), 422 `json_invalid` for malformed JSON and
+/// `missing` for an empty body.
 pub async fn read_json<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Value, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -67,6 +69,7 @@ where
                 limit: limit as u64,
             })
         }
+        Err(e) if is_timeout(&*e) => return Err(ApiError::RequestTimeout),
         // The client went away or sent a broken chunked body: report it as unreadable input.
         Err(e) => {
             return Err(ApiError::invalid(

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use switchboard_routing::model::{Scope, TrafficSplit};
 use switchboard_routing::Change;
@@ -18,7 +17,7 @@ use super::request::{
     array, at, body_loc, deny_unknown, number, object, optional, read_json, required, string,
     Problems,
 };
-use super::{validate, Body, Ctx};
+use super::{validate, Body, Ctx, RequestBody};
 
 /// Percentages must total 100; this absorbs float noise such as 33.33 + 33.33 + 33.34.
 const TOTAL_TOLERANCE: f64 = 1e-6;
@@ -52,7 +51,11 @@ fn response(split: Option<&TrafficSplit>) -> Value {
 }
 
 /// `POST …/convai/agents/{agent_id}/deployments`: sets the split; 200 with the map.
-pub async fn set(cx: &Ctx, body: Incoming, scoped_path: bool) -> Result<Response<Body>, ApiError> {
+pub async fn set(
+    cx: &Ctx,
+    body: RequestBody,
+    scoped_path: bool,
+) -> Result<Response<Body>, ApiError> {
     let scope = scope(cx, scoped_path)?;
     let mut p = Problems::default();
     let agent_id = validate::id_text(

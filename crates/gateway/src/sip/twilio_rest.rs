@@ -47,7 +47,7 @@ fn parse_path(path: &str) -> Option<(&str, &str)> {
 /// Serves one call-resource request.
 pub async fn handle(
     state: &AppState,
-    req: Request<hyper::body::Incoming>,
+    req: Request<crate::admin::RequestBody>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let Some((account_sid, call_sid)) = parse_path(&path) else {
