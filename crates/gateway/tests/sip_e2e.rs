@@ -7,6 +7,8 @@
 
 #[path = "sip_e2e/harness.rs"]
 mod harness;
+#[path = "sip_e2e/hostile.rs"]
+mod hostile;
 #[path = "sip_e2e/torture.rs"]
 mod torture;
 
@@ -195,12 +197,18 @@ async fn options_keepalive_is_200_over_udp_and_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_outside_the_allowlist_is_403() {
+async fn a_source_outside_the_numbers_trunk_allowlist_is_403() {
     if sipp_missing() {
         return;
     }
-    // The trunk admits 127.0.0.1/32 only; SIPp sends from 127.0.0.2 (loopback range).
+    // The number's trunk admits 127.0.0.1/32 only; 127.0.0.2 is another connection's peer, so
+    // it passes screening and is refused by trunk authentication.
     let fixture = Fixture::start(FixtureOptions::default()).await;
+    fixture
+        .daemon
+        .admin()
+        .put_connection("conn-other", &["127.0.0.2/32"], None)
+        .expect("connection");
     let sipp = Sipp::new("uac_reject_403.xml", fixture.daemon.sip_udp)
         .local_ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     expect_sipp_ok(&fixture.daemon, sipp).await;
@@ -336,8 +344,13 @@ async fn a_flooding_source_is_shed_while_the_carrier_still_gets_through() {
     };
     let fixture = Fixture::start(options).await;
     let target = fixture.daemon.sip_udp;
-    // 127.0.0.3 floods INVITEs as fast as it can for as long as the carrier (127.0.0.1)
-    // takes to place a call.
+    // 127.0.0.3, a trusted peer of another connection, floods INVITEs as fast as it can for
+    // as long as the carrier (127.0.0.1) takes to place a call.
+    fixture
+        .daemon
+        .admin()
+        .put_connection("conn-flooder", &["127.0.0.3/32"], None)
+        .expect("connection");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooding = std::sync::Arc::clone(&stop);
     let flood = tokio::task::spawn_blocking(move || {

@@ -87,8 +87,9 @@ pub struct DaemonOptions {
 impl Default for DaemonOptions {
     fn default() -> Self {
         Self {
-            rate_limit_per_second: 200,
-            rate_limit_burst: 400,
+            // The product defaults: a trusted trunk's bursts are never shed.
+            rate_limit_per_second: 5_000,
+            rate_limit_burst: 10_000,
             agent_connect_timeout_ms: 5_000,
             sip_host: "127.0.0.1",
             rtp_pairs: 100,
@@ -192,6 +193,11 @@ agent_connect_timeout_ms = {connect}
             _dir: dir,
             log,
         })
+    }
+
+    /// The daemon's process id (for /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The daemon's log so far (stderr).
