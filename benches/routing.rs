@@ -125,6 +125,7 @@ fn dataset(with_cohorts: bool) -> RoutingData {
                 allowed_addresses: vec![format!("10.{c}.0.0/16")
                     .parse()
                     .unwrap_or_else(|_| "10.0.0.0/8".parse().unwrap())],
+                media_addresses: Vec::new(),
                 digest: None,
                 provider: None,
             };
