@@ -125,8 +125,10 @@ fn dataset(with_cohorts: bool) -> RoutingData {
                 allowed_addresses: vec![format!("10.{c}.0.0/16")
                     .parse()
                     .unwrap_or_else(|_| "10.0.0.0/8".parse().unwrap())],
+                media_addresses: Vec::new(),
                 digest: None,
                 provider: None,
+                max_calls_per_second: None,
             };
             (scope_of(c), connection)
         })

@@ -249,6 +249,11 @@ async fn seed_setup(gw: &Gateway, runtime: &FakeRuntime) -> String {
         )
         .await;
     assert_eq!(conn.status, StatusCode::OK, "{}", conn.body);
+    assert_eq!(
+        conn.body["media_addresses"],
+        json!([]),
+        "optional, empty by default"
+    );
     for v in [3, 4] {
         let r = gw
             .call(
@@ -725,12 +730,17 @@ async fn numbers_connections_and_ownership_rules() {
     );
     let r = gw
         .call(Method::PUT, &format!("{}/connections/conn-2", base()), Some(json!({
-            "allowed_addresses": ["198.51.100.7"], "digest": { "username": "trunk", "password": "s3cret" }
+            "allowed_addresses": ["198.51.100.7"], "digest": { "username": "trunk", "password": "s3cret" },
+            "media_addresses": ["198.51.100.128/25", "2001:db8::1"]
         })))
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(!String::from_utf8_lossy(&r.raw).contains("s3cret"));
     assert_eq!(r.body["allowed_addresses"], json!(["198.51.100.7/32"]));
+    assert_eq!(
+        r.body["media_addresses"],
+        json!(["198.51.100.128/25", "2001:db8::1/128"])
+    );
     assert!(gw
         .state()
         .routing
@@ -745,12 +755,22 @@ async fn numbers_connections_and_ownership_rules() {
         .call(
             Method::PUT,
             &format!("{}/connections/conn-3", base()),
-            Some(json!({ "allowed_addresses": ["300.1.1.1/8"], "x": 1 })),
+            Some(json!({
+                "allowed_addresses": ["300.1.1.1/8"], "x": 1,
+                "media_addresses": ["10.0.0.0/8", "nope", "10.0.0.0/33", 7]
+            })),
         )
         .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         locs(&r.body),
-        [r#"["body","x"]"#, r#"["body","allowed_addresses",0]"#]
+        [
+            r#"["body","x"]"#,
+            r#"["body","allowed_addresses",0]"#,
+            r#"["body","media_addresses",1]"#,
+            r#"["body","media_addresses",2]"#,
+            r#"["body","media_addresses",3]"#,
+        ]
     );
     assert_eq!(
         gw.call(

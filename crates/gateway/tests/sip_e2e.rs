@@ -568,6 +568,94 @@ async fn one_rtp_pair_serves_call_after_call_because_every_path_releases_it() {
     );
 }
 
+/// Strict RTP end to end: RTP sprayed at a live call's port from a host the call never
+/// signalled (127.0.0.2) is dropped, counted, and never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_from_a_foreign_host_is_dropped_and_counted() {
+    if sipp_missing() {
+        return;
+    }
+    const SPRAYED: u16 = 50;
+    // One pair above every other daemon's block (30000-49999), so no parallel test's call
+    // can take it; per process, so parallel test binaries differ too.
+    let port = 50_000 + (std::process::id() % 5_000) as u16 * 2;
+    let options = FixtureOptions {
+        daemon: DaemonOptions {
+            rtp_ports: Some(port..=port + 1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let fixture = Fixture::start(options).await;
+    let rtp = std::net::SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        *fixture.daemon.rtp_ports.start(),
+    );
+    let admin = fixture.daemon.admin();
+    let sipp = Sipp::new("uac_call.xml", fixture.daemon.sip_udp)
+        .arg("-d")
+        .arg("2000");
+    let call = tokio::task::spawn_blocking(move || sipp.run());
+    let answered = wait_for_metric(&admin, "switchboard_sip_calls_answered_total", "", 1.0).await;
+    assert!(
+        answered,
+        "call not answered\n{}",
+        tail(&fixture.daemon.log(), 80)
+    );
+
+    let attacker = tokio::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
+        .await
+        .expect("bind 127.0.0.2");
+    for seq in 0..SPRAYED {
+        // In sequence, PCMU, a fixed SSRC: the strongest blind injection.
+        let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet.extend_from_slice(&[0xEE; 160]);
+        attacker.send_to(&packet, rtp).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let run = call.await.expect("sipp thread").expect("sipp ran");
+    assert!(run.success, "{}", run.report);
+
+    let counted = wait_for_metric(
+        &admin,
+        "switchboard_rtp_dropped_total",
+        "reason=\"foreign_source\"",
+        f64::from(SPRAYED),
+    )
+    .await;
+    assert!(counted, "{}", admin.metrics().unwrap_or_default());
+    let mut buf = [0u8; 1500];
+    assert!(
+        attacker.try_recv_from(&mut buf).is_err(),
+        "the gateway sent media to the attacker"
+    );
+    let calls = fixture.agent.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        !calls[0].messages.iter().any(|m| m["event"] == "media"),
+        "sprayed audio reached the agent: {:?}",
+        calls[0].messages
+    );
+}
+
+/// Polls `/metrics` until `name{labels}` equals `value` (5 s at most).
+async fn wait_for_metric(admin: &Admin, name: &str, labels: &str, value: f64) -> bool {
+    for _ in 0..100 {
+        let admin = *admin;
+        let page = tokio::task::spawn_blocking(move || admin.metrics())
+            .await
+            .expect("thread")
+            .unwrap_or_default();
+        if metric(&page, name, labels) == value {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_listeners_take_calls() {
     if sipp_missing() {

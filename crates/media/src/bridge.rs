@@ -13,6 +13,9 @@
 //! Here the schedule is anchored to the call's start: each wake-up sends the frames that are
 //! due (at most [`MAX_FRAMES_PER_WAKE`], so a late tick makes up one frame, never a burst),
 //! and a bridge that fell more than [`MAX_PACING_LAG`] behind re-anchors instead of catching up.
+//!
+//! Which packets count as the caller's, and where ours go, is [`crate::strict_rtp`]'s call:
+//! media from any other IP is dropped and counted, never latched.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,10 +31,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::dtmf::DtmfDetector;
+use crate::framer::CallerFramer;
 use crate::g711::{self, ALAW_SILENCE, ULAW_SILENCE};
 use crate::playout::Playout;
 use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
 use crate::sdp::{Codec, NegotiatedMedia};
+use crate::strict_rtp::{AllowedSources, SourceGuard, Verdict};
 use crate::twilio::{parse_agent_message, AgentEvent, CustomParameters, Outbound, StreamIds};
 use crate::MediaError;
 
@@ -55,9 +60,6 @@ const MAX_AGENT_MESSAGE: usize = 1 << 20;
 const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the closing handshake with the agent may take once the call is over.
 const AGENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The latched caller address must be silent this long before a packet from another
-/// address (with another SSRC) may take over: resists RTP injection, follows NAT rebinding.
-const RELATCH_AFTER: Duration = Duration::from_millis(500);
 /// Receive buffer: G.711 packets are ~172 bytes; anything bigger than this is not ours.
 const RECV_BUFFER: usize = 2048;
 /// Consecutive socket errors after which the bridge gives up instead of spinning.
@@ -165,6 +167,10 @@ pub struct BridgeConfig {
     /// Cap on queued agent audio; excess is dropped.
     pub max_agent_backlog: Duration,
     pub idle_audio: IdleAudio,
+    /// Where caller media may come from besides the SDP address (strict RTP). The default
+    /// allows the SDP address only; the gateway adds the INVITE's source IP and the
+    /// connection's `media_addresses`.
+    pub allowed_sources: AllowedSources,
 }
 
 impl Default for BridgeConfig {
@@ -173,6 +179,7 @@ impl Default for BridgeConfig {
             media_timeout: DEFAULT_MEDIA_TIMEOUT,
             max_agent_backlog: DEFAULT_MAX_AGENT_BACKLOG,
             idle_audio: IdleAudio::default(),
+            allowed_sources: AllowedSources::default(),
         }
     }
 }
@@ -199,6 +206,10 @@ pub struct BridgeStats {
     pub rtp_received: AtomicU64,
     pub rtp_sent: AtomicU64,
     pub rtp_ignored: AtomicU64,
+    /// Datagrams from an IP the call does not allow (strict RTP): dropped before parsing.
+    pub rtp_dropped_foreign: AtomicU64,
+    /// Packets from an allowed IP but an address still on probation (strict RTP learning).
+    pub rtp_dropped_learning: AtomicU64,
     pub media_to_agent: AtomicU64,
     pub agent_audio_bytes: AtomicU64,
     pub agent_audio_dropped: AtomicU64,
@@ -293,10 +304,10 @@ pub fn spawn_bridge(
         ws: agent.ws,
         out: agent.outbound,
         receiver: RtpReceiver::new(negotiated.payload_type, negotiated.telephone_event),
+        sources: SourceGuard::new(cfg.allowed_sources.clone(), negotiated.remote_rtp),
         media: negotiated,
         sender: RtpSender::new(),
         dtmf: DtmfDetector::new(),
-        latch: None,
         last_rtp: Instant::now(),
         first_timestamp: None,
         framer: CallerFramer::default(),
@@ -315,51 +326,6 @@ pub fn spawn_bridge(
         ended: ended_rx,
         stats,
         ids,
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Latch {
-    addr: SocketAddr,
-    ssrc: u32,
-    last_seen: Instant,
-}
-
-/// Re-cuts caller audio into 20 ms chunks (carriers may send 10, 30 or 40 ms packets).
-#[derive(Debug, Default)]
-struct CallerFramer {
-    pending: Vec<u8>,
-    /// RTP timestamp of `pending[0]`.
-    pending_timestamp: u32,
-}
-
-impl CallerFramer {
-    /// Feeds one packet of µ-law; calls `emit(rtp_timestamp, chunk)` for each whole frame.
-    /// A gap in timestamps flushes the partial frame first, so chunks keep their real time.
-    fn push(&mut self, timestamp: u32, ulaw: &[u8], mut emit: impl FnMut(u32, &[u8])) {
-        if self.pending.is_empty() && ulaw.len() == FRAME_SAMPLES {
-            emit(timestamp, ulaw);
-            return;
-        }
-        let expected = self
-            .pending_timestamp
-            .wrapping_add(self.pending.len() as u32);
-        if !self.pending.is_empty() && expected != timestamp {
-            emit(self.pending_timestamp, &self.pending);
-            self.pending.clear();
-        }
-        if self.pending.is_empty() {
-            self.pending_timestamp = timestamp;
-        }
-        self.pending.extend_from_slice(ulaw);
-        let mut offset = 0;
-        while self.pending.len() - offset >= FRAME_SAMPLES {
-            let ts = self.pending_timestamp.wrapping_add(offset as u32);
-            emit(ts, &self.pending[offset..offset + FRAME_SAMPLES]);
-            offset += FRAME_SAMPLES;
-        }
-        self.pending.drain(..offset);
-        self.pending_timestamp = self.pending_timestamp.wrapping_add(offset as u32);
     }
 }
 
@@ -423,7 +389,8 @@ struct Bridge {
     receiver: RtpReceiver,
     sender: RtpSender,
     dtmf: DtmfDetector,
-    latch: Option<Latch>,
+    /// Strict RTP: which sources are the caller, where our packets go.
+    sources: SourceGuard,
     last_rtp: Instant,
     first_timestamp: Option<u32>,
     framer: CallerFramer,
@@ -507,10 +474,8 @@ impl Bridge {
     fn apply_media(&mut self, media: NegotiatedMedia) {
         self.receiver
             .set_payload_types(media.payload_type, media.telephone_event);
-        if media.remote_rtp != self.media.remote_rtp {
-            // The far end moved (re-INVITE): follow its new SDP address until media arrives.
-            self.latch = None;
-        }
+        // The far end may have moved (re-INVITE): follow its new SDP address at once.
+        self.sources.set_signalled(media.remote_rtp);
         if !self.media.direction.receives() && media.direction.receives() {
             // Resuming from hold: the caller gets a full timeout to start sending again.
             self.last_rtp = Instant::now();
@@ -527,36 +492,11 @@ impl Bridge {
         Ok(())
     }
 
-    /// Where our RTP goes: the latched source, else the SDP address.
-    fn destination(&self) -> Option<SocketAddr> {
-        self.latch.map(|l| l.addr).or(self.media.remote_rtp)
-    }
-
-    /// Symmetric RTP: true if a packet from `from` with `ssrc` is from our caller.
-    fn accept_source(&mut self, from: SocketAddr, ssrc: u32, now: Instant) -> bool {
-        match &mut self.latch {
-            Some(latch) if latch.addr == from => {
-                latch.ssrc = ssrc;
-                latch.last_seen = now;
-                true
-            }
-            Some(latch)
-                if latch.ssrc != ssrc && now.duration_since(latch.last_seen) < RELATCH_AFTER =>
-            {
-                false
-            }
-            _ => {
-                self.latch = Some(Latch {
-                    addr: from,
-                    ssrc,
-                    last_seen: now,
-                });
-                true
-            }
-        }
-    }
-
     async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), EndReason> {
+        if !self.sources.allows_ip(from.ip()) {
+            bump(&self.stats.rtp_dropped_foreign, 1);
+            return Ok(());
+        }
         let inbound = match self.receiver.receive(datagram) {
             Ok(inbound) => inbound,
             Err(_) => {
@@ -564,25 +504,38 @@ impl Bridge {
                 return Ok(());
             }
         };
-        let (ssrc, timestamp) = match inbound {
+        let (ssrc, seq, timestamp) = match inbound {
             Inbound::Audio {
-                ssrc, timestamp, ..
+                ssrc,
+                seq,
+                timestamp,
+                ..
             }
             | Inbound::Event {
-                ssrc, timestamp, ..
-            } => (ssrc, timestamp),
+                ssrc,
+                seq,
+                timestamp,
+                ..
+            } => (ssrc, seq, timestamp),
             Inbound::Ignored => {
                 bump(&self.stats.rtp_ignored, 1);
                 return Ok(());
             }
         };
-        let now = Instant::now();
-        if !self.accept_source(from, ssrc, now) {
-            bump(&self.stats.rtp_ignored, 1);
-            return Ok(());
+        match self.sources.check(from, ssrc, seq) {
+            Verdict::Accept => {}
+            Verdict::Relatched => tracing::debug!(%from, ssrc, "caller RTP source relatched"),
+            Verdict::Learning => {
+                bump(&self.stats.rtp_dropped_learning, 1);
+                return Ok(());
+            }
+            Verdict::Foreign => {
+                bump(&self.stats.rtp_dropped_foreign, 1);
+                return Ok(());
+            }
         }
         bump(&self.stats.rtp_received, 1);
-        self.last_rtp = now;
+        self.last_rtp = Instant::now();
         let first = *self.first_timestamp.get_or_insert(timestamp);
         match inbound {
             Inbound::Audio { payload, .. } => {
@@ -675,7 +628,7 @@ impl Bridge {
     fn send_frame(&mut self) {
         let mut frame = [ULAW_SILENCE; FRAME_SAMPLES];
         let agent_audio = self.playout.next_frame(&mut frame).is_some();
-        let destination = self.destination().filter(|_| !self.media.on_hold());
+        let destination = self.sources.destination().filter(|_| !self.media.on_hold());
         let send =
             destination.is_some() && (agent_audio || self.cfg.idle_audio == IdleAudio::Silence);
         if send && self.media.codec == Codec::Pcma {
@@ -731,12 +684,6 @@ impl Bridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frames(framer: &mut CallerFramer, ts: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
-        let mut out = Vec::new();
-        framer.push(ts, data, |t, c| out.push((t, c.to_vec())));
-        out
-    }
 
     #[test]
     fn schedule_keeps_fifty_frames_per_second_despite_late_wakeups() {
@@ -807,25 +754,5 @@ mod tests {
             now = due.wake_at.duration_since(start).as_millis() as u64 + late;
         }
         assert!((499..=501).contains(&frames), "{frames} frames in 10 s");
-    }
-
-    #[test]
-    fn framer_passes_20ms_and_recuts_other_sizes() {
-        let mut f = CallerFramer::default();
-        assert_eq!(frames(&mut f, 0, &[1; 160]), [(0, vec![1; 160])]);
-        // 30 ms packets: 240 bytes -> 160 + 80 pending; next -> 160 + 160.
-        assert_eq!(frames(&mut f, 160, &[2; 240]), [(160, vec![2; 160])]);
-        let out = frames(&mut f, 400, &[3; 240]);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].0, 320);
-        assert_eq!(&out[0].1[..80], &[2; 80]);
-        assert_eq!(&out[0].1[80..], &[3; 80]);
-        assert_eq!(out[1], (480, vec![3; 160]));
-        // 10 ms packet then a gap: the partial frame is flushed with its own timestamp.
-        assert!(frames(&mut f, 640, &[4; 80]).is_empty());
-        assert_eq!(
-            frames(&mut f, 2000, &[5; 160]),
-            [(640, vec![4; 80]), (2000, vec![5; 160])]
-        );
     }
 }

@@ -8,17 +8,22 @@
 //! * [`rtp`], [`dtmf`] — caller packets in (RFC 3550, RFC 4733), our packets out.
 //! * [`playout`] — the agent's audio queue with Twilio `mark` / `clear` semantics.
 //! * [`bridge`] — [`connect_agent`] before answering, [`spawn_bridge`] after: one task per
-//!   call owning its RTP socket and WebSocket, paced by a 20 ms interval.
+//!   call owning its RTP socket and WebSocket, paced by a 20 ms interval (the private
+//!   `framer` re-cuts caller packets into 20 ms frames for the agent).
+//! * [`strict_rtp`] — the bridge's source check: caller media only from the signalled or
+//!   allowed IPs, relatching only after a run of in-sequence packets (defeats RTP Bleed).
 //!
 //! Errors from every module are one [`MediaError`].
 
 pub mod bridge;
 pub mod dtmf;
 mod error;
+mod framer;
 pub mod g711;
 pub mod playout;
 pub mod rtp;
 pub mod sdp;
+pub mod strict_rtp;
 pub mod twilio;
 
 pub use bridge::{
@@ -27,4 +32,5 @@ pub use bridge::{
 };
 pub use error::MediaError;
 pub use sdp::{negotiate, Answer, Codec, Direction, NegotiatedMedia, SdpSession};
+pub use strict_rtp::{AllowedSources, SourceGuard, Verdict, PROBATION_PACKETS};
 pub use twilio::{CallInfo, CustomParameters, StreamIds};

@@ -24,12 +24,14 @@ pub enum Inbound<'a> {
         payload: &'a [u8],
         timestamp: u32,
         ssrc: u32,
+        seq: u16,
     },
     /// An RFC 4733 telephone-event packet.
     Event {
         payload: &'a [u8],
         timestamp: u32,
         ssrc: u32,
+        seq: u16,
     },
     /// Valid RTP we do not use (comfort noise, other payload types, late or duplicate).
     Ignored,
@@ -89,12 +91,14 @@ impl RtpReceiver {
                 payload,
                 timestamp,
                 ssrc,
+                seq,
             }
         } else {
             Inbound::Event {
                 payload,
                 timestamp,
                 ssrc,
+                seq,
             }
         })
     }
@@ -219,7 +223,8 @@ mod tests {
             Inbound::Audio {
                 payload: &[1, 2, 3],
                 timestamp: 160,
-                ssrc: 7
+                ssrc: 7,
+                seq: 1
             }
         );
         let event = packet(101, 2, 320, 7, &[5, 0x0A, 0, 160]);

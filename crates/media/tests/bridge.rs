@@ -4,6 +4,7 @@
 //! counters and ordering.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -14,14 +15,18 @@ use serde_json::{json, Value};
 use switchboard_media::g711;
 use switchboard_media::twilio::new_sid;
 use switchboard_media::{
-    connect_agent, negotiate, spawn_bridge, BridgeConfig, BridgeHandle, CustomParameters,
-    EndReason, IdleAudio, MediaError, StartParams, StreamIds,
+    connect_agent, negotiate, spawn_bridge, AllowedSources, BridgeConfig, BridgeHandle,
+    CustomParameters, EndReason, IdleAudio, MediaError, StartParams, StreamIds,
 };
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Another loopback address (all of 127.0.0.0/8 works on Linux): a host the call never
+/// signalled, standing in for an attacker spraying the RTP port range.
+const FOREIGN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const CALLER_SSRC: u32 = 0x1234_5678;
 const WAIT: Duration = Duration::from_secs(3);
 const TELEPHONE_EVENT_PT: u8 = 101;
 
@@ -113,6 +118,25 @@ async fn start_call(payload_type: u8, cfg: BridgeConfig) -> Result<Call> {
     })
 }
 
+/// One RTP packet with the caller's SSRC.
+fn rtp_packet(
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+    marked: bool,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    RtpPacketBuilder::new()
+        .payload_type(payload_type)
+        .sequence(Seq::from(seq))
+        .timestamp(timestamp)
+        .ssrc(CALLER_SSRC)
+        .marked(marked)
+        .payload(payload)
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
 fn quiet_config() -> BridgeConfig {
     BridgeConfig {
         idle_audio: IdleAudio::Nothing,
@@ -149,15 +173,7 @@ impl Call {
         payload: &[u8],
     ) -> Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let packet = RtpPacketBuilder::new()
-            .payload_type(payload_type)
-            .sequence(Seq::from(self.seq))
-            .timestamp(timestamp)
-            .ssrc(0x1234_5678)
-            .marked(marked)
-            .payload(payload)
-            .build()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let packet = rtp_packet(payload_type, self.seq, timestamp, marked, payload)?;
         self.caller.send_to(&packet, self.bridge_addr).await?;
         Ok(())
     }
@@ -500,17 +516,138 @@ async fn silent_caller_times_out() -> Result<()> {
     Ok(())
 }
 
+fn counter(value: &AtomicU64) -> u64 {
+    value.load(Ordering::Relaxed)
+}
+
+/// The agent says `frame`; returns once the bridge has it queued (it is paced out within 20 ms).
+async fn agent_says(call: &mut Call, frame: &[u8]) -> Result<()> {
+    let sid = call.ids.stream_sid.clone();
+    agent_send(
+        &mut call.agent,
+        json!({"event":"media","streamSid":sid,"media":{"payload":b64(frame)}}),
+    )
+    .await
+}
+
+/// Nothing arrives at `socket` within a few frame times.
+async fn assert_hears_nothing(socket: &UdpSocket) -> Result<()> {
+    let mut buf = [0u8; 1500];
+    let heard = tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut buf)).await;
+    assert!(heard.is_err(), "received {heard:?}");
+    Ok(())
+}
+
+/// Sprays `count` packets from `from` to the bridge in perfect sequence with the caller's SSRC
+/// (the strongest blind attack), `gap` apart.
+async fn spray(call: &Call, from: &UdpSocket, count: u16, gap: Duration) -> Result<()> {
+    for i in 0..count {
+        let packet = rtp_packet(0, 40_000 + i, u32::from(i) * 160, false, &[0xEE; 160])?;
+        from.send_to(&packet, call.bridge_addr).await?;
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
-async fn rtp_latches_to_where_the_caller_really_is() -> Result<()> {
+async fn rtp_relatches_to_a_nat_port_after_four_in_sequence_packets() -> Result<()> {
     let mut call = start_call(0, quiet_config()).await?;
+    // Before any caller packet our media goes to the SDP address.
+    agent_says(&mut call, &pattern(160, 4)).await?;
+    assert_eq!(call.recv_rtp().await?.4, pattern(160, 4));
+
     // The caller is behind NAT: its packets come from another port than the SDP says.
-    let natted = UdpSocket::bind((LOOPBACK, 0)).await?;
-    call.caller = natted;
-    call.send_rtp(0, 0, true, &pattern(160, 0)).await?;
-    assert_eq!(next_json(&mut call.agent).await?["event"], "media");
-    agent_send(&mut call.agent, json!({"event":"media","streamSid":call.ids.stream_sid,"media":{"payload":b64(&pattern(160, 5))}})).await?;
-    let (_, _, _, _, payload) = call.recv_rtp().await?;
-    assert_eq!(payload, pattern(160, 5));
+    let signalled = std::mem::replace(&mut call.caller, UdpSocket::bind((LOOPBACK, 0)).await?);
+    for i in 0..4u8 {
+        call.send_rtp(0, u32::from(i) * 160, i == 0, &pattern(160, i))
+            .await?;
+    }
+    let first = next_json(&mut call.agent).await?;
+    assert_eq!(
+        unb64(first["media"]["payload"].as_str().unwrap_or_default()),
+        pattern(160, 3),
+        "the three packets on probation never reach the agent"
+    );
+    assert_eq!(counter(&call.handle.stats().rtp_dropped_learning), 3);
+    agent_says(&mut call, &pattern(160, 5)).await?;
+    assert_eq!(call.recv_rtp().await?.4, pattern(160, 5));
+    assert_hears_nothing(&signalled).await
+}
+
+#[tokio::test]
+async fn a_foreign_spray_before_the_callers_first_packet_never_latches() -> Result<()> {
+    let mut call = start_call(0, quiet_config()).await?;
+    let attacker = UdpSocket::bind((FOREIGN, 0)).await?;
+    spray(&call, &attacker, 50, Duration::ZERO).await?;
+
+    agent_says(&mut call, &pattern(160, 1)).await?;
+    assert_eq!(call.recv_rtp().await?.4, pattern(160, 1), "the SDP address");
+    call.send_rtp(0, 0, true, &pattern(160, 2)).await?;
+    let media = next_json(&mut call.agent).await?;
+    assert_eq!(
+        unb64(media["media"]["payload"].as_str().unwrap_or_default()),
+        pattern(160, 2),
+        "the agent's first audio is the caller's, not the spray"
+    );
+    assert_eq!(counter(&call.handle.stats().rtp_dropped_foreign), 50);
+    assert_eq!(counter(&call.handle.stats().rtp_received), 1);
+    agent_says(&mut call, &pattern(160, 3)).await?;
+    assert_eq!(call.recv_rtp().await?.4, pattern(160, 3));
+    assert_hears_nothing(&attacker).await
+}
+
+#[tokio::test]
+async fn a_foreign_spray_during_caller_silence_never_latches() -> Result<()> {
+    let mut call = start_call(0, quiet_config()).await?;
+    for i in 0..5u8 {
+        call.send_rtp(0, u32::from(i) * 160, i == 0, &pattern(160, i))
+            .await?;
+        next_json(&mut call.agent).await?;
+    }
+    // The caller goes quiet; the attacker sprays for longer than any silence-based relatch
+    // timer (the old rule took over after 500 ms).
+    let attacker = UdpSocket::bind((FOREIGN, 0)).await?;
+    spray(&call, &attacker, 40, Duration::from_millis(20)).await?;
+    agent_says(&mut call, &pattern(160, 9)).await?;
+    assert_eq!(call.recv_rtp().await?.4, pattern(160, 9));
+
+    call.send_rtp(0, 20_000, true, &pattern(160, 10)).await?;
+    let media = next_json(&mut call.agent).await?;
+    assert_eq!(
+        unb64(media["media"]["payload"].as_str().unwrap_or_default()),
+        pattern(160, 10),
+        "nothing of the spray reached the agent"
+    );
+    assert_eq!(counter(&call.handle.stats().rtp_dropped_foreign), 40);
+    assert_hears_nothing(&attacker).await
+}
+
+#[tokio::test]
+async fn media_addresses_admit_a_carrier_media_host_after_probation() -> Result<()> {
+    let cfg = BridgeConfig {
+        allowed_sources: AllowedSources {
+            signalling_ip: None,
+            media_networks: vec!["127.0.0.2/32".parse()?],
+        },
+        ..quiet_config()
+    };
+    let mut call = start_call(0, cfg).await?;
+    // The carrier's media host is not the one in the SDP, but inside its media_addresses.
+    call.caller = UdpSocket::bind((FOREIGN, 0)).await?;
+    for i in 0..4u8 {
+        call.send_rtp(0, u32::from(i) * 160, i == 0, &pattern(160, i))
+            .await?;
+    }
+    let media = next_json(&mut call.agent).await?;
+    assert_eq!(
+        unb64(media["media"]["payload"].as_str().unwrap_or_default()),
+        pattern(160, 3)
+    );
+    assert_eq!(counter(&call.handle.stats().rtp_dropped_foreign), 0);
+    agent_says(&mut call, &pattern(160, 7)).await?;
+    assert_eq!(call.recv_rtp().await?.4, pattern(160, 7));
     Ok(())
 }
 

@@ -90,6 +90,11 @@ pub struct InboundConfig {
 pub struct Connection {
     pub connection_id: String,
     pub allowed_addresses: Vec<IpNet>,
+    /// Extra networks the carrier's RTP may come from (media servers that are not its
+    /// signalling hosts). Strict RTP accepts media only from the SDP address, the INVITE's
+    /// source IP and these. Defaults to empty so records stored before the field still load.
+    #[serde(default)]
+    pub media_addresses: Vec<IpNet>,
     #[serde(default)]
     pub digest: Option<DigestCredentials>,
     #[serde(default)]

@@ -84,6 +84,7 @@ fn connection(id: &str, nets: &[&str]) -> Connection {
     Connection {
         connection_id: id.into(),
         allowed_addresses: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        media_addresses: Vec::new(),
         digest: None,
         provider: Some("exotel".into()),
         max_calls_per_second: None,

@@ -176,7 +176,9 @@ pub(crate) fn to_u32(field: &'static str, value: i64) -> Result<u32, StoreError>
 mod tests {
     use std::collections::BTreeMap;
 
-    use switchboard_routing::model::{ChannelDirection, ConnectionConfig, DeploymentStatus};
+    use switchboard_routing::model::{
+        ChannelDirection, Connection, ConnectionConfig, DeploymentStatus,
+    };
 
     use super::*;
 
@@ -286,6 +288,29 @@ mod tests {
         assert_eq!(
             distinct_numbers(&deployment),
             vec!["+1".to_owned(), "+2".to_owned()]
+        );
+    }
+
+    #[test]
+    fn connections_stored_before_media_addresses_still_load() {
+        let stored = r#"{"connection_id":"trunk","allowed_addresses":["203.0.113.0/24"],"digest":null,"provider":"exotel"}"#;
+        let old: Connection = decode(RecordKind::Connection, "trunk", stored).unwrap();
+        assert!(old.media_addresses.is_empty());
+        assert_eq!(old.max_calls_per_second, None);
+        assert_eq!(
+            old.allowed_addresses,
+            vec!["203.0.113.0/24".parse().unwrap()]
+        );
+
+        let new = Connection {
+            media_addresses: vec!["198.51.100.0/25".parse().unwrap()],
+            max_calls_per_second: Some(20),
+            ..old
+        };
+        let text = encode(RecordKind::Connection, "trunk", &new).unwrap();
+        assert_eq!(
+            decode::<Connection>(RecordKind::Connection, "trunk", &text).unwrap(),
+            new
         );
     }
 }

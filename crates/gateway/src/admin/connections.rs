@@ -1,4 +1,5 @@
-//! Connections (trunks): where a carrier's INVITEs may come from and how they authenticate.
+//! Connections (trunks): where a carrier's INVITEs may come from and how they authenticate,
+//! and (`media_addresses`) which other hosts its RTP may come from (strict RTP).
 //!
 //! `PUT /connections/{id}` creates or replaces; the digest password is write-only (responses
 //! show `"password": "***"`), so listing trunks never exposes credentials.
@@ -18,14 +19,16 @@ use super::{validate, Body, Ctx, RequestBody};
 
 /// Longest provider label / digest username or password accepted.
 const MAX_TEXT_CHARS: usize = 256;
-/// Source ranges per connection; carriers publish a handful of signalling subnets.
-const MAX_ALLOWED_ADDRESSES: usize = 256;
+/// Ranges per address list (`allowed_addresses`, `media_addresses`); carriers publish a
+/// handful of signalling and media subnets.
+const MAX_ADDRESS_RANGES: usize = 256;
 
 /// The response shape: the connection with its password redacted.
 pub fn redacted(c: &Connection) -> Value {
     json!({
         "connection_id": c.connection_id,
         "allowed_addresses": c.allowed_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "media_addresses": c.media_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "digest": c.digest.as_ref().map(|d| json!({ "username": d.username, "password": "***" })),
         "provider": c.provider,
         "max_calls_per_second": c.max_calls_per_second,
@@ -50,6 +53,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
             map,
             &[
                 "allowed_addresses",
+                "media_addresses",
                 "digest",
                 "provider",
                 "max_calls_per_second",
@@ -58,7 +62,9 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
             &mut p,
         );
         let addresses = required(map, "allowed_addresses", &root, &mut p)
-            .and_then(|v| allowed_addresses(v, at(&root, "allowed_addresses"), &mut p));
+            .and_then(|v| address_ranges(v, at(&root, "allowed_addresses"), &mut p));
+        let media = optional(map, "media_addresses")
+            .map(|v| address_ranges(v, at(&root, "media_addresses"), &mut p));
         let digest = optional(map, "digest").map(|v| digest(v, at(&root, "digest"), &mut p));
         let provider = optional(map, "provider").map(|v| {
             super::request::bounded_string(v, MAX_TEXT_CHARS, at(&root, "provider"), &mut p)
@@ -74,12 +80,12 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
                 }
                 Some(n)
             });
-        parsed = Some((addresses, digest, provider, max_cps));
+        parsed = Some((addresses, media, digest, provider, max_cps));
     }
     p.finish()?;
     let (
         Some(connection_id),
-        Some((Some(allowed_addresses), digest, provider, max_calls_per_second)),
+        Some((Some(allowed_addresses), media, digest, provider, max_calls_per_second)),
     ) = (id, parsed)
     else {
         return Err(ApiError::invalid(root, "missing", "Field required"));
@@ -87,6 +93,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
     let connection = Connection {
         connection_id,
         allowed_addresses,
+        media_addresses: media.flatten().unwrap_or_default(),
         digest: digest.flatten(),
         provider: provider.flatten(),
         max_calls_per_second,
@@ -165,14 +172,15 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Connection {id}"))
 }
 
-/// CIDR ranges; a bare address means just that host (`/32` or `/128`).
-fn allowed_addresses(v: &Value, loc: super::request::Loc, p: &mut Problems) -> Option<Vec<IpNet>> {
+/// CIDR ranges; a bare address means just that host (`/32` or `/128`). Every bad item is
+/// reported, each at its own index.
+fn address_ranges(v: &Value, loc: super::request::Loc, p: &mut Problems) -> Option<Vec<IpNet>> {
     let items = array(v, loc.clone(), p)?;
-    if items.len() > MAX_ALLOWED_ADDRESSES {
+    if items.len() > MAX_ADDRESS_RANGES {
         p.push(
             loc,
             "too_long",
-            format!("List should have at most {MAX_ALLOWED_ADDRESSES} items"),
+            format!("List should have at most {MAX_ADDRESS_RANGES} items"),
         );
         return None;
     }

@@ -310,11 +310,15 @@ fn schemas() -> Value {
                 "items": { "type": "object", "properties": { "row": { "type": "integer" }, "reason": { "type": "string" } } } } } },
         "ConnectionPut": { "type": "object", "additionalProperties": false, "required": ["allowed_addresses"], "properties": {
             "allowed_addresses": { "type": "array", "items": { "type": "string", "description": "IP or CIDR" }, "example": ["203.0.113.0/24", "127.0.0.1/32"] },
+            "media_addresses": { "type": "array", "default": [], "items": { "type": "string", "description": "IP or CIDR" },
+                "description": "Other hosts the carrier's RTP may come from; media is otherwise accepted only from the SDP address and the INVITE's source IP",
+                "example": ["198.51.100.0/25"] },
             "digest": { "type": "object", "additionalProperties": false, "required": ["username", "password"], "properties": {
                 "username": { "type": "string" }, "password": { "type": "string", "writeOnly": true } } },
             "provider": { "type": "string", "example": "exotel" } } },
         "Connection": { "type": "object", "properties": {
             "connection_id": { "type": "string" }, "allowed_addresses": { "type": "array", "items": { "type": "string" } },
+            "media_addresses": { "type": "array", "items": { "type": "string" } },
             "digest": { "type": ["object", "null"], "properties": { "username": { "type": "string" }, "password": { "const": "***" } } },
             "provider": { "type": ["string", "null"] } } },
         "AppVersionPut": { "type": "object", "additionalProperties": false, "required": ["runtime_url"], "properties": {

@@ -7,18 +7,24 @@
 //! task drops the [`RtpPorts`] guard, so the pair returns to the pool whatever ended the call
 //! (reject, CANCEL, BYE, timeout, agent failure, admin hang-up, panic).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use prometheus::{IntCounter, IntCounterVec};
 use switchboard_media::{
-    connect_agent, spawn_bridge, BridgeConfig, EndReason, NegotiatedMedia, StartParams,
+    connect_agent, spawn_bridge, BridgeConfig, BridgeStats, EndReason, NegotiatedMedia, StartParams,
 };
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 
 use super::calls::{CallCommand, HangupCause};
 use super::ports::RtpPorts;
 
 /// Events per call from the endpoint task: a handful per call lifetime.
 pub const CALL_EVENT_QUEUE: usize = 8;
+/// How often a running call adds its bridge's drop counters to the gateway's metrics: often
+/// enough that an attack on a long call shows on the next scrape, rare enough to cost nothing.
+const STATS_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the endpoint task tells a call.
 #[derive(Debug, Clone)]
@@ -101,8 +107,43 @@ pub struct CallSetup {
     pub start: StartParams,
     pub connect_timeout: Duration,
     pub bridge: BridgeConfig,
+    /// `switchboard_rtp_dropped_total{reason}`: the bridge's strict-RTP drops are added here.
+    pub rtp_dropped: IntCounterVec,
     pub ports: RtpPorts,
     pub rtp_socket: std::net::UdpSocket,
+}
+
+/// Copies a bridge's per-call drop counters into the process-wide Prometheus counter. Call
+/// [`DropExport::flush`] periodically and once after the bridge ended; each call adds only
+/// what was counted since the previous one.
+#[derive(Debug)]
+struct DropExport {
+    foreign: IntCounter,
+    learning: IntCounter,
+    foreign_seen: u64,
+    learning_seen: u64,
+}
+
+impl DropExport {
+    fn new(metric: &IntCounterVec) -> DropExport {
+        DropExport {
+            foreign: metric.with_label_values(&["foreign_source"]),
+            learning: metric.with_label_values(&["learning"]),
+            foreign_seen: 0,
+            learning_seen: 0,
+        }
+    }
+
+    fn flush(&mut self, stats: &BridgeStats) {
+        let foreign = stats.rtp_dropped_foreign.load(Ordering::Relaxed);
+        let learning = stats.rtp_dropped_learning.load(Ordering::Relaxed);
+        self.foreign
+            .inc_by(foreign.saturating_sub(self.foreign_seen));
+        self.learning
+            .inc_by(learning.saturating_sub(self.learning_seen));
+        self.foreign_seen = foreign;
+        self.learning_seen = learning;
+    }
 }
 
 fn requested(cause: &HangupCause) -> HangupReason {
@@ -125,6 +166,7 @@ pub async fn run(
         start,
         connect_timeout,
         bridge,
+        rtp_dropped,
         ports,
         rtp_socket,
     } = setup;
@@ -196,30 +238,33 @@ pub async fn run(
         }
     };
     let handle = spawn_bridge(socket, media, link, bridge);
-    loop {
+    let mut drops = DropExport::new(&rtp_dropped);
+    let mut export = tokio::time::interval(STATS_EXPORT_INTERVAL);
+    export.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Why we hang up, if it is our side that ends the call.
+    let hangup = loop {
         tokio::select! {
-            reason = handle.ended() => {
-                if let Some(reason) = HangupReason::from_end(reason) {
-                    let _ = core.send(CoreCommand::HangUp { call_id, reason }).await;
-                }
-                return;
-            }
+            reason = handle.ended() => break HangupReason::from_end(reason),
             event = events.recv() => match event {
                 Some(CallEvent::MediaUpdate(media)) => handle.update_media(media),
                 Some(CallEvent::Confirmed(_)) => {}
                 Some(CallEvent::Ended) | None => {
                     handle.hangup();
                     let _ = handle.ended().await;
-                    return;
+                    break None;
                 }
             },
             Some(CallCommand::Hangup(cause)) = admin.recv() => {
                 handle.hangup();
                 let _ = handle.ended().await;
-                let _ = core.send(CoreCommand::HangUp { call_id, reason: requested(&cause) }).await;
-                return;
+                break Some(requested(&cause));
             }
+            _ = export.tick() => drops.flush(handle.stats()),
         }
+    };
+    drops.flush(handle.stats());
+    if let Some(reason) = hangup {
+        let _ = core.send(CoreCommand::HangUp { call_id, reason }).await;
     }
 }
 
@@ -244,5 +289,30 @@ mod tests {
             HangupReason::from_end(EndReason::MediaTimeout),
             Some(HangupReason::MediaTimeout)
         );
+    }
+
+    #[test]
+    fn drop_export_adds_only_what_is_new() {
+        let metric = IntCounterVec::new(
+            prometheus::Opts::new("rtp_dropped_total", "test"),
+            &["reason"],
+        )
+        .unwrap();
+        let stats = BridgeStats::default();
+        let mut export = DropExport::new(&metric);
+        stats.rtp_dropped_foreign.store(5, Ordering::Relaxed);
+        stats.rtp_dropped_learning.store(3, Ordering::Relaxed);
+        export.flush(&stats);
+        export.flush(&stats);
+        stats.rtp_dropped_foreign.store(7, Ordering::Relaxed);
+        export.flush(&stats);
+        // A second call's bridge adds to the same counters.
+        let mut other = DropExport::new(&metric);
+        stats.rtp_dropped_foreign.store(1, Ordering::Relaxed);
+        stats.rtp_dropped_learning.store(0, Ordering::Relaxed);
+        other.flush(&stats);
+        let value = |reason: &str| metric.with_label_values(&[reason]).get();
+        assert_eq!(value("foreign_source"), 8);
+        assert_eq!(value("learning"), 3);
     }
 }

@@ -46,6 +46,10 @@ pub struct SipMetrics {
     pub stateless: IntCounterVec,
     /// Live SIP transactions (accepted calls' and in-dialog requests' only).
     pub transactions: IntGauge,
+    /// Caller RTP dropped by strict RTP, by reason: `foreign_source` (an IP the call does not
+    /// allow: RTP Bleed / injection attempts) or `learning` (an allowed IP's new port still on
+    /// probation). Running calls add theirs every second ([`super::call`]).
+    pub rtp_dropped: IntCounterVec,
 }
 
 impl SipMetrics {
@@ -99,6 +103,13 @@ impl SipMetrics {
             ),
             &["reason"],
         )?;
+        let rtp_dropped = IntCounterVec::new(
+            Opts::new(
+                "rtp_dropped_total",
+                "Caller RTP packets dropped by strict RTP, by reason",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(invites.clone()))?;
         registry.register(Box::new(responses.clone()))?;
@@ -130,6 +141,7 @@ impl SipMetrics {
         registry.register(Box::new(bans.clone()))?;
         registry.register(Box::new(stateless.clone()))?;
         registry.register(Box::new(transactions.clone()))?;
+        registry.register(Box::new(rtp_dropped.clone()))?;
         Ok(Self {
             dropped,
             bans,
@@ -146,6 +158,7 @@ impl SipMetrics {
             queue_full,
             auth,
             route_rejects,
+            rtp_dropped,
         })
     }
 
@@ -180,6 +193,9 @@ mod tests {
         m.request("NEWMETHOD");
         m.response(404);
         m.rate_limited.with_label_values(&["dropped"]).inc();
+        m.rtp_dropped
+            .with_label_values(&["foreign_source"])
+            .inc_by(3);
         let mut text = String::new();
         TextEncoder::new()
             .encode_utf8(&registry.gather(), &mut text)
@@ -198,6 +214,10 @@ mod tests {
         );
         assert!(
             text.contains("sip_rate_limited_total{action=\"dropped\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rtp_dropped_total{reason=\"foreign_source\"} 3"),
             "{text}"
         );
         // Registering twice is a programming error and must be reported, not ignored.

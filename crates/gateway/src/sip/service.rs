@@ -685,8 +685,17 @@ impl Core {
             connect_timeout: Duration::from_millis(media.agent_connect_timeout_ms),
             bridge: BridgeConfig {
                 media_timeout: Duration::from_secs(media.timeout_secs),
+                // Strict RTP: besides the SDP address, the INVITE's source IP (callers behind
+                // NAT) and the trunk's media networks.
+                allowed_sources: switchboard_media::AllowedSources {
+                    signalling_ip: Some(source.ip()),
+                    media_networks: connection
+                        .map(|c| c.media_addresses.clone())
+                        .unwrap_or_default(),
+                },
                 ..BridgeConfig::default()
             },
+            rtp_dropped: self.metrics.rtp_dropped.clone(),
             ports,
             rtp_socket,
         };

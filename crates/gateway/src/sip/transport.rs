@@ -641,6 +641,7 @@ mod tests {
             digest: None,
             provider: None,
             max_calls_per_second: None,
+            media_addresses: Vec::new(),
         };
         table
             .apply(&[Change::UpsertConnection(Scope::new("o", "w"), connection)])

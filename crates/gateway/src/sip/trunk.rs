@@ -135,6 +135,7 @@ mod tests {
         Connection {
             connection_id: "conn-1".into(),
             allowed_addresses: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+            media_addresses: Vec::new(),
             digest: digest.then(|| DigestCredentials {
                 username: "trunk".into(),
                 password: "s3cret".into(),

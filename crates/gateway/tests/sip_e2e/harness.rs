@@ -80,6 +80,9 @@ pub struct DaemonOptions {
     pub sip_host: &'static str,
     /// RTP port pairs to configure (the range is chosen per daemon).
     pub rtp_pairs: u16,
+    /// A fixed `[media] rtp_ports` instead of the per-daemon block (`rtp_pairs` is ignored):
+    /// for a test that must know its call's port without sharing it with a parallel test.
+    pub rtp_ports: Option<std::ops::RangeInclusive<u16>>,
     /// Extra `SWITCHBOARD_*` environment variables.
     pub env: Vec<(String, String)>,
 }
@@ -93,6 +96,7 @@ impl Default for DaemonOptions {
             agent_connect_timeout_ms: 5_000,
             sip_host: "127.0.0.1",
             rtp_pairs: 100,
+            rtp_ports: None,
             env: Vec::new(),
         }
     }
@@ -105,6 +109,8 @@ pub struct Daemon {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub admin: SocketAddr,
+    /// The configured `[media] rtp_ports` (with one pair, its first port is every call's).
+    pub rtp_ports: std::ops::RangeInclusive<u16>,
     /// Holds the config and database until the daemon is dropped.
     _dir: tempfile::TempDir,
     log: PathBuf,
@@ -116,6 +122,10 @@ impl Daemon {
         let block = NEXT_RTP_BLOCK.fetch_add(1, Ordering::Relaxed);
         // 200 ports per daemon, from a range per process so parallel test binaries differ too.
         let base = 30_000 + (std::process::id() % 50) as u16 * 400 + (block % 2) * 200;
+        let rtp_ports = options
+            .rtp_ports
+            .clone()
+            .unwrap_or(base..=base + options.rtp_pairs.clamp(1, 100) * 2 - 1);
         let config = format!(
             r#"
 [sip]
@@ -141,8 +151,8 @@ agent_connect_timeout_ms = {connect}
             rate = options.rate_limit_per_second,
             burst = options.rate_limit_burst,
             db = dir.path().join("switchboard.db").display(),
-            low = base,
-            high = base + options.rtp_pairs.clamp(1, 100) * 2 - 1,
+            low = rtp_ports.start(),
+            high = rtp_ports.end(),
             sip_host = options.sip_host,
             connect = options.agent_connect_timeout_ms,
         );
@@ -189,6 +199,7 @@ agent_connect_timeout_ms = {connect}
             sip_udp: addr("sip_udp")?,
             sip_tcp: addr("sip_tcp")?,
             admin: addr("admin")?,
+            rtp_ports,
             child,
             _dir: dir,
             log,

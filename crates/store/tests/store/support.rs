@@ -153,8 +153,10 @@ pub fn connection(id: &str) -> Connection {
     Connection {
         connection_id: id.to_owned(),
         allowed_addresses: vec!["203.0.113.0/24".parse().expect("valid net")],
+        media_addresses: vec!["198.51.100.0/25".parse().expect("valid net")],
         digest: None,
         provider: Some("exotel".into()),
+        max_calls_per_second: Some(50),
     }
 }
 
