@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README's quick start runs it:
 #   tests/run.sh
-# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, a Python
-# venv for the Pipecat check) when missing, starts a throwaway PostgreSQL on loopback, runs every
+# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, Python
+# venvs for SIPVicious and the Pipecat check) when missing, starts a throwaway PostgreSQL on loopback, runs every
 # Rust test in the workspace, then the Pipecat compatibility check. Nothing here is mocked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,15 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "missing packages (install them as root): ${missing[*]}" >&2
     fi
 fi
+
+# SIPVicious (PyPI) plays the attacker in the hostile-network tests; a venv keeps it off the
+# system Python. Reused between runs.
+sipvicious_venv="${SIPVICIOUS_VENV:-/tmp/sipvicious-venv}"
+if [ ! -x "$sipvicious_venv/bin/sipvicious_svmap" ]; then
+    python3 -m venv "$sipvicious_venv"
+    "$sipvicious_venv/bin/pip" install --quiet sipvicious
+fi
+export PATH="$sipvicious_venv/bin:$PATH"
 
 eval "$(tests/pg.sh start)"
 trap 'tests/pg.sh stop >/dev/null 2>&1 || true' EXIT

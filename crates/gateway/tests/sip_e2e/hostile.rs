@@ -501,3 +501,50 @@ async fn sipvicious_password_guessing_gets_the_source_banned() {
         .arg(&request_uri);
     expect_sipp_ok(&fixture.daemon, sipp).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_max_calls_per_second_gets_stateless_503s() {
+    let fixture = Fixture::start(FixtureOptions::default()).await;
+    let admin = fixture.daemon.admin();
+    admin
+        .ok(
+            "PUT",
+            &Admin::scoped(&format!("/connections/{CONNECTION}")),
+            &serde_json::json!({
+                "allowed_addresses": ["127.0.0.1/32"],
+                "max_calls_per_second": 5
+            }),
+        )
+        .expect("connection");
+    // Paused: every call is refused by routing (480) unless the rate limit refuses it first.
+    admin
+        .set_status(&fixture.deployment_id, "pause")
+        .expect("pause");
+    let target = fixture.daemon.sip_udp;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let from = socket.local_addr().unwrap();
+    for i in 0..20 {
+        let request = invite(from, target, CALLED, &format!("cps-{i}"));
+        socket.send_to(request.as_bytes(), target).unwrap();
+    }
+    let mut statuses = Vec::new();
+    let mut buf = [0u8; 4096];
+    while statuses.len() < 20 {
+        let n = socket.recv(&mut buf).expect("every INVITE is answered");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("SIP/2.0 503") {
+            assert!(text.contains("Retry-After: 1\r\n"), "{text}");
+        }
+        statuses.push(text[8..11].to_owned());
+    }
+    let over = statuses.iter().filter(|s| *s == "503").count();
+    let routed = statuses.iter().filter(|s| *s == "480").count();
+    // A burst of one second's worth (5) passes; the rest is over the rate.
+    assert!((5..=7).contains(&routed), "{statuses:?}");
+    assert_eq!(over + routed, 20, "{statuses:?}");
+    let metrics = admin.metrics().expect("metrics");
+    assert_eq!(metric(&metrics, "switchboard_sip_transactions", ""), 0.0);
+}
