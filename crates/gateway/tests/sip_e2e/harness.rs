@@ -629,7 +629,7 @@ impl Sipp {
     pub fn run(&self) -> anyhow::Result<SippRun> {
         let logs = tempfile::tempdir()?;
         let port = free_port(self.local_ip)?;
-        let media_port = free_port(self.local_ip)?;
+        let media_port = free_media_ports(self.local_ip)?;
         let errors = logs.path().join("errors.log");
         let messages = logs.path().join("messages.log");
         let stats = logs.path().join("stats.csv");
@@ -721,6 +721,23 @@ pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
         }
     }
     bail!("no free port on {ip}")
+}
+
+/// A base port for SIPp's media sockets: SIPp binds audio RTP at the port and video RTP two
+/// above it (RTCP one above each), so all four must be free, not just the first.
+pub fn free_media_ports(ip: IpAddr) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let first = UdpSocket::bind((ip, 0))?;
+        let base = first.local_addr()?.port();
+        if base > u16::MAX - 4 {
+            continue;
+        }
+        let rest: Vec<_> = (1..4).map(|i| UdpSocket::bind((ip, base + i))).collect();
+        if rest.iter().all(Result::is_ok) {
+            return Ok(base);
+        }
+    }
+    bail!("no four free consecutive UDP ports on {ip}")
 }
 
 /// Runs SIPp on a blocking thread and asserts success, printing the logs (and the daemon's)
