@@ -141,6 +141,11 @@ impl AppState {
     }
 
     /// Whether the gateway can route calls (snapshot loaded).
+    /// The readiness flag itself, for the SIP engine to read per INVITE without the state.
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.ready)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

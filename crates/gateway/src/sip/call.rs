@@ -12,32 +12,23 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec};
 use switchboard_media::{
-    connect_agent, spawn_bridge, BridgeConfig, BridgeStats, EndReason, NegotiatedMedia, StartParams,
+    connect_agent, spawn_bridge, BridgeConfig, BridgeStats, EndReason, StartParams,
 };
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use super::calls::{CallCommand, HangupCause};
+use super::flow::CallEvent;
 use super::ports::RtpPorts;
+use super::refusal::Hangup;
 
-/// Events per call from the endpoint task: a handful per call lifetime.
+/// Events per call from the SIP engine: a handful per call lifetime.
 pub const CALL_EVENT_QUEUE: usize = 8;
 /// How often a running call adds its bridge's drop counters to the gateway's metrics: often
 /// enough that an attack on a long call shows on the next scrape, rare enough to cost nothing.
 const STATS_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the endpoint task tells a call.
-#[derive(Debug, Clone)]
-pub enum CallEvent {
-    /// The ACK for our 200 arrived: start media with what was negotiated.
-    Confirmed(NegotiatedMedia),
-    /// A re-INVITE/UPDATE changed the media (hold, resume, new address).
-    MediaUpdate(NegotiatedMedia),
-    /// The call is over on the SIP side (CANCEL, caller BYE, ACK timeout, shutdown).
-    Ended,
-}
-
-/// What a call tells the endpoint task.
+/// What a call tells the SIP engine.
 #[derive(Debug, Clone)]
 pub enum CoreCommand {
     /// The agent is connected: answer with 200 OK.
@@ -49,53 +40,18 @@ pub enum CoreCommand {
         why: String,
     },
     /// End the call from our side: BYE when answered, a final response while ringing.
-    /// `reason` goes into the Reason header.
-    HangUp {
-        call_id: String,
-        reason: HangupReason,
-    },
+    HangUp { call_id: String, hangup: Hangup },
 }
 
-/// Why we end a call, for the BYE's Reason header (RFC 3326).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HangupReason {
-    /// The agent closed its WebSocket: a normal clearing (Q.850 cause 16).
-    AgentClosed,
-    /// The agent's WebSocket failed mid-call (Q.850 cause 41, temporary failure).
-    AgentError(String),
-    /// No RTP from the caller for `[media] timeout_secs` (Q.850 cause 102, recovery on timer expiry).
-    MediaTimeout,
-    /// The Twilio-compatible REST API or an operator ended the call (Q.850 cause 16).
-    Requested(String),
-    /// The RTP socket failed.
-    MediaError(String),
-}
-
-impl HangupReason {
-    /// The `Reason` header value.
-    pub fn header(&self) -> String {
-        let (cause, text) = match self {
-            HangupReason::AgentClosed => (16, "agent closed the media stream".to_owned()),
-            HangupReason::AgentError(e) => (41, format!("agent stream failed: {e}")),
-            HangupReason::MediaTimeout => (102, "no RTP from the caller".to_owned()),
-            HangupReason::Requested(who) => (16, format!("hung up by {who}")),
-            HangupReason::MediaError(e) => (41, format!("media error: {e}")),
-        };
-        format!(
-            "Q.850;cause={cause};text=\"{}\"",
-            text.replace(['"', '\\', '\r', '\n'], "'")
-        )
-    }
-
-    fn from_end(reason: EndReason) -> Option<HangupReason> {
-        match reason {
-            EndReason::CallerHangup => None,
-            EndReason::AgentClosed => Some(HangupReason::AgentClosed),
-            EndReason::AgentError(e) => Some(HangupReason::AgentError(e)),
-            EndReason::MediaTimeout => Some(HangupReason::MediaTimeout),
-            EndReason::SocketError(e) => Some(HangupReason::MediaError(e)),
-            other => Some(HangupReason::MediaError(format!("{other:?}"))),
-        }
+/// Our side's reason to end a call after its bridge stopped (`None`: the caller hung up).
+fn hangup_for(reason: EndReason) -> Option<Hangup> {
+    match reason {
+        EndReason::CallerHangup => None,
+        EndReason::AgentClosed => Some(Hangup::AgentClosed),
+        EndReason::AgentError(e) => Some(Hangup::AgentError(e)),
+        EndReason::MediaTimeout => Some(Hangup::MediaTimeout),
+        EndReason::SocketError(e) => Some(Hangup::MediaError(e)),
+        other => Some(Hangup::MediaError(format!("{other:?}"))),
     }
 }
 
@@ -146,10 +102,10 @@ impl DropExport {
     }
 }
 
-fn requested(cause: &HangupCause) -> HangupReason {
+fn requested(cause: &HangupCause) -> Hangup {
     match cause {
-        HangupCause::RestApi => HangupReason::Requested("the REST API".to_owned()),
-        HangupCause::Admin(who) => HangupReason::Requested(who.clone()),
+        HangupCause::RestApi => Hangup::Requested("the REST API".to_owned()),
+        HangupCause::Admin(who) => Hangup::Requested(who.clone()),
     }
 }
 
@@ -177,7 +133,7 @@ pub async fn run(
         result = connecting => result,
         _ = events.recv() => return, // CANCEL or shutdown while ringing
         Some(CallCommand::Hangup(cause)) = admin.recv() => {
-            let _ = core.send(CoreCommand::HangUp { call_id, reason: requested(&cause) }).await;
+            let _ = core.send(CoreCommand::HangUp { call_id, hangup: requested(&cause) }).await;
             return;
         }
     };
@@ -215,7 +171,7 @@ pub async fn run(
                 }
             },
             Some(CallCommand::Hangup(cause)) = admin.recv() => {
-                let _ = core.send(CoreCommand::HangUp { call_id, reason: requested(&cause) }).await;
+                let _ = core.send(CoreCommand::HangUp { call_id, hangup: requested(&cause) }).await;
                 link.abandon().await;
                 return;
             }
@@ -230,7 +186,7 @@ pub async fn run(
             let _ = core
                 .send(CoreCommand::HangUp {
                     call_id,
-                    reason: HangupReason::MediaError(e.to_string()),
+                    hangup: Hangup::MediaError(e.to_string()),
                 })
                 .await;
             link.abandon().await;
@@ -244,7 +200,7 @@ pub async fn run(
     // Why we hang up, if it is our side that ends the call.
     let hangup = loop {
         tokio::select! {
-            reason = handle.ended() => break HangupReason::from_end(reason),
+            reason = handle.ended() => break hangup_for(reason),
             event = events.recv() => match event {
                 Some(CallEvent::MediaUpdate(media)) => handle.update_media(media),
                 Some(CallEvent::Confirmed(_)) => {}
@@ -263,8 +219,8 @@ pub async fn run(
         }
     };
     drops.flush(handle.stats());
-    if let Some(reason) = hangup {
-        let _ = core.send(CoreCommand::HangUp { call_id, reason }).await;
+    if let Some(hangup) = hangup {
+        let _ = core.send(CoreCommand::HangUp { call_id, hangup }).await;
     }
 }
 
@@ -273,21 +229,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reason_headers_are_q850_with_safe_text() {
+    fn bridge_endings_map_to_our_hang_up_reasons() {
+        assert_eq!(hangup_for(EndReason::CallerHangup), None);
         assert_eq!(
-            HangupReason::AgentClosed.header(),
-            "Q.850;cause=16;text=\"agent closed the media stream\""
+            hangup_for(EndReason::MediaTimeout),
+            Some(Hangup::MediaTimeout)
         );
-        let h = HangupReason::AgentError("bad \"frame\"\r\nInjected: x".into()).header();
+        let h = hangup_for(EndReason::AgentError("bad \"frame\"\r\nInjected: x".into()))
+            .unwrap()
+            .reason()
+            .to_string();
         assert!(h.starts_with("Q.850;cause=41;"), "{h}");
         assert!(
             !h.contains('\r') && !h.contains('\n') && h.matches('"').count() == 2,
             "{h}"
-        );
-        assert_eq!(HangupReason::from_end(EndReason::CallerHangup), None);
-        assert_eq!(
-            HangupReason::from_end(EndReason::MediaTimeout),
-            Some(HangupReason::MediaTimeout)
         );
     }
 

@@ -39,11 +39,13 @@
 
 pub mod call;
 pub mod calls;
+pub mod flow;
 pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod ports;
 pub mod rate_limit;
+pub mod refusal;
 pub mod screen;
 pub mod service;
 pub mod transport;
@@ -129,20 +131,34 @@ pub async fn start(
             bound
         }
     };
-    let local = service::LocalAddrs {
+    let local = flow::LocalAddrs {
         udp: reachable(udp),
         tcp: reachable(tcp),
     };
+    let flow = flow::CallFlow::new(
+        Endpoint::new(endpoint_config(local.udp.to_string())),
+        Arc::clone(&state.routing),
+        state.ready_flag(),
+        flow::FlowConfig {
+            local,
+            advertised_ip: config.media.advertised_ip,
+            media_timeout: std::time::Duration::from_secs(config.media.timeout_secs),
+            agent_connect_timeout: std::time::Duration::from_millis(
+                config.media.agent_connect_timeout_ms,
+            ),
+            seed: rand::random(),
+        },
+        trunk::TrunkAuth::new(config.sip.nonce_ttl_secs),
+        service::BoundPorts::new(ports, flow::rtp_bind_ip(config.media.advertised_ip)),
+        metrics.clone(),
+    );
     let (commands_tx, commands_rx) = mpsc::channel(service::CORE_COMMAND_QUEUE);
-    let core = service::Core::new(
+    let core = service::Engine::new(
+        flow,
+        outbound,
+        guard,
         state.clone(),
         metrics,
-        outbound,
-        Endpoint::new(endpoint_config(local.udp.to_string())),
-        guard,
-        trunk::TrunkAuth::new(config.sip.nonce_ttl_secs),
-        ports,
-        local,
         commands_tx,
         tasks.clone(),
     );

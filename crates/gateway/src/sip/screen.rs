@@ -4,43 +4,13 @@
 
 use switchboard_sip::{HeaderName, Message, Method, SipError};
 
-/// Methods we act on. BYE/INFO/UPDATE make sense inside a dialog, OPTIONS anywhere.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
-/// Bodies we understand in INVITE, UPDATE and ACK.
-pub const ACCEPT: &str = "application/sdp";
-/// Option tags we implement. None: we neither require nor offer extensions (no 100rel,
-/// no session timers), so any `Require` is refused with 420.
-pub const SUPPORTED: &[&str] = &[];
-
-/// A request refused before the call logic sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    /// Extra headers for the response (`Allow`, `Unsupported`, `Accept`, ...).
-    pub headers: Vec<(&'static str, String)>,
-    /// Operator-readable cause, sent in `Warning`.
-    pub why: String,
-}
-
-impl Refusal {
-    fn new(status: u16, why: impl Into<String>) -> Self {
-        Refusal {
-            status,
-            headers: Vec::new(),
-            why: why.into(),
-        }
-    }
-
-    fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-}
+use super::refusal::Refusal;
+pub use super::refusal::{ACCEPT, ALLOW, SUPPORTED};
 
 /// Maps a codec error on a request to a refusal (`None`: discard silently).
 pub fn refusal_for(error: &SipError) -> Option<Refusal> {
     let status = error.response_status()?;
-    let mut refusal = Refusal::new(status, error.to_string());
+    let mut refusal = Refusal::protocol(status, error.to_string());
     if let SipError::BadExtension { unsupported } = error {
         refusal = refusal.with("Unsupported", unsupported.join(", "));
     }
@@ -51,17 +21,18 @@ pub fn refusal_for(error: &SipError) -> Option<Refusal> {
 /// means the call logic may act on it.
 pub fn screen(msg: &Message<'_>) -> Result<(), Refusal> {
     if let Err(e) = msg.validate() {
-        return Err(refusal_for(&e).unwrap_or_else(|| Refusal::new(400, e.to_string())));
+        return Err(refusal_for(&e).unwrap_or_else(|| Refusal::protocol(400, e.to_string())));
     }
     let Some(method_token) = msg.method() else {
-        return Err(Refusal::new(400, "not a request"));
+        return Err(Refusal::protocol(400, "not a request"));
     };
     let method = match msg.known_method() {
         None => {
-            return Err(
-                Refusal::new(501, format!("method {method_token} is not implemented"))
-                    .with("Allow", ALLOW),
-            );
+            return Err(Refusal::protocol(
+                501,
+                format!("method {method_token} is not implemented"),
+            )
+            .with("Allow", ALLOW));
         }
         Some(
             m @ (Method::Invite
@@ -73,22 +44,23 @@ pub fn screen(msg: &Message<'_>) -> Result<(), Refusal> {
             | Method::Update),
         ) => m,
         Some(other) => {
-            return Err(
-                Refusal::new(405, format!("{other} is not served by a trunk gateway"))
-                    .with("Allow", ALLOW),
-            );
+            return Err(Refusal::protocol(
+                405,
+                format!("{other} is not served by a trunk gateway"),
+            )
+            .with("Allow", ALLOW));
         }
     };
     // A proxy answers 483 at zero; we relay calls on to the agent like one. OPTIONS with
     // Max-Forwards 0 is answered by the element itself (RFC 3261 §16.3 step 2, §11).
     if method != Method::Options && method != Method::Ack {
         if let Ok(Some(0)) = msg.max_forwards() {
-            return Err(Refusal::new(483, "Max-Forwards reached 0"));
+            return Err(Refusal::protocol(483, "Max-Forwards reached 0"));
         }
     }
     if !matches!(method, Method::Ack | Method::Cancel) {
         if let Err(e) = msg.check_require(SUPPORTED) {
-            return Err(refusal_for(&e).unwrap_or_else(|| Refusal::new(420, e.to_string())));
+            return Err(refusal_for(&e).unwrap_or_else(|| Refusal::protocol(420, e.to_string())));
         }
     }
     if matches!(method, Method::Invite | Method::Update | Method::Ack) {
@@ -129,11 +101,12 @@ fn check_content(msg: &Message<'_>, method: Method) -> Result<(), Refusal> {
         .and_then(|h| h.value_str())
     {
         if !encoding.trim().eq_ignore_ascii_case("identity") {
-            return Err(
-                Refusal::new(415, format!("Content-Encoding {encoding} is not supported"))
-                    .with("Accept-Encoding", "identity")
-                    .with("Accept", ACCEPT),
-            );
+            return Err(Refusal::protocol(
+                415,
+                format!("Content-Encoding {encoding} is not supported"),
+            )
+            .with("Accept-Encoding", "identity")
+            .with("Accept", ACCEPT));
         }
     }
     if sdp_body(msg).is_none() {
@@ -143,7 +116,7 @@ fn check_content(msg: &Message<'_>, method: Method) -> Result<(), Refusal> {
             .unwrap_or("(none)")
             .to_owned();
         return Err(
-            Refusal::new(415, format!("{method} body of type {ct} carries no SDP"))
+            Refusal::protocol(415, format!("{method} body of type {ct} carries no SDP"))
                 .with("Accept", ACCEPT),
         );
     }
@@ -173,7 +146,7 @@ fn check_accept(msg: &Message<'_>) -> Result<(), Refusal> {
         }
     }
     if present {
-        return Err(Refusal::new(
+        return Err(Refusal::protocol(
             406,
             "Accept excludes application/sdp, the only answer we can give",
         )

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use super::guard::{Guard, Offence, Standing, TcpSlot};
 use super::metrics::SipMetrics;
 use super::rate_limit::{RateLimiter, Verdict};
+use super::refusal::Refusal;
 
 /// Messages waiting for the endpoint task. At ~10 µs per message this is ~40 ms of work:
 /// enough to ride out a burst, small enough that a stalled task is noticed (drops are
@@ -47,10 +48,6 @@ pub const MAX_TCP_CONNECTIONS: usize = 4096;
 /// A TCP connection that carried nothing (not even a CRLF keep-alive) for this long is
 /// closed. Carriers ping every 30–60 s; five minutes of silence means the peer is gone.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// `Retry-After` in the stateless 503 for a rate-limited source: the bucket refills within a
-/// second or two, so retrying sooner would only be shed again.
-pub const RATE_LIMIT_RETRY_AFTER_SECS: u32 = 2;
 
 /// Read buffer for TCP; messages larger than this are assembled across reads.
 const TCP_READ_CHUNK: usize = 16 * 1024;
@@ -174,12 +171,8 @@ pub fn overload_response(bytes: &[u8], why: &str, metrics: &SipMetrics) -> Optio
         return None;
     }
     let request = switchboard_sip::parse(bytes).ok()?;
-    let response = request
-        .response(503)
-        .to_tag(&super::calls::new_sid("t"))
-        .header("Retry-After", RATE_LIMIT_RETRY_AFTER_SECS)
-        .header("Reason", format!("Q.850;cause=42;text=\"{why}\""))
-        .header("Warning", format!("399 switchboard \"{why}\""))
+    let response = Refusal::source_rate(why)
+        .apply(request.response(503).to_tag(&super::calls::new_sid("t")))
         .build()
         .ok()?;
     metrics.response(503);
@@ -194,12 +187,8 @@ fn untrusted_response(bytes: &[u8], source: SocketAddr, tagger: &StatelessTagger
         return None;
     }
     let tag = tagger.tag_for(&request)?;
-    let why = format!("no connection allows {}", source.ip());
-    request
-        .response(403)
-        .to_tag(&tag)
-        .header("Reason", "Q.850;cause=21;text=\"source not allowed\"")
-        .header("Warning", format!("399 switchboard \"{why}\""))
+    Refusal::untrusted_source(source.ip())
+        .apply(request.response(403).to_tag(&tag))
         .build()
         .ok()
 }

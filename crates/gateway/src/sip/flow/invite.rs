@@ -1,0 +1,363 @@
+//! A new INVITE, stage by stage: admit → route → prepare media → ring. Each stage either
+//! hands the next what it learnt or refuses with a [`Refusal`], sent without a transaction.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use switchboard_media::{
+    AllowedSources, BridgeConfig, CallInfo, CustomParameters, NegotiatedMedia, SdpSession,
+    StartParams, StreamIds,
+};
+use switchboard_routing::model::Connection;
+use switchboard_routing::{Route, RouteDecision, RoutingSnapshot};
+use switchboard_sip::{HeaderName, OwnedMessage, ServerTxnId, Transport};
+
+use super::super::calls::{account_sid_for, CallDetails};
+use super::super::guard::Offence;
+use super::super::identity;
+use super::super::refusal::Refusal;
+use super::super::screen;
+use super::super::trunk::TrunkVerdict;
+use super::{Call, CallFlow, CallRate, CallStart, CallState, MediaPorts, Now, Output};
+
+/// What admission learnt about an INVITE.
+struct Admitted {
+    call_id: String,
+    called: String,
+    caller: String,
+    /// The trunk owning the called number, if the number is known.
+    connection: Option<Connection>,
+}
+
+/// Media for an accepted call: our SDP and the reserved ports.
+struct PreparedMedia<R> {
+    sdp: SdpSession,
+    local_sdp: String,
+    negotiated: Option<NegotiatedMedia>,
+    awaiting_answer: bool,
+    reservation: R,
+}
+
+impl<P: MediaPorts> CallFlow<P> {
+    pub(super) fn on_invite(
+        &mut self,
+        now: Now,
+        txn: ServerTxnId,
+        request: &OwnedMessage,
+        source: SocketAddr,
+        transport: Transport,
+    ) {
+        self.metrics.invites.inc();
+        let snapshot = self.routing.snapshot();
+        let outcome = self
+            .admit(now, request, source, &snapshot)
+            .and_then(|admitted| {
+                let route = self.route(now, &snapshot, &admitted)?;
+                let media = self.prepare_media(request)?;
+                Ok((admitted, route, media))
+            });
+        match outcome {
+            Ok((admitted, route, media)) => {
+                self.ring(now, txn, transport, source, admitted, &route, media);
+            }
+            Err(refusal) => self.refuse(txn, &refusal),
+        }
+    }
+
+    /// Stage 1: is this INVITE one we may take? A merged request, trunk authentication
+    /// (allowlist, digest), the trunk's call rate, and our own readiness.
+    fn admit(
+        &mut self,
+        now: Now,
+        request: &OwnedMessage,
+        source: SocketAddr,
+        snapshot: &RoutingSnapshot,
+    ) -> Result<Admitted, Refusal> {
+        let msg = request.message();
+        let call_id = msg
+            .call_id()
+            .map(str::to_owned)
+            .map_err(|e| Refusal::protocol(400, e.to_string()))?;
+        if self.calls.contains_key(&call_id) {
+            // Same Call-ID, new transaction, no To tag: a merged or looped request (§8.2.2.2).
+            return Err(Refusal::merged_request());
+        }
+        let is_number = |s: &str| snapshot.normalize(s).is_ok();
+        let called = identity::called_party(&msg, is_number)
+            .unwrap_or("")
+            .to_owned();
+        let caller = identity::calling_party(&msg, is_number)
+            .unwrap_or("")
+            .to_owned();
+        let connection = snapshot.trunk_for_number(&called);
+        let request_uri = msg
+            .request_uri_raw()
+            .and_then(|r| std::str::from_utf8(r).ok())
+            .unwrap_or("");
+        let authorization = msg
+            .header(HeaderName::Authorization)
+            .and_then(|h| h.value_str());
+        let verdict = self.trunk.check(
+            now.unix_secs(),
+            rand::Rng::random(&mut self.rng),
+            source.ip(),
+            connection,
+            snapshot.admits_source(source.ip()),
+            "INVITE",
+            request_uri,
+            authorization,
+        );
+        match verdict {
+            TrunkVerdict::Admit => {}
+            TrunkVerdict::Forbidden(why) => {
+                self.metrics.auth.with_label_values(&["forbidden"]).inc();
+                tracing::debug!(%source, %called, why, "INVITE refused by trunk authentication");
+                return Err(Refusal::trunk_forbidden(why));
+            }
+            TrunkVerdict::WrongCredentials(why) => {
+                self.metrics.auth.with_label_values(&["failed"]).inc();
+                self.outputs.push_back(Output::Offence {
+                    ip: source.ip(),
+                    offence: Offence::DigestFailure,
+                });
+                return Err(Refusal::trunk_forbidden(why));
+            }
+            TrunkVerdict::Challenge {
+                www_authenticate,
+                stale,
+            } => {
+                let outcome = if stale { "stale" } else { "challenged" };
+                self.metrics.auth.with_label_values(&[outcome]).inc();
+                return Err(Refusal::challenge(www_authenticate));
+            }
+        }
+        if let Some(connection) = connection {
+            if let Some(limit) = connection.max_calls_per_second {
+                if !self.take_call_token(now.instant, &connection.connection_id, limit) {
+                    self.metrics
+                        .rate_limited
+                        .with_label_values(&["connection_503"])
+                        .inc();
+                    return Err(Refusal::connection_call_rate());
+                }
+            }
+        }
+        if !self.is_ready() {
+            return Err(Refusal::not_ready());
+        }
+        Ok(Admitted {
+            call_id,
+            called,
+            caller,
+            connection: connection.cloned(),
+        })
+    }
+
+    /// Stage 2: the routing table's answer (404/480/503 with their causes when it refuses).
+    fn route(
+        &mut self,
+        now: Now,
+        snapshot: &RoutingSnapshot,
+        admitted: &Admitted,
+    ) -> Result<Route, Refusal> {
+        let wall = chrono::DateTime::<chrono::Utc>::from(now.wall);
+        match snapshot.route(wall, &admitted.called, &admitted.caller, &admitted.call_id) {
+            RouteDecision::Accept(route) => Ok(route),
+            RouteDecision::Reject(reject) => {
+                let reason = reject.reason();
+                self.metrics
+                    .route_rejects
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                // Counted; a log line per refused call would cost more than the refusal.
+                tracing::debug!(reason = reason.as_str(), "INVITE rejected by routing");
+                Err(Refusal::route(&reject))
+            }
+        }
+    }
+
+    /// Stage 3: an RTP port pair and our SDP (the answer to the offer, or our offer when the
+    /// INVITE has none).
+    fn prepare_media(
+        &mut self,
+        request: &OwnedMessage,
+    ) -> Result<PreparedMedia<P::Reservation>, Refusal> {
+        let (rtp_port, reservation) = self.ports.reserve().map_err(|why| {
+            self.metrics
+                .queue_full
+                .with_label_values(&["rtp_ports"])
+                .inc();
+            Refusal::no_rtp_ports(why)
+        })?;
+        let mut sdp = SdpSession::new(self.config.advertised_ip, rtp_port);
+        let offer =
+            screen::sdp_body(&request.message()).map(|b| String::from_utf8_lossy(b).into_owned());
+        // On a refusal the reservation is dropped here, which returns the ports.
+        match offer {
+            Some(offer) => {
+                let (answer, negotiated) = sdp.answer(&offer).map_err(|e| Refusal::media(&e))?;
+                Ok(PreparedMedia {
+                    sdp,
+                    local_sdp: answer.into_string(),
+                    negotiated: Some(negotiated),
+                    awaiting_answer: false,
+                    reservation,
+                })
+            }
+            None => {
+                let local_sdp = sdp.offer().into_string();
+                Ok(PreparedMedia {
+                    sdp,
+                    local_sdp,
+                    negotiated: None,
+                    awaiting_answer: true,
+                    reservation,
+                })
+            }
+        }
+    }
+
+    /// Stage 4: register the call, ring, and ask the I/O loop to start its task.
+    #[allow(clippy::too_many_arguments)]
+    fn ring(
+        &mut self,
+        now: Now,
+        txn: ServerTxnId,
+        transport: Transport,
+        source: SocketAddr,
+        admitted: Admitted,
+        route: &Route,
+        media: PreparedMedia<P::Reservation>,
+    ) {
+        let ids = StreamIds {
+            account_sid: account_sid_for(route.scope()),
+            call_sid: self.new_sid("CA"),
+            stream_sid: self.new_sid("MZ"),
+        };
+        let details = CallDetails {
+            call_sid: ids.call_sid.clone(),
+            account_sid: ids.account_sid.clone(),
+            sip_call_id: admitted.call_id.clone(),
+            to: route.called().to_string(),
+            from: route.caller().map(|c| c.to_string()).unwrap_or_default(),
+            deployment_id: route.deployment_id().to_owned(),
+            scope: route.scope().clone(),
+        };
+        let call_sid = ids.call_sid.clone();
+        let start = CallStart {
+            call_id: admitted.call_id.clone(),
+            details,
+            runtime_url: route.runtime_url().to_owned(),
+            start: StartParams {
+                ids,
+                custom_parameters: custom_parameters(route),
+            },
+            connect_timeout: self.config.agent_connect_timeout,
+            bridge: BridgeConfig {
+                media_timeout: self.config.media_timeout,
+                // Strict RTP: besides the SDP address, the INVITE's source IP (callers behind
+                // NAT) and the trunk's media networks.
+                allowed_sources: AllowedSources {
+                    signalling_ip: Some(source.ip()),
+                    media_networks: admitted
+                        .connection
+                        .map(|c| c.media_addresses)
+                        .unwrap_or_default(),
+                },
+                ..BridgeConfig::default()
+            },
+            reservation: media.reservation,
+        };
+        tracing::debug!(%call_sid, call_id = %admitted.call_id, explanation = %route.explanation(), "routing call");
+        self.calls.insert(
+            admitted.call_id.clone(),
+            Call {
+                call_sid,
+                invite_txn: txn,
+                transport,
+                state: CallState::Ringing,
+                dialog: None,
+                sdp: media.sdp,
+                local_sdp: media.local_sdp,
+                awaiting_answer: media.awaiting_answer,
+                negotiated: media.negotiated,
+                bye_pending: None,
+            },
+        );
+        self.by_invite.insert(txn, admitted.call_id);
+        self.metrics.calls_active.inc();
+        let ringing = Refusal::status(180).with("Contact", self.contact(transport));
+        self.reply(now, txn, &ringing);
+        self.outputs.push_back(Output::StartCall(Box::new(start)));
+    }
+
+    /// Charges one new call to connection `id`'s bucket of `limit` calls per second (burst:
+    /// one second's worth); false when it is empty.
+    fn take_call_token(&mut self, now: Instant, id: &str, limit: u32) -> bool {
+        let limit = f64::from(limit);
+        let rate = self.call_rates.entry(id.to_owned()).or_insert(CallRate {
+            tokens: limit,
+            refilled_at: now,
+        });
+        let elapsed = now
+            .saturating_duration_since(rate.refilled_at)
+            .as_secs_f64();
+        rate.tokens = (rate.tokens + elapsed * limit).min(limit);
+        rate.refilled_at = now;
+        if rate.tokens >= 1.0 {
+            rate.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The address to bind RTP sockets on for an advertised address of the same family.
+pub fn rtp_bind_ip(advertised: IpAddr) -> IpAddr {
+    if advertised.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    }
+}
+
+/// `start.customParameters` for a routed call.
+fn custom_parameters(route: &Route) -> CustomParameters {
+    let called = route.called().to_string();
+    let caller = route.caller().map(|c| c.to_string()).unwrap_or_default();
+    let split_variant = route.split().map(|_| route.app_version().to_string());
+    let cohort = route.cohort();
+    let variables: Vec<(String, String)> = cohort
+        .map(|m| {
+            m.app_variables
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let overrides: Vec<(String, String)> = cohort
+        .map(|m| {
+            let o = &m.app_overrides;
+            [
+                ("initial_bot_message", &o.initial_bot_message),
+                ("initial_state_name", &o.initial_state_name),
+                ("initial_language_name", &o.initial_language_name),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
+            .collect()
+        })
+        .unwrap_or_default();
+    CustomParameters::for_call(&CallInfo {
+        from_number: &caller,
+        to_number: &called,
+        deployment_id: route.deployment_id(),
+        app_id: route.app_id(),
+        app_version: route.app_version(),
+        split_variant: split_variant.as_deref(),
+        user_identifier: cohort.map(|m| m.user_identifier.as_str()),
+        app_variables: &variables,
+        app_overrides: &overrides,
+    })
+}

@@ -1,0 +1,536 @@
+//! The call flow as a deterministic state machine, after crates/sip's `Endpoint`.
+//!
+//! ```text
+//! flow.handle_message(now, inbound);        // a SIP message from a socket reader
+//! flow.handle_timeout(now);                 // once now >= poll_timeout()
+//! flow.agent_ready(now, call_id);           // the call task reached the agent
+//! flow.agent_failed(now, call_id, 503, e);  // ... or could not
+//! flow.hang_up(now, call_id, Hangup::…);    // the call task, REST API or media ended it
+//! while let Some(t) = flow.poll_transmit() { /* send t.bytes to t.remote */ }
+//! while let Some(o) = flow.poll_output() { /* StartCall, ToCall, CallEnded, Offence */ }
+//! let wake_at = flow.poll_timeout();
+//! ```
+//!
+//! It owns the SIP endpoint and the SIP side of every call; it takes the time as an input
+//! ([`Now`]), draws randomness from a seeded generator, and reserves RTP ports through
+//! [`MediaPorts`], so tests drive it on simulated time with no sockets and no sleeps. The tokio
+//! loop around it ([`super::service`]) only moves bytes, spawns call tasks and forwards events.
+//!
+//! A new INVITE runs through stages ([`invite`]): admit (screening, trunk authentication,
+//! per-connection call rate, readiness) → route → prepare media (port pair, SDP answer) →
+//! ring (180, start the call task). Every stage refuses with a [`Refusal`], sent statelessly:
+//! only a call that reached the ring stage holds a transaction. The rest of a call's life —
+//! 200 when the agent is up, ACK, re-INVITE/UPDATE, CANCEL, BYE both ways — is in [`dialog`].
+
+mod dialog;
+mod invite;
+pub use invite::rtp_bind_ip;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use switchboard_media::{BridgeConfig, NegotiatedMedia, SdpSession, StartParams};
+use switchboard_routing::RoutingTable;
+use switchboard_sip::{
+    DialogId, Endpoint, Event, OwnedMessage, ServerTxnId, StatelessStats, Transmit, Transport,
+};
+
+use super::calls::CallDetails;
+use super::guard::Offence;
+use super::metrics::SipMetrics;
+use super::refusal::{Hangup, Refusal, SERVER};
+use super::screen;
+use super::transport::{Inbound, Parsed};
+use super::trunk::TrunkAuth;
+
+/// The time, as the flow needs it: monotonic for timers, wall clock for schedules and nonces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub instant: Instant,
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// The current time (for the I/O loop; tests build their own).
+    pub fn current() -> Self {
+        Now {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn unix_secs(self) -> u64 {
+        self.wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Where RTP port pairs come from. The gateway binds real sockets; tests hand out numbers.
+pub trait MediaPorts {
+    /// What the call task receives to own the pair (a bound socket and its release guard).
+    type Reservation: std::fmt::Debug + Send + 'static;
+    /// Reserves a pair; returns the RTP port (even, RTCP next) to put in SDP.
+    fn reserve(&mut self) -> Result<(u16, Self::Reservation), String>;
+}
+
+/// Where we can be reached, for Contact.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddrs {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+}
+
+impl LocalAddrs {
+    fn for_transport(&self, transport: Transport) -> SocketAddr {
+        if transport.is_stream() {
+            self.tcp
+        } else {
+            self.udp
+        }
+    }
+}
+
+/// What the flow needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    pub local: LocalAddrs,
+    /// Address put in SDP (`[media] advertised_ip`).
+    pub advertised_ip: IpAddr,
+    /// `[media] timeout_secs`.
+    pub media_timeout: Duration,
+    /// `[media] agent_connect_timeout_ms`.
+    pub agent_connect_timeout: Duration,
+    /// Seed for call ids and nonce salts (random per process; fixed in tests).
+    pub seed: u64,
+}
+
+/// Everything the I/O loop needs to start a call's task.
+#[derive(Debug)]
+pub struct CallStart<R> {
+    pub call_id: String,
+    /// For the live-call registry (REST hang-up, admin).
+    pub details: CallDetails,
+    pub runtime_url: String,
+    pub start: StartParams,
+    pub connect_timeout: Duration,
+    pub bridge: BridgeConfig,
+    pub reservation: R,
+}
+
+/// What the flow asks of the I/O loop, besides sending SIP.
+#[derive(Debug)]
+pub enum Output<R> {
+    /// Register the call and spawn its task (it reaches the agent).
+    StartCall(Box<CallStart<R>>),
+    /// Tell a call's task something.
+    ToCall { call_id: String, event: CallEvent },
+    /// The call is over on the SIP side: forget it (its task also got [`CallEvent::Ended`]).
+    CallEnded { call_id: String, call_sid: String },
+    /// Count an offence by a source toward a ban.
+    Offence { ip: IpAddr, offence: Offence },
+}
+
+/// What the flow tells a call's task.
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    /// The ACK for our 200 arrived: start media with what was negotiated.
+    Confirmed(NegotiatedMedia),
+    /// A re-INVITE/UPDATE changed the media (hold, resume, new address).
+    MediaUpdate(NegotiatedMedia),
+    /// The call is over on the SIP side (CANCEL, caller BYE, ACK timeout, shutdown).
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// 180 sent, the agent is being reached.
+    Ringing,
+    /// 200 sent, waiting for the ACK.
+    Answered,
+    /// ACK received: media flows.
+    Confirmed,
+}
+
+/// The SIP side of one call (we are the UAS).
+#[derive(Debug)]
+struct Call {
+    call_sid: String,
+    invite_txn: ServerTxnId,
+    transport: Transport,
+    state: CallState,
+    /// Known once the ACK (or the ACK timeout) names it.
+    dialog: Option<DialogId>,
+    sdp: SdpSession,
+    /// Our SDP for the 200 (answer, or offer for a late-offer INVITE).
+    local_sdp: String,
+    /// The offer was ours (late offer, or a re-INVITE without SDP): the ACK brings the answer.
+    awaiting_answer: bool,
+    negotiated: Option<NegotiatedMedia>,
+    /// We want to hang up but the 200 is not acknowledged yet (RFC 3261 §15: BYE waits).
+    bye_pending: Option<Hangup>,
+}
+
+/// A connection's `max_calls_per_second` token bucket.
+#[derive(Debug, Clone, Copy)]
+struct CallRate {
+    tokens: f64,
+    refilled_at: Instant,
+}
+
+/// The call flow. See the module docs for the calling pattern.
+#[derive(Debug)]
+pub struct CallFlow<P: MediaPorts> {
+    endpoint: Endpoint,
+    routing: Arc<RoutingTable>,
+    ready: Arc<AtomicBool>,
+    config: FlowConfig,
+    trunk: TrunkAuth,
+    ports: P,
+    metrics: SipMetrics,
+    rng: StdRng,
+    /// Calls by SIP Call-ID.
+    calls: HashMap<String, Call>,
+    by_invite: HashMap<ServerTxnId, String>,
+    /// Per-connection buckets for `max_calls_per_second` (bounded by the number of connections).
+    call_rates: HashMap<String, CallRate>,
+    outputs: VecDeque<Output<P::Reservation>>,
+    /// The endpoint's stateless counters as last exported to metrics.
+    exported: StatelessStats,
+}
+
+impl<P: MediaPorts> CallFlow<P> {
+    /// A flow over `endpoint` (configured by the caller: the gateway holds 100 Trying back so
+    /// refusals go out alone), routing with `routing` once `ready` is set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        endpoint: Endpoint,
+        routing: Arc<RoutingTable>,
+        ready: Arc<AtomicBool>,
+        config: FlowConfig,
+        trunk: TrunkAuth,
+        ports: P,
+        metrics: SipMetrics,
+    ) -> Self {
+        let rng = StdRng::seed_from_u64(config.seed);
+        CallFlow {
+            endpoint,
+            routing,
+            ready,
+            config,
+            trunk,
+            ports,
+            metrics,
+            rng,
+            calls: HashMap::new(),
+            by_invite: HashMap::new(),
+            call_rates: HashMap::new(),
+            outputs: VecDeque::new(),
+            exported: StatelessStats::default(),
+        }
+    }
+
+    // ---- inputs ------------------------------------------------------------------------
+
+    /// A message from a socket reader (already screened, parsed and rport-stamped).
+    pub fn handle_message(&mut self, now: Now, inbound: Inbound) {
+        match inbound.message {
+            Parsed::Message(m) => {
+                self.endpoint
+                    .handle_message(now.instant, inbound.source, inbound.transport, *m)
+            }
+            Parsed::Unparsed(bytes) => {
+                self.endpoint
+                    .handle_datagram(now.instant, inbound.source, inbound.transport, bytes)
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Call when `now >= poll_timeout()`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.endpoint.handle_timeout(now.instant);
+        self.drive(now);
+    }
+
+    /// The call's task reached the agent: answer with 200 OK and our SDP.
+    pub fn agent_ready(&mut self, now: Now, call_id: &str) {
+        self.answer(now, call_id);
+        self.drive(now);
+    }
+
+    /// The call's task could not reach the agent: refuse the still-ringing INVITE.
+    pub fn agent_failed(&mut self, now: Now, call_id: &str, status: u16, why: &str) {
+        tracing::warn!(%call_id, status, why, "agent unreachable");
+        self.refuse_ringing(now, call_id, &Refusal::agent_unreachable(status, why));
+        self.finish(call_id);
+        self.drive(now);
+    }
+
+    /// Ends a call from our side: a final response while it rings, BYE once answered
+    /// (deferred until the ACK if it has not come yet, RFC 3261 §15).
+    pub fn hang_up(&mut self, now: Now, call_id: &str, hangup: Hangup) {
+        self.end_call(now, call_id, hangup);
+        self.drive(now);
+    }
+
+    /// Ends every call (BYE or 503) before the process exits.
+    pub fn shutdown(&mut self, now: Now) {
+        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        for call_id in ids {
+            self.end_call(now, &call_id, Hangup::Shutdown);
+        }
+        self.drive(now);
+    }
+
+    // ---- outputs -----------------------------------------------------------------------
+
+    /// The next SIP message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.endpoint.poll_transmit()
+    }
+
+    /// The next thing for the I/O loop to do.
+    pub fn poll_output(&mut self) -> Option<Output<P::Reservation>> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`CallFlow::handle_timeout`] must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.endpoint.poll_timeout()
+    }
+
+    /// Calls ringing or answered.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Live SIP transactions (accepted calls and in-dialog requests only).
+    pub fn transaction_count(&self) -> usize {
+        self.endpoint.transaction_count()
+    }
+
+    // ---- internals ---------------------------------------------------------------------
+
+    /// Handles the endpoint's events until none are left, then exports counters.
+    fn drive(&mut self, now: Now) {
+        while let Some(event) = self.endpoint.poll_event() {
+            self.on_event(now, event);
+        }
+        self.export_stats();
+    }
+
+    fn on_event(&mut self, now: Now, event: Event) {
+        match event {
+            Event::NewInvite {
+                txn,
+                request,
+                remote,
+                transport,
+            } => {
+                self.metrics.request("INVITE");
+                if self.screened(now, txn, &request, true) {
+                    self.on_invite(now, txn, &request, remote, transport);
+                }
+            }
+            Event::ReInvite {
+                txn,
+                dialog,
+                request,
+            } => {
+                self.metrics.request("INVITE");
+                if self.screened(now, txn, &request, false) {
+                    self.renegotiate(now, txn, &request, dialog, "INVITE");
+                }
+            }
+            Event::Ack { dialog, request } => {
+                self.metrics.request("ACK");
+                self.on_ack(now, dialog, &request);
+            }
+            Event::Cancel { invite, .. } => {
+                self.metrics.request("CANCEL");
+                if let Some(call_id) = self.by_invite.get(&invite).cloned() {
+                    self.refuse_ringing(now, &call_id, &Refusal::cancelled());
+                    self.finish(&call_id);
+                }
+            }
+            Event::Bye { txn, request, .. } => {
+                self.metrics.request("BYE");
+                self.reply(now, txn, &Refusal::status(200));
+                if let Ok(call_id) = request.message().call_id() {
+                    let call_id = call_id.to_owned();
+                    self.finish(&call_id);
+                }
+            }
+            Event::Info { txn, .. } => {
+                self.metrics.request("INFO");
+                self.reply(now, txn, &Refusal::status(200));
+            }
+            Event::Options {
+                txn,
+                dialog,
+                request,
+                remote,
+                ..
+            } => {
+                self.metrics.request("OPTIONS");
+                let stateless = dialog.is_none();
+                if !self.screened(now, txn, &request, stateless) {
+                    return;
+                }
+                // Keep-alives from the carriers we serve get 200 (statelessly out of a dialog,
+                // so a carrier pinging every second costs no transaction).
+                let answer = if dialog.is_some() || self.routing.load().admits_source(remote.ip()) {
+                    capabilities(Refusal::status(200))
+                } else {
+                    self.metrics.auth.with_label_values(&["forbidden"]).inc();
+                    Refusal::untrusted_source(remote.ip())
+                };
+                self.answer_with(now, txn, stateless, &answer);
+            }
+            Event::Request {
+                txn,
+                dialog,
+                request,
+                ..
+            } => {
+                let method = request.message().method().unwrap_or("").to_owned();
+                self.metrics.request(&method);
+                if !self.screened(now, txn, &request, dialog.is_none()) {
+                    return;
+                }
+                match (method.as_str(), dialog) {
+                    ("UPDATE", Some(dialog)) => {
+                        self.renegotiate(now, txn, &request, dialog, "UPDATE");
+                    }
+                    (_, None) => self.refuse(txn, &Refusal::no_such_dialog()),
+                    _ => self.reply(now, txn, &Refusal::no_such_dialog()),
+                }
+            }
+            Event::AckTimedOut { dialog } => {
+                let call_id = self.endpoint.dialog(dialog).map(|d| d.call_id().to_owned());
+                match call_id {
+                    Some(call_id) => {
+                        if let Some(call) = self.calls.get_mut(&call_id) {
+                            call.dialog = Some(dialog);
+                        }
+                        self.send_bye(now, &call_id, &Hangup::NoAck);
+                        self.finish(&call_id);
+                    }
+                    None => self.endpoint.remove_dialog(dialog),
+                }
+            }
+            Event::Response { .. } | Event::TransactionTimedOut { .. } => {
+                // Responses to our BYEs: the call is already gone; nothing to do.
+            }
+            other => tracing::debug!(event = ?other, "unhandled SIP event"),
+        }
+    }
+
+    /// Applies request screening (RFC 3261 §8.2); answers (statelessly when `stateless`,
+    /// i.e. outside a dialog) and returns false when the request is refused.
+    fn screened(
+        &mut self,
+        now: Now,
+        txn: ServerTxnId,
+        request: &OwnedMessage,
+        stateless: bool,
+    ) -> bool {
+        match screen::screen(&request.message()) {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.answer_with(now, txn, stateless, &refusal);
+                false
+            }
+        }
+    }
+
+    /// Sends `refusal` (or any answer described by one) in `txn`'s transaction.
+    fn reply(&mut self, now: Now, txn: ServerTxnId, answer: &Refusal) {
+        let Some(b) = self.endpoint.response(txn, answer.status) else {
+            return;
+        };
+        let b = answer.apply(b.header("Server", SERVER));
+        match self.endpoint.respond(now.instant, txn, b) {
+            Ok(()) => self.metrics.response(answer.status),
+            Err(e) => tracing::debug!(error = %e, status = answer.status, "response not sent"),
+        }
+    }
+
+    /// Sends `refusal` without keeping the transaction (see
+    /// [`Endpoint::respond_stateless`]): for every refusal before a call is taken on.
+    fn refuse(&mut self, txn: ServerTxnId, refusal: &Refusal) {
+        let Some(b) = self.endpoint.response(txn, refusal.status) else {
+            return;
+        };
+        let b = refusal.apply(b.header("Server", SERVER));
+        match self.endpoint.respond_stateless(txn, b) {
+            Ok(()) => self.metrics.response(refusal.status),
+            Err(e) => tracing::debug!(error = %e, status = refusal.status, "refusal not sent"),
+        }
+    }
+
+    fn answer_with(&mut self, now: Now, txn: ServerTxnId, stateless: bool, answer: &Refusal) {
+        if stateless {
+            self.refuse(txn, answer);
+        } else {
+            self.reply(now, txn, answer);
+        }
+    }
+
+    fn contact(&self, transport: Transport) -> String {
+        let addr = self.config.local.for_transport(transport);
+        let proto = if transport.is_stream() { "tcp" } else { "udp" };
+        match addr.ip() {
+            IpAddr::V6(ip) => format!("<sip:switchboard@[{ip}]:{};transport={proto}>", addr.port()),
+            IpAddr::V4(ip) => format!("<sip:switchboard@{ip}:{};transport={proto}>", addr.port()),
+        }
+    }
+
+    /// A fresh `<prefix><32 hex digits>` id (Twilio's sid shape) from the flow's generator.
+    fn new_sid(&mut self, prefix: &str) -> String {
+        let bits: u128 = self.rng.random();
+        format!("{prefix}{bits:032x}")
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Moves the endpoint's stateless counters and transaction count into the metrics.
+    fn export_stats(&mut self) {
+        let now = self.endpoint.stats();
+        let was = std::mem::replace(&mut self.exported, now);
+        for (what, delta) in [
+            ("reply", now.replies - was.replies),
+            ("ack_absorbed", now.absorbed_acks - was.absorbed_acks),
+            ("ack_stray", now.stray_acks - was.stray_acks),
+        ] {
+            if delta > 0 {
+                self.metrics
+                    .stateless
+                    .with_label_values(&[what])
+                    .inc_by(delta);
+            }
+        }
+        self.metrics
+            .transactions
+            .set(i64::try_from(self.endpoint.transaction_count()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The headers of an OPTIONS answer: what we do.
+fn capabilities(answer: Refusal) -> Refusal {
+    answer
+        .with("Allow", screen::ALLOW)
+        .with("Accept", screen::ACCEPT)
+        .with("Accept-Encoding", "identity")
+        .with("Supported", screen::SUPPORTED.join(", "))
+}
