@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use crate::entry::DeploymentEntry;
 use crate::model::{AppVersion, CohortMember, Deployment, RuntimeStatus, Scope};
 use crate::number::{NumberError, E164};
 use crate::schedule::Schedule;
-use crate::snapshot::DeploymentEntry;
 
 /// A runtime that is still provisioning is usually ready within tens of seconds (seed 004's
 /// lifecycle); asking the carrier to retry after 30 s lands most retries on a ready runtime

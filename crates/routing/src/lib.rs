@@ -12,6 +12,8 @@
 //! * [`split`] — traffic splits compiled to cumulative basis points; the Call-ID hash.
 //! * `snapshot` — [`RoutingSnapshot`]: `build` from all records, `apply` changes, `route`.
 //! * `decision` — [`RouteDecision`], [`Route`], [`Reject`] and [`RejectReason`] (→ SIP status).
+//! * `entry` — the compiled deployment and app entries that snapshots share and routes point
+//!   into; `snapshot` builds them, `decision` reads them, and neither imports the other back.
 //! * `table` — [`RoutingTable`]: one `ArcSwap<RoutingSnapshot>`.
 //! * `persist`, `sources` — the structurally shared containers and the source-address filter.
 //!
@@ -66,6 +68,7 @@ pub mod schedule;
 pub mod split;
 
 mod decision;
+mod entry;
 mod error;
 mod persist;
 mod snapshot;

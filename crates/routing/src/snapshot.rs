@@ -11,6 +11,7 @@ use rpds::{HashTrieMapSync, HashTrieSetSync};
 use crate::decision::{
     Reject, RejectReason, Route, RouteDecision, SplitChoice, RUNTIME_PROVISIONING_RETRY_AFTER_SECS,
 };
+use crate::entry::{AppEntry, AppSplit, ConnectionRef, DeploymentEntry};
 use crate::error::RoutingError;
 use crate::model::{
     AppVersion, ChannelDirection, CohortMember, Connection, Deployment, DeploymentStatus,
@@ -80,75 +81,6 @@ pub enum Change {
 struct NumberTarget {
     slot: u32,
     connection: u16,
-}
-
-/// A connection config of a deployment, resolved to the connection's slot.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnectionRef {
-    pub(crate) id: String,
-    pub(crate) slot: u32,
-}
-
-/// A deployment compiled for lookup. Shared by snapshots until the deployment changes.
-#[derive(Debug, Clone)]
-pub(crate) struct DeploymentEntry {
-    pub(crate) scope: Arc<Scope>,
-    pub(crate) record: Arc<Deployment>,
-    pub(crate) app_slot: u32,
-    /// The app as of this snapshot; replaced in every entry using it when the app changes, so
-    /// a route reaches versions and split without another lookup or reference count.
-    pub(crate) app: Arc<AppEntry>,
-    pub(crate) schedule: Option<Schedule>,
-    pub(crate) connections: Arc<[ConnectionRef]>,
-    /// Sorted keys of this deployment's numbers (to unlink them on change).
-    pub(crate) numbers: Arc<[u64]>,
-    /// Caller key → cohort row (`None` only in empty table slots).
-    pub(crate) cohort: ShardedMap<Option<Arc<CohortMember>>>,
-    /// `channel_direction` allows inbound calls (copied out of `record`: the lookup reads
-    /// only this entry, not the record behind another pointer).
-    pub(crate) takes_inbound: bool,
-    pub(crate) paused: bool,
-}
-
-/// One agent (app) in one scope: its registered versions and its traffic split.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AppEntry {
-    /// Sorted by version.
-    pub(crate) versions: Vec<Arc<AppVersion>>,
-    split: Option<AppSplit>,
-}
-
-#[derive(Debug, Clone)]
-struct AppSplit {
-    compiled: CompiledSplit,
-    /// Recomputed whenever a version of the app changes.
-    ready: ReadyBranches,
-}
-
-impl AppEntry {
-    fn version_index(&self, version: u32) -> Option<usize> {
-        self.versions
-            .binary_search_by_key(&version, |v| v.version)
-            .ok()
-    }
-
-    fn version(&self, version: u32) -> Option<&Arc<AppVersion>> {
-        self.version_index(version).map(|i| &self.versions[i])
-    }
-
-    fn is_ready(&self, version: u32) -> bool {
-        self.version(version)
-            .is_some_and(|v| v.status == RuntimeStatus::Ready)
-    }
-
-    fn refresh_ready(&mut self) {
-        if let Some(split) = &self.split {
-            let ready = ReadyBranches::new(&split.compiled, |v| self.is_ready(v));
-            if let Some(split) = &mut self.split {
-                split.ready = ready;
-            }
-        }
-    }
 }
 
 type IdKey = (Scope, String);
