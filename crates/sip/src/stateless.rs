@@ -31,10 +31,8 @@ impl StatelessTagger {
     /// A tagger keyed from the endpoint's instance seed (random per process).
     pub fn new(instance_seed: u64) -> Self {
         let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&crate::endpoint::splitmix64(instance_seed).to_le_bytes());
-        key[8..].copy_from_slice(
-            &crate::endpoint::splitmix64(instance_seed ^ 0x5bd1_e995_5bd1_e995).to_le_bytes(),
-        );
+        key[..8].copy_from_slice(&splitmix64(instance_seed).to_le_bytes());
+        key[8..].copy_from_slice(&splitmix64(instance_seed ^ 0x5bd1_e995_5bd1_e995).to_le_bytes());
         StatelessTagger { key }
     }
 
@@ -61,6 +59,14 @@ impl StatelessTagger {
             via.branch().unwrap_or_default(),
         ))
     }
+}
+
+/// SplitMix64: a bijective mixer, so distinct counters give distinct tokens.
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// What the endpoint answered or absorbed without keeping state; read with

@@ -68,7 +68,7 @@ use bytes::Bytes;
 use crate::dialog::{Dialog, DialogId, DialogKey};
 use crate::error::SipError;
 use crate::message::OwnedMessage;
-use crate::stateless::{StatelessStats, StatelessTagger};
+use crate::stateless::{splitmix64, StatelessStats, StatelessTagger};
 use crate::transaction::{TimerConfig, TransactionKey};
 use crate::via::{Transport, Via, MAGIC_COOKIE};
 
@@ -282,14 +282,6 @@ impl std::fmt::Debug for Endpoint {
             .field("queued_events", &self.events.len())
             .finish()
     }
-}
-
-/// SplitMix64: a bijective mixer, so distinct counters give distinct tokens.
-pub(crate) fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 fn no_such_transaction() -> SipError {
