@@ -49,9 +49,13 @@ impl TrunkAuth {
     /// then gets one extra 401, which it answers transparently).
     pub fn new(nonce_ttl_secs: u64) -> Self {
         let secret: [u8; SECRET_BYTES] = rand::random();
+        Self::with_secret(secret.to_vec(), nonce_ttl_secs)
+    }
+
+    /// A verifier with a given nonce secret (tests, and gateways that share nonces).
+    pub fn with_secret(secret: Vec<u8>, nonce_ttl_secs: u64) -> Self {
         Self {
-            verifier: DigestVerifier::new(REALM, secret.to_vec())
-                .with_nonce_lifetime(nonce_ttl_secs),
+            verifier: DigestVerifier::new(REALM, secret).with_nonce_lifetime(nonce_ttl_secs),
         }
     }
 
