@@ -3,6 +3,7 @@
 //! Layout, top to bottom:
 //! - [`config`]: TOML + environment configuration, every problem reported at once.
 //! - [`state`]: [`state::AppState`], what every part shares (routing table, store, metrics).
+//! - [`live_calls`]: the registry entry of a call in progress, for the admin side.
 //! - [`admin`]: the admin HTTP API (hyper 1) that writes the store and hot-swaps the routing table.
 //! - [`metrics`]: Prometheus metrics, served by the admin listener at `/metrics`.
 //! - [`sip`]: sockets, transactions, trunk auth and the call flow (the SIP side).
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod live_calls;
 pub mod metrics;
 pub mod sip;
 pub mod state;

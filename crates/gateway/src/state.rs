@@ -17,8 +17,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::admin::auth::Keyring;
 use crate::config::Config;
+use crate::live_calls::CallHandle;
 use crate::metrics::Metrics;
-use crate::sip::CallHandle;
 
 /// Shared application state, handed to the admin API, the SIP service and background tasks.
 #[derive(Debug, Clone)]

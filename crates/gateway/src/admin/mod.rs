@@ -26,6 +26,7 @@ pub mod request;
 pub mod router;
 pub mod splits;
 pub mod sync;
+pub mod twilio_rest;
 pub mod validate;
 
 use std::time::Instant;
@@ -127,8 +128,8 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 /// Routes, authenticates, dispatches, and records metrics for one request.
 pub async fn handle(state: AppState, req: Request<RequestBody>) -> Response<Body> {
     // SIP side hook: the Twilio-compatible call resource (REST hang-up), own auth and errors.
-    if crate::sip::twilio_rest::matches(req.uri().path()) {
-        return crate::sip::twilio_rest::handle(&state, req).await;
+    if twilio_rest::matches(req.uri().path()) {
+        return twilio_rest::handle(&state, req).await;
     }
     let started = Instant::now();
     let method = req.method().clone();

@@ -17,10 +17,10 @@ use switchboard_media::{
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use super::calls::{CallCommand, HangupCause};
 use super::flow::CallEvent;
 use super::ports::RtpPorts;
 use super::refusal::Hangup;
+use crate::live_calls::{CallCommand, HangupCause};
 
 /// Events per call from the SIP engine: a handful per call lifetime.
 pub const CALL_EVENT_QUEUE: usize = 8;

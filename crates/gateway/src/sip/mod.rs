@@ -3,7 +3,6 @@
 //! Layout (read top to bottom):
 //! - [`service`]: the endpoint task: transactions and the SIP side of every call.
 //! - [`call`]: one task per call: agent WebSocket, RTP bridge, port pair.
-//! - [`calls`]: the live-call handle the admin side uses ([`CallHandle`]).
 //! - [`ports`]: RTP port pairs with an RAII guard.
 //! - [`guard`]: screening before state: trusted / untrusted / banned sources, TCP slots.
 //! - [`rate_limit`]: per-source token buckets applied in the socket readers.
@@ -12,7 +11,6 @@
 //! - [`screen`]: RFC 3261 §8.2 request screening (405/501/483/420/415/406).
 //! - [`trunk`]: source allowlists and digest authentication per connection.
 //! - [`transport`]: UDP/TCP listeners, readers with rate limiting, non-blocking sends.
-//! - [`twilio_rest`]: the Twilio-compatible call resource (REST hang-up).
 //!
 //! # Decisions (what a production SBC facing carriers does)
 //! - **Screening before state**: a source no connection admits is dropped before its datagram
@@ -38,7 +36,6 @@
 //! - **Transactions and dialogs** are crates/sip's [`Endpoint`], owned by the endpoint task.
 
 pub mod call;
-pub mod calls;
 pub mod flow;
 pub mod guard;
 pub mod identity;
@@ -50,9 +47,6 @@ pub mod screen;
 pub mod service;
 pub mod transport;
 pub mod trunk;
-pub mod twilio_rest;
-
-pub use calls::{CallCommand, CallDetails, CallEnded, CallHandle, HangupCause};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

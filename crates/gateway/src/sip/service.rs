@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::call::{self, CallSetup, CoreCommand, CALL_EVENT_QUEUE};
-use super::calls::CallHandle;
 use super::flow::{CallEvent, CallFlow, MediaPorts, Now, Output};
 use super::guard::Guard;
 use super::metrics::SipMetrics;
 use super::ports::{RtpPortAllocator, RtpPorts};
 use super::transport::{Inbound, Outbound};
+use crate::live_calls::CallHandle;
 use crate::state::AppState;
 
 /// Commands from call tasks waiting for the engine; a few per call.

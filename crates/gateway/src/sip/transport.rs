@@ -172,7 +172,11 @@ pub fn overload_response(bytes: &[u8], why: &str, metrics: &SipMetrics) -> Optio
     }
     let request = switchboard_sip::parse(bytes).ok()?;
     let response = Refusal::source_rate(why)
-        .apply(request.response(503).to_tag(&super::calls::new_sid("t")))
+        .apply(
+            request
+                .response(503)
+                .to_tag(&crate::live_calls::new_sid("t")),
+        )
         .build()
         .ok()?;
     metrics.response(503);

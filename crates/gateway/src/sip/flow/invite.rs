@@ -12,13 +12,13 @@ use switchboard_routing::model::Connection;
 use switchboard_routing::{Route, RouteDecision, RoutingSnapshot};
 use switchboard_sip::{HeaderName, OwnedMessage, ServerTxnId, Transport};
 
-use super::super::calls::{account_sid_for, CallDetails};
 use super::super::guard::Offence;
 use super::super::identity;
 use super::super::refusal::Refusal;
 use super::super::screen;
 use super::super::trunk::TrunkVerdict;
 use super::{Call, CallFlow, CallRate, CallStart, CallState, MediaPorts, Now, Output};
+use crate::live_calls::{account_sid_for, CallDetails};
 
 /// What admission learnt about an INVITE.
 struct Admitted {

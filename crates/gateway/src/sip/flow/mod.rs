@@ -42,13 +42,13 @@ use switchboard_sip::{
     DialogId, Endpoint, Event, OwnedMessage, ServerTxnId, StatelessStats, Transmit, Transport,
 };
 
-use super::calls::CallDetails;
 use super::guard::Offence;
 use super::metrics::SipMetrics;
 use super::refusal::{Hangup, Refusal, SERVER};
 use super::screen;
 use super::transport::{Inbound, Parsed};
 use super::trunk::TrunkAuth;
+use crate::live_calls::CallDetails;
 
 /// The time, as the flow needs it: monotonic for timers, wall clock for schedules and nonces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

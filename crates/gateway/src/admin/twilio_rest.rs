@@ -21,7 +21,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use serde_json::{json, Value};
 
-use super::calls::{CallHandle, HangupCause};
+use super::body_timeout::RequestBody;
+use crate::live_calls::{CallHandle, HangupCause};
 use crate::state::AppState;
 
 /// Path prefix of the Twilio REST API version we mimic.
@@ -45,10 +46,7 @@ fn parse_path(path: &str) -> Option<(&str, &str)> {
 }
 
 /// Serves one call-resource request.
-pub async fn handle(
-    state: &AppState,
-    req: Request<crate::admin::RequestBody>,
-) -> Response<Full<Bytes>> {
+pub async fn handle(state: &AppState, req: Request<RequestBody>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let Some((account_sid, call_sid)) = parse_path(&path) else {
         return error(
