@@ -50,6 +50,9 @@ pub struct SipConfig {
     pub rate_limit_burst: u32,
     /// How long a digest nonce stays valid.
     pub nonce_ttl_secs: u64,
+    /// SIP engines, each with its own UDP socket (`SO_REUSEPORT`), transactions and calls;
+    /// 0 means one per CPU core.
+    pub workers: usize,
     /// What a source in no connection's `allowed_addresses` gets: `drop` (silence, no state)
     /// or `reject` (a stateless 403, at most a few per second per source).
     pub untrusted: UntrustedPolicy,
@@ -100,6 +103,18 @@ const DEFAULT_BAN_WINDOW_SECS: u64 = 60;
 /// Ten minutes makes guessing uneconomic while a misconfigured carrier recovers on its own.
 const DEFAULT_BAN_SECS: u64 = 600;
 
+impl SipConfig {
+    /// The number of SIP engines to run: `workers`, or one per core when it is 0 (one core
+    /// runs one engine flat out; more engines than cores would only add hand-offs).
+    pub fn engine_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}
+
 impl Default for SipConfig {
     fn default() -> Self {
         Self {
@@ -109,6 +124,7 @@ impl Default for SipConfig {
             rate_limit_per_second: DEFAULT_RATE_LIMIT_PER_SECOND,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             nonce_ttl_secs: DEFAULT_NONCE_TTL_SECS,
+            workers: 0,
             untrusted: UntrustedPolicy::Drop,
             max_tcp_connections_per_source: DEFAULT_MAX_TCP_CONNECTIONS_PER_SOURCE,
             ban_digest_failures: DEFAULT_BAN_DIGEST_FAILURES,

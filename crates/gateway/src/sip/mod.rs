@@ -90,31 +90,34 @@ pub async fn start(
         tcp: config.sip.tcp,
         source,
     };
-    let listeners = transport::Listeners::bind(config.sip.udp, config.sip.tcp)
+    let engines = config.sip.engine_count();
+    let listeners = transport::Listeners::bind(config.sip.udp, config.sip.tcp, engines)
         .await
         .map_err(bind_error)?;
-    let udp = listeners.udp.local_addr().map_err(bind_error)?;
+    let udp = listeners.udp[0].local_addr().map_err(bind_error)?;
     let tcp = listeners.tcp.local_addr().map_err(bind_error)?;
+    let udp_sockets = listeners.udp.clone();
     let ports = ports::RtpPortAllocator::from_spec(&config.media.rtp_ports)?;
-    let (inbound_tx, inbound_rx) = mpsc::channel(transport::INBOUND_QUEUE);
-    let guard = guard::Guard::new(
-        std::sync::Arc::clone(&state.routing),
-        &config.sip,
-        metrics.clone(),
-    );
+    let (queues, receivers): (Vec<_>, Vec<_>) = (0..engines)
+        .map(|_| mpsc::channel(transport::INBOUND_QUEUE))
+        .unzip();
+    let guard = guard::Guard::new(Arc::clone(&state.routing), &config.sip, metrics.clone());
+    let new_limiter = || {
+        rate_limit::RateLimiter::new(
+            config.sip.rate_limit_per_second,
+            config.sip.rate_limit_burst,
+        )
+    };
     let shared = transport::ReaderShared {
         guard: guard.clone(),
         tagger: switchboard_sip::stateless::StatelessTagger::new(rand::random()),
         max_message_bytes: config.sip.max_message_bytes,
-        limiter: Arc::new(Mutex::new(rate_limit::RateLimiter::new(
-            config.sip.rate_limit_per_second,
-            config.sip.rate_limit_burst,
-        ))),
+        limiter: Arc::new(Mutex::new(new_limiter())),
         metrics: metrics.clone(),
-        inbound: inbound_tx,
+        engines: queues.into(),
     };
-    let outbound = listeners
-        .spawn(shared, shutdown.clone(), tasks)
+    let outbounds = listeners
+        .spawn(shared.clone(), shutdown.clone(), tasks)
         .map_err(bind_error)?;
     // Via and Contact need an address peers can reach: a wildcard listener advertises
     // `[media] advertised_ip` (the gateway's public address) with the bound port.
@@ -129,35 +132,44 @@ pub async fn start(
         udp: reachable(udp),
         tcp: reachable(tcp),
     };
-    let flow = flow::CallFlow::new(
-        Endpoint::new(endpoint_config(local.udp.to_string())),
-        Arc::clone(&state.routing),
-        state.ready_flag(),
-        flow::FlowConfig {
-            local,
-            advertised_ip: config.media.advertised_ip,
-            media_timeout: std::time::Duration::from_secs(config.media.timeout_secs),
-            agent_connect_timeout: std::time::Duration::from_millis(
-                config.media.agent_connect_timeout_ms,
-            ),
-            seed: rand::random(),
-        },
-        trunk::TrunkAuth::new(config.sip.nonce_ttl_secs),
-        service::BoundPorts::new(ports, flow::rtp_bind_ip(config.media.advertised_ip)),
-        metrics.clone(),
-    );
-    let (commands_tx, commands_rx) = mpsc::channel(service::CORE_COMMAND_QUEUE);
-    let core = service::Engine::new(
-        flow,
-        outbound,
-        guard,
-        state.clone(),
-        metrics,
-        commands_tx,
-        tasks.clone(),
-    );
-    tasks.spawn(core.run(inbound_rx, commands_rx, shutdown));
-    tracing::info!(%udp, %tcp, "SIP listening");
+    // One nonce secret for every engine: a challenge from one is answered through another.
+    let nonce_secret: [u8; 32] = rand::random();
+    let call_rates = flow::CallRates::default();
+    let engine_parts = udp_sockets.into_iter().zip(outbounds).zip(receivers);
+    for (index, ((socket, outbound), inbound_rx)) in engine_parts.enumerate() {
+        let flow = flow::CallFlow::new(
+            Endpoint::new(endpoint_config(local.udp.to_string())),
+            Arc::clone(&state.routing),
+            state.ready_flag(),
+            flow::FlowConfig {
+                local,
+                advertised_ip: config.media.advertised_ip,
+                media_timeout: std::time::Duration::from_secs(config.media.timeout_secs),
+                agent_connect_timeout: std::time::Duration::from_millis(
+                    config.media.agent_connect_timeout_ms,
+                ),
+                seed: rand::random(),
+                call_rates: call_rates.clone(),
+            },
+            trunk::TrunkAuth::with_secret(nonce_secret.to_vec(), config.sip.nonce_ttl_secs),
+            service::BoundPorts::new(ports.clone(), flow::rtp_bind_ip(config.media.advertised_ip)),
+            metrics.clone(),
+        );
+        let (commands_tx, commands_rx) = mpsc::channel(service::CORE_COMMAND_QUEUE);
+        let reader = transport::UdpReader::new(socket, &shared, new_limiter());
+        let engine = service::Engine::new(
+            index,
+            flow,
+            reader,
+            shared.clone(),
+            outbound,
+            state.clone(),
+            commands_tx,
+            tasks.clone(),
+        );
+        tasks.spawn(engine.run(inbound_rx, commands_rx, shutdown.clone()));
+    }
+    tracing::info!(%udp, %tcp, engines, "SIP listening");
     Ok(SipAddrs { udp, tcp })
 }
 

@@ -1,24 +1,28 @@
-//! The SIP engine task: the I/O loop around the sans-IO [`CallFlow`]. It owns the flow (so
-//! nothing needs a lock) and loops over three inputs — messages from the socket readers,
-//! commands from call tasks, and the flow's timers — and after each one drains the flow:
-//! transmits to the sockets, outputs to call tasks, the live-call registry and the screen.
-//! All call policy is in [`super::flow`]; this file only moves bytes and spawns tasks.
+//! A SIP engine task: the I/O loop around one sans-IO [`CallFlow`]. There is one engine per
+//! core (`[sip] workers`); each owns its UDP socket (all on the listener's port, spread by
+//! `SO_REUSEPORT`), its flow — transactions, dialogs, calls — and its rate limiter, so the
+//! per-datagram path takes no lock and crosses no channel: read, screen, parse, handle, send,
+//! on one task. A datagram whose Call-ID another engine owns ([`owner`]) is forwarded to that
+//! engine's queue, as are TCP messages and call-task commands.
+//!
+//! The loop waits on four inputs — its socket, forwarded messages, commands from its call
+//! tasks, the flow's timers — takes up to [`UDP_BATCH`] datagrams per wake-up, and then drains
+//! the flow: transmits to the sockets, outputs to call tasks, the live-call registry and the
+//! screen. All call policy is in [`super::flow`]; this file only moves bytes and spawns tasks.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use switchboard_sip::Transmit;
+use switchboard_sip::{Transmit, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::call::{self, CallSetup, CoreCommand, CALL_EVENT_QUEUE};
 use super::flow::{CallEvent, CallFlow, MediaPorts, Now, Output};
-use super::guard::Guard;
-use super::metrics::SipMetrics;
 use super::ports::{RtpPortAllocator, RtpPorts};
-use super::transport::{Inbound, Outbound};
+use super::transport::{owner, Inbound, Outbound, ReaderShared, UdpReader, UDP_BATCH};
 use crate::live_calls::CallHandle;
 use crate::state::AppState;
 
@@ -56,11 +60,13 @@ impl MediaPorts for BoundPorts {
 /// The engine task's state.
 #[derive(Debug)]
 pub struct Engine {
+    /// This engine's index among all engines (the [`owner`] of the Call-IDs it handles).
+    index: usize,
     flow: CallFlow<BoundPorts>,
+    reader: UdpReader,
+    shared: ReaderShared,
     outbound: Outbound,
-    guard: Guard,
     state: AppState,
-    metrics: SipMetrics,
     /// Each live call's task, by SIP Call-ID.
     call_tasks: HashMap<String, mpsc::Sender<CallEvent>>,
     commands: mpsc::Sender<CoreCommand>,
@@ -68,23 +74,26 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine around `flow`; call tasks it spawns report back on `commands`.
+    /// Engine `index` around `flow`, reading `reader`'s socket; call tasks it spawns report
+    /// back on `commands`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        index: usize,
         flow: CallFlow<BoundPorts>,
+        reader: UdpReader,
+        shared: ReaderShared,
         outbound: Outbound,
-        guard: Guard,
         state: AppState,
-        metrics: SipMetrics,
         commands: mpsc::Sender<CoreCommand>,
         tasks: TaskTracker,
     ) -> Self {
         Engine {
+            index,
             flow,
+            reader,
+            shared,
             outbound,
-            guard,
             state,
-            metrics,
             call_tasks: HashMap::new(),
             commands,
             tasks,
@@ -108,6 +117,11 @@ impl Engine {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                readable = self.reader.readable() => {
+                    if readable.is_ok() {
+                        self.read_datagrams();
+                    }
+                }
                 Some(message) = inbound.recv() => {
                     self.flow.handle_message(Now::current(), message);
                 }
@@ -119,6 +133,29 @@ impl Engine {
         self.flow.shutdown(Now::current());
         self.drain();
         tokio::time::sleep(SHUTDOWN_FLUSH).await;
+    }
+
+    /// Takes up to [`UDP_BATCH`] datagrams from the socket: this engine's are handled here,
+    /// others' forwarded to their owner.
+    fn read_datagrams(&mut self) {
+        let engines = self.shared.engines.len();
+        for _ in 0..UDP_BATCH {
+            let Some(taken) = self.reader.try_take(&self.shared) else {
+                break;
+            };
+            let Some(inbound) = taken else {
+                continue;
+            };
+            let engine = owner(&inbound, engines);
+            if engine == self.index {
+                self.flow.handle_message(Now::current(), inbound);
+            } else {
+                let source = inbound.source;
+                if let Some(reply) = self.shared.forward(engine, inbound) {
+                    self.outbound.send(Transport::Udp, source, reply);
+                }
+            }
+        }
     }
 
     fn on_command(&mut self, command: CoreCommand) {
@@ -153,7 +190,8 @@ impl Engine {
                         .get(&call_id)
                         .is_some_and(|task| task.try_send(event).is_err());
                     if full {
-                        self.metrics
+                        self.shared
+                            .metrics
                             .queue_full
                             .with_label_values(&["call_events"])
                             .inc();
@@ -163,7 +201,9 @@ impl Engine {
                     self.call_tasks.remove(&call_id);
                     self.state.calls.remove(&call_sid);
                 }
-                Output::Offence { ip, offence } => self.guard.offence(Instant::now(), ip, offence),
+                Output::Offence { ip, offence } => {
+                    self.shared.guard.offence(Instant::now(), ip, offence);
+                }
             }
         }
     }
@@ -182,7 +222,7 @@ impl Engine {
             start: start.start,
             connect_timeout: start.connect_timeout,
             bridge: start.bridge,
-            rtp_dropped: self.metrics.rtp_dropped.clone(),
+            rtp_dropped: self.shared.metrics.rtp_dropped.clone(),
             ports,
             rtp_socket,
         };

@@ -1,7 +1,9 @@
 //! A new INVITE, stage by stage: admit → route → prepare media → ring. Each stage either
 //! hands the next what it learnt or refuses with a [`Refusal`], sent without a transaction.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use switchboard_media::{
@@ -17,7 +19,14 @@ use super::super::identity;
 use super::super::refusal::Refusal;
 use super::super::screen;
 use super::super::trunk::TrunkVerdict;
-use super::{Call, CallFlow, CallRate, CallStart, CallState, MediaPorts, Now, Output};
+use super::{Call, CallFlow, CallStart, CallState, MediaPorts, Now, Output};
+
+/// A connection's `max_calls_per_second` token bucket.
+#[derive(Debug, Clone, Copy)]
+struct CallRate {
+    tokens: f64,
+    refilled_at: Instant,
+}
 use crate::live_calls::{account_sid_for, CallDetails};
 
 /// What admission learnt about an INVITE.
@@ -291,11 +300,26 @@ impl<P: MediaPorts> CallFlow<P> {
         self.outputs.push_back(Output::StartCall(Box::new(start)));
     }
 
+    fn take_call_token(&mut self, now: Instant, id: &str, limit: u32) -> bool {
+        self.call_rates.take(now, id, limit)
+    }
+}
+
+/// Every connection's `max_calls_per_second` bucket, shared by all engines (a trunk's calls
+/// spread over them by Call-ID). Locked once per INVITE to a rate-limited connection only;
+/// bounded by the number of connections.
+#[derive(Debug, Clone, Default)]
+pub struct CallRates {
+    buckets: Arc<Mutex<HashMap<String, CallRate>>>,
+}
+
+impl CallRates {
     /// Charges one new call to connection `id`'s bucket of `limit` calls per second (burst:
     /// one second's worth); false when it is empty.
-    fn take_call_token(&mut self, now: Instant, id: &str, limit: u32) -> bool {
+    pub fn take(&self, now: Instant, id: &str, limit: u32) -> bool {
         let limit = f64::from(limit);
-        let rate = self.call_rates.entry(id.to_owned()).or_insert(CallRate {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let rate = buckets.entry(id.to_owned()).or_insert(CallRate {
             tokens: limit,
             refilled_at: now,
         });

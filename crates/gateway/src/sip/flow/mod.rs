@@ -24,7 +24,7 @@
 
 mod dialog;
 mod invite;
-pub use invite::rtp_bind_ip;
+pub use invite::{rtp_bind_ip, CallRates};
 #[cfg(test)]
 mod tests;
 
@@ -110,6 +110,8 @@ pub struct FlowConfig {
     pub agent_connect_timeout: Duration,
     /// Seed for call ids and nonce salts (random per process; fixed in tests).
     pub seed: u64,
+    /// Per-connection call-rate buckets, shared by every engine.
+    pub call_rates: CallRates,
 }
 
 /// Everything the I/O loop needs to start a call's task.
@@ -178,13 +180,6 @@ struct Call {
     bye_pending: Option<Hangup>,
 }
 
-/// A connection's `max_calls_per_second` token bucket.
-#[derive(Debug, Clone, Copy)]
-struct CallRate {
-    tokens: f64,
-    refilled_at: Instant,
-}
-
 /// The call flow. See the module docs for the calling pattern.
 #[derive(Debug)]
 pub struct CallFlow<P: MediaPorts> {
@@ -199,8 +194,7 @@ pub struct CallFlow<P: MediaPorts> {
     /// Calls by SIP Call-ID.
     calls: HashMap<String, Call>,
     by_invite: HashMap<ServerTxnId, String>,
-    /// Per-connection buckets for `max_calls_per_second` (bounded by the number of connections).
-    call_rates: HashMap<String, CallRate>,
+    call_rates: CallRates,
     outputs: VecDeque<Output<P::Reservation>>,
     /// The endpoint's stateless counters as last exported to metrics.
     exported: StatelessStats,
@@ -220,6 +214,7 @@ impl<P: MediaPorts> CallFlow<P> {
         metrics: SipMetrics,
     ) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
+        let call_rates = config.call_rates.clone();
         CallFlow {
             endpoint,
             routing,
@@ -231,7 +226,7 @@ impl<P: MediaPorts> CallFlow<P> {
             rng,
             calls: HashMap::new(),
             by_invite: HashMap::new(),
-            call_rates: HashMap::new(),
+            call_rates,
             outputs: VecDeque::new(),
             exported: StatelessStats::default(),
         }

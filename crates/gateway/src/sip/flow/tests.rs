@@ -167,6 +167,7 @@ impl Sim {
                 media_timeout: Duration::from_secs(30),
                 agent_connect_timeout: Duration::from_secs(3),
                 seed,
+                call_rates: super::CallRates::default(),
             },
             TrunkAuth::with_secret(b"test secret".to_vec(), 300),
             FakePorts::default(),

@@ -86,7 +86,9 @@ pub struct ReaderShared {
     pub max_message_bytes: usize,
     pub limiter: Arc<Mutex<RateLimiter>>,
     pub metrics: SipMetrics,
-    pub inbound: mpsc::Sender<Inbound>,
+    /// Each SIP engine's queue of messages read elsewhere (TCP, or another engine's socket),
+    /// indexed by engine; a message goes to the engine owning its Call-ID ([`owner`]).
+    pub engines: Arc<[mpsc::Sender<Inbound>]>,
     pub guard: Guard,
     /// To tags for the 403s untrusted sources get in `reject` mode.
     pub tagger: StatelessTagger,
@@ -117,49 +119,104 @@ impl ReaderShared {
         }
     }
 
-    /// Rate-limits and queues one message from a trusted source; returns a stateless
-    /// response to send back (a 503 for a shed INVITE), if any.
-    fn admit(&self, source: SocketAddr, transport: Transport, bytes: Bytes) -> Option<Bytes> {
-        let verdict = self
-            .limiter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(Instant::now(), source.ip());
-        match verdict {
-            Verdict::Allow => match self.inbound.try_send(Inbound {
+    /// Rate-limits (in `limiter`) and parses one message from a trusted source.
+    pub fn admit_message(
+        &self,
+        limiter: &mut RateLimiter,
+        source: SocketAddr,
+        transport: Transport,
+        bytes: Bytes,
+    ) -> Admission {
+        match limiter.check(Instant::now(), source.ip()) {
+            Verdict::Allow => Admission::Process(Inbound {
                 source,
                 transport,
                 message: self.prepare(bytes, source, transport),
-            }) {
-                Ok(()) => None,
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    self.metrics
-                        .queue_full
-                        .with_label_values(&["inbound"])
-                        .inc();
-                    overload_response(
-                        &item.message.bytes(),
-                        "overloaded: inbound queue full",
-                        &self.metrics,
-                    )
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => None,
-            },
+            }),
             Verdict::RejectWithReply => {
                 let reply =
                     overload_response(&bytes, "rate limit exceeded for this source", &self.metrics);
                 let action = if reply.is_some() { "503" } else { "dropped" };
                 self.metrics.rate_limited.with_label_values(&[action]).inc();
-                reply
+                reply.map_or(Admission::Drop, Admission::Reply)
             }
             Verdict::Drop => {
                 self.metrics
                     .rate_limited
                     .with_label_values(&["dropped"])
                     .inc();
-                None
+                Admission::Drop
             }
         }
+    }
+
+    /// Hands a message to engine `engine`'s queue; returns a stateless 503 to send back when
+    /// that queue is full (for an INVITE).
+    pub fn forward(&self, engine: usize, inbound: Inbound) -> Option<Bytes> {
+        let queue = &self.engines[engine % self.engines.len()];
+        match queue.try_send(inbound) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                self.metrics
+                    .queue_full
+                    .with_label_values(&["inbound"])
+                    .inc();
+                overload_response(
+                    &item.message.bytes(),
+                    "overloaded: inbound queue full",
+                    &self.metrics,
+                )
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+
+    /// The stream path: rate-limits with the shared limiter, parses, and queues one message
+    /// for the engine owning it; returns a stateless response to send back, if any.
+    fn admit(&self, source: SocketAddr, transport: Transport, bytes: Bytes) -> Option<Bytes> {
+        let admission = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+            self.admit_message(&mut limiter, source, transport, bytes)
+        };
+        match admission {
+            Admission::Process(inbound) => {
+                let engine = owner(&inbound, self.engines.len());
+                self.forward(engine, inbound)
+            }
+            Admission::Reply(reply) => Some(reply),
+            Admission::Drop => None,
+        }
+    }
+}
+
+/// What becomes of a message from a trusted source after rate limiting.
+#[derive(Debug)]
+pub enum Admission {
+    /// Parsed: for the SIP engine owning it.
+    Process(Inbound),
+    /// Shed with a stateless answer (503 + Retry-After).
+    Reply(Bytes),
+    /// Shed silently.
+    Drop,
+}
+
+/// The engine (of `engines`) owning a message: by its Call-ID, so every message of a call or
+/// transaction — retransmissions, ACK, CANCEL, BYE — meets the same engine whichever socket
+/// it arrived on. A message without a readable Call-ID goes to engine 0 (it is refused
+/// statelessly whichever engine sees it).
+pub fn owner(inbound: &Inbound, engines: usize) -> usize {
+    if engines <= 1 {
+        return 0;
+    }
+    let Parsed::Message(message) = &inbound.message else {
+        return 0;
+    };
+    match message.message().call_id() {
+        Ok(call_id) => {
+            let hash = xxhash_rust::xxh3::xxh3_64(call_id.as_bytes());
+            usize::try_from(hash % engines as u64).unwrap_or(0)
+        }
+        Err(_) => 0,
     }
 }
 
@@ -381,38 +438,57 @@ impl Outbound {
     }
 }
 
+/// Datagrams one engine takes from its socket per wake-up before it handles anything else:
+/// enough to amortise the wake-up under load, few enough that timers and commands wait at most
+/// a few hundred microseconds.
+pub const UDP_BATCH: usize = 32;
+
 /// Bound listeners, before their tasks run.
 #[derive(Debug)]
 pub struct Listeners {
-    pub udp: Arc<UdpSocket>,
+    /// One UDP socket per engine, all on the same address (`SO_REUSEPORT`: the kernel spreads
+    /// peers over them by address hash).
+    pub udp: Vec<Arc<UdpSocket>>,
     pub tcp: TcpListener,
 }
 
 impl Listeners {
-    /// Binds the UDP socket and the TCP listener (port 0 allowed). An IPv6 wildcard address
-    /// is dual-stack on Linux, so `[::]:5060` serves IPv4 and IPv6 peers.
-    pub async fn bind(udp: SocketAddr, tcp: SocketAddr) -> std::io::Result<Listeners> {
-        let udp = Arc::new(UdpSocket::bind(udp).await?);
+    /// Binds `engines` UDP sockets on `udp` and the TCP listener (port 0 allowed: the first
+    /// socket picks the port, the others join it). An IPv6 wildcard address is dual-stack on
+    /// Linux, so `[::]:5060` serves IPv4 and IPv6 peers.
+    pub async fn bind(
+        udp: SocketAddr,
+        tcp: SocketAddr,
+        engines: usize,
+    ) -> std::io::Result<Listeners> {
+        let first = reuse_port_udp(udp)?;
+        let bound = first.local_addr()?;
+        let mut sockets = vec![Arc::new(first)];
+        for _ in 1..engines.max(1) {
+            sockets.push(Arc::new(reuse_port_udp(bound)?));
+        }
         let tcp = TcpListener::bind(tcp).await?;
-        Ok(Listeners { udp, tcp })
+        Ok(Listeners { udp: sockets, tcp })
     }
 
-    /// Spawns the readers and the acceptor; returns the sending half.
+    /// Spawns the TCP acceptor; returns each engine's sending half (its own UDP socket, the
+    /// shared TCP connections).
     pub fn spawn(
         self,
         shared: ReaderShared,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
-    ) -> std::io::Result<Outbound> {
-        let udp_is_v6 = self.udp.local_addr()?.is_ipv6();
+    ) -> std::io::Result<Vec<Outbound>> {
         let tcp_conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>> = Arc::default();
-        let outbound = Outbound {
-            udp: Arc::clone(&self.udp),
-            udp_is_v6,
-            tcp: Arc::clone(&tcp_conns),
-            metrics: shared.metrics.clone(),
-        };
-        tasks.spawn(udp_reader(self.udp, shared.clone(), shutdown.clone()));
+        let mut outbounds = Vec::with_capacity(self.udp.len());
+        for udp in &self.udp {
+            outbounds.push(Outbound {
+                udp_is_v6: udp.local_addr()?.is_ipv6(),
+                udp: Arc::clone(udp),
+                tcp: Arc::clone(&tcp_conns),
+                metrics: shared.metrics.clone(),
+            });
+        }
         tasks.spawn(tcp_acceptor(
             self.tcp,
             shared,
@@ -420,40 +496,80 @@ impl Listeners {
             shutdown,
             tasks.clone(),
         ));
-        Ok(outbound)
+        Ok(outbounds)
     }
 }
 
-async fn udp_reader(socket: Arc<UdpSocket>, shared: ReaderShared, shutdown: CancellationToken) {
-    // One byte more than the limit tells an oversized datagram from one that fits exactly.
-    let mut buf = vec![0u8; shared.max_message_bytes.saturating_add(1).min(65_536)];
-    loop {
-        let received = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = socket.recv_from(&mut buf) => r,
-        };
-        let (len, source) = match received {
+/// A non-blocking UDP socket with `SO_REUSEPORT` (where the platform has it), registered with
+/// tokio.
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// One engine's UDP socket and what reading it needs: a receive buffer and the engine's own
+/// rate limiter (a peer always hashes to the same socket, so per-engine buckets are
+/// per-source buckets, and no lock is taken per datagram).
+#[derive(Debug)]
+pub struct UdpReader {
+    socket: Arc<UdpSocket>,
+    buf: Vec<u8>,
+    limiter: RateLimiter,
+}
+
+impl UdpReader {
+    pub fn new(socket: Arc<UdpSocket>, shared: &ReaderShared, limiter: RateLimiter) -> Self {
+        // One byte more than the limit tells an oversized datagram from one that fits exactly.
+        let size = shared.max_message_bytes.saturating_add(1).min(65_536);
+        UdpReader {
+            socket,
+            buf: vec![0u8; size],
+            limiter,
+        }
+    }
+
+    /// Waits until the socket has something to read.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Reads one datagram without waiting: `None` when there is none, `Some(None)` for one
+    /// dealt with here (screened out, shed, answered statelessly, or a receive error),
+    /// `Some(Some(inbound))` for one the engines must handle.
+    pub fn try_take(&mut self, shared: &ReaderShared) -> Option<Option<Inbound>> {
+        let (len, source) = match self.socket.try_recv_from(&mut self.buf) {
             Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
             Err(e) => {
                 // ICMP port unreachable from an earlier send surfaces here on some systems.
                 tracing::debug!(error = %e, "UDP receive error");
-                continue;
+                return Some(None);
             }
         };
         let source = canonical(source);
-        if let Err(reply) = shared.screen(source, &buf[..len]) {
+        if let Err(reply) = shared.screen(source, &self.buf[..len]) {
             if let Some(reply) = reply {
-                let _ = socket.try_send_to(&reply, source);
+                let _ = self.socket.try_send_to(&reply, source);
             }
-            continue;
+            return Some(None);
         }
         if len > shared.max_message_bytes {
             shared.metrics.oversized.inc();
-            continue;
+            return Some(None);
         }
-        let bytes = Bytes::copy_from_slice(&buf[..len]);
-        if let Some(reply) = shared.admit(source, Transport::Udp, bytes) {
-            let _ = socket.try_send_to(&reply, source);
+        let bytes = Bytes::copy_from_slice(&self.buf[..len]);
+        match shared.admit_message(&mut self.limiter, source, Transport::Udp, bytes) {
+            Admission::Process(inbound) => Some(Some(inbound)),
+            Admission::Reply(reply) => {
+                let _ = self.socket.try_send_to(&reply, source);
+                Some(None)
+            }
+            Admission::Drop => Some(None),
         }
     }
 }

@@ -38,7 +38,7 @@ fn shared_with(
         guard: Guard::new(table_trusting(trusted), &sip, metrics.clone()),
         tagger: StatelessTagger::new(7),
         metrics,
-        inbound: tx,
+        engines: vec![tx].into(),
     };
     (shared, rx)
 }
@@ -246,18 +246,44 @@ async fn udp_and_tcp_messages_reach_the_queue_and_tcp_replies_use_the_connection
     let listeners = Listeners::bind(
         "127.0.0.1:0".parse().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
+        2,
     )
     .await
     .unwrap();
-    let udp_addr = listeners.udp.local_addr().unwrap();
+    let udp_addr = listeners.udp[0].local_addr().unwrap();
+    assert_eq!(
+        listeners.udp[1].local_addr().unwrap(),
+        udp_addr,
+        "engines share the port"
+    );
     let tcp_addr = listeners.tcp.local_addr().unwrap();
+    let mut readers: Vec<UdpReader> = listeners
+        .udp
+        .iter()
+        .map(|s| UdpReader::new(Arc::clone(s), &shared, RateLimiter::new(1000, 1000)))
+        .collect();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let outbound = listeners.spawn(shared, shutdown.clone(), &tasks).unwrap();
+    let outbounds = listeners
+        .spawn(shared.clone(), shutdown.clone(), &tasks)
+        .unwrap();
+    let outbound = &outbounds[0];
 
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.send_to(INVITE, udp_addr).await.unwrap();
-    let got = rx.recv().await.unwrap();
+    // The kernel hands the datagram to one of the two sockets.
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            for reader in &mut readers {
+                if let Some(Some(inbound)) = reader.try_take(&shared) {
+                    return inbound;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the datagram arrives");
     assert_eq!(
         (got.transport, got.source),
         (Transport::Udp, client.local_addr().unwrap())
@@ -309,4 +335,30 @@ async fn udp_and_tcp_messages_reach_the_queue_and_tcp_replies_use_the_connection
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+}
+
+#[test]
+fn a_call_id_always_has_the_same_owner_and_owners_spread() {
+    let inbound = |call_id: &str| {
+        let raw =
+            String::from_utf8_lossy(INVITE).replace("Call-ID: c1", &format!("Call-ID: {call_id}"));
+        Inbound {
+            source: "192.0.2.1:5060".parse().unwrap(),
+            transport: Transport::Udp,
+            message: Parsed::Message(Box::new(OwnedMessage::parse(Bytes::from(raw)).unwrap())),
+        }
+    };
+    assert_eq!(owner(&inbound("a@b"), 4), owner(&inbound("a@b"), 4));
+    assert_eq!(owner(&inbound("a@b"), 1), 0);
+    let mut seen = [0usize; 4];
+    for i in 0..400 {
+        seen[owner(&inbound(&format!("call-{i}@host")), 4)] += 1;
+    }
+    assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    let unparsed = Inbound {
+        source: "192.0.2.1:5060".parse().unwrap(),
+        transport: Transport::Udp,
+        message: Parsed::Unparsed(Bytes::from_static(b"garbage")),
+    };
+    assert_eq!(owner(&unparsed, 4), 0);
 }
