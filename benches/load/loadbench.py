@@ -123,11 +123,17 @@ def descendants(pid):
     return out
 
 
-def cpu_ticks(pids):
+def cpu_ticks(pids, missing_ok=False):
     """utime+stime (clock ticks) summed over pids; all threads of each are included."""
     total = 0
     for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            text = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            if missing_ok:
+                continue
+            raise RuntimeError(f"process {p} is gone (a server died?)")
+        fields = text.rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # fields 14, 15 of proc(5)
     return total
 
@@ -237,6 +243,10 @@ class Admin:
         if status not in ok:
             raise RuntimeError(f"{method} {path} -> {status}: {text[:500]}")
         return json.loads(text) if text.strip() else {}
+
+    def metrics(self):
+        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as r:
+            return r.read().decode()
 
     @staticmethod
     def scoped(path):
@@ -423,6 +433,31 @@ def measure_idle(servers, seconds):
     return {s: (cpu_ticks(v["pids"]) - before[s]) / seconds for s, v in servers.items()}
 
 
+def metric(page, name):
+    for line in page.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def drain(server, max_s):
+    """Waits (bounded) until switchboard holds no transaction and no call, so a run does not
+    inherit the previous one's: a UDP transaction lingers 32 s (Timers H/J/L) and the live
+    transaction cap (10,000 by default) counts them. Returns the seconds waited."""
+    admin = server.get("admin")
+    if admin is None:
+        return 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_s:
+        page = admin.metrics()
+        tx = metric(page, "switchboard_sip_transactions") or 0
+        calls = metric(page, "switchboard_sip_calls_active") or 0
+        if tx == 0 and calls == 0:
+            break
+        time.sleep(0.5)
+    return round(time.monotonic() - t0, 1)
+
+
 def one_run(procs, args, servers, server, scen, rate, rnd, infs, idle):
     scenario, hold_ms, _ = SCENARIOS[scen]
     calls = int(rate * args.duration)
@@ -432,15 +467,20 @@ def one_run(procs, args, servers, server, scen, rate, rnd, infs, idle):
     if scen == "c" and server == "kamailio":
         uas = start_uas(procs, rundir, s["uas_port"], calls,
                         args.duration + (hold_ms or 0) / 1000 + 60)
+    drained = drain(s, args.drain_max)
     pids = s["pids"]
+    # The agent side (echo agent / SIPp UAS) shares the 2 cores: its CPU is reported, not counted.
+    agent_pids = [uas.pid] if uas is not None else s.get("agent_pids", [])
     t0 = time.monotonic()
     c0 = cpu_ticks(pids)
+    a0 = cpu_ticks(agent_pids, missing_ok=True)
     stats, rtts, code, wall = run_sipp(procs, rundir, scenario, infs[scen], s["port"], rate,
                                        calls, hold_ms=hold_ms)
     # Settle inside the CPU window: a server's per-call work includes teardown that lags the
     # last response (tm wait timer, WebSocket close); the idle rate is subtracted for it.
     time.sleep(args.settle)
     c1 = cpu_ticks(pids)
+    a1 = cpu_ticks(agent_pids, missing_ok=True)
     window = time.monotonic() - t0
     if uas is not None:
         procs.stop(uas, grace=2)
@@ -455,10 +495,11 @@ def one_run(procs, args, servers, server, scen, rate, rnd, infs, idle):
         "successful": ok, "failed": failed, "retransmissions": retrans,
         "cpu_ticks": c1 - c0, "cpu_ticks_net": ticks, "window_s": round(window, 2),
         "cpu_us_per_call": ticks / CLK_TCK * 1e6 / calls,
+        "agent_us_per_call": (a1 - a0) / CLK_TCK * 1e6 / calls if scen == "c" else None,
         "p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99), "rtt_samples": len(rtts),
         "sipp_exit": code, "wall_s": round(wall, 2),
         "achieved_cps": round(calls / max(0.001, wall - (hold_ms or 0) / 1000), 1),
-        "rundir": str(rundir),
+        "drain_s": drained, "rundir": str(rundir),
     }
     log(f"{scen} {rate:>5}/s round {rnd} {server:<11} cpu {rec['cpu_us_per_call']:8.1f} us/call"
         f"  ok {ok} failed {failed} retrans {retrans}"
@@ -590,6 +631,8 @@ def main():
     ap.add_argument("--duration", type=float, default=8, help="seconds of load per run")
     ap.add_argument("--settle", type=float, default=2, help="seconds after SIPp, in CPU window")
     ap.add_argument("--idle-seconds", type=float, default=5)
+    ap.add_argument("--drain-max", type=float, default=40,
+                    help="max seconds to wait for switchboard to hold no transaction before a run")
     ap.add_argument("--rss-rate", type=int, default=3000)
     ap.add_argument("--rss-seconds", type=int, default=60)
     ap.add_argument("--mem-calls", type=int, default=1000)
@@ -622,15 +665,17 @@ def main():
                             stdout=subprocess.DEVNULL, stderr=open(args.work / "agent.log", "w"))
         wait_until("echo agent", lambda: _tcp_open(agent_port), 20, agent)
         agent_url = f"ws://127.0.0.1:{agent_port}/agent"
+        # RTP range below the kernel's ephemeral ports, where free_port() picks SIPp's.
         sb, sb_port, admin = start_switchboard(procs, args.work, args.binary, agent_url,
-                                               "30000-49999")
+                                               "10000-29999")
         t = time.monotonic()
         seed_switchboard(admin, agent_url)
         log(f"switchboard seeded: {TOTAL_NUMBERS} numbers in "
             f"{TOTAL_NUMBERS // PER_DEPLOYMENT} deployments, 1 paused "
             f"({time.monotonic() - t:.1f}s)")
         wait_until("switchboard answers OPTIONS", lambda: sip_options_ok(sb_port), 30, sb)
-        servers = {"switchboard": {"port": sb_port, "pids": [sb.pid]}}
+        servers = {"switchboard": {"port": sb_port, "pids": [sb.pid], "admin": admin,
+                                   "agent_pids": [agent.pid]}}
         if args.mode != "rss":
             kam_port, uas_port = free_port(), free_port()
             kam = start_kamailio(procs, args.work, kam_port, uas_port, args.kam_children,

@@ -49,6 +49,9 @@ def summarize(rs):
         "p50": statistics.median(p50) if p50 else None,
         "p99": statistics.median(p99) if p99 else None,
         "cps": statistics.median(r["achieved_cps"] for r in rs),
+        "agent": (statistics.median(a) if (a := [r["agent_us_per_call"] for r in rs
+                                                 if r.get("agent_us_per_call") is not None])
+                  else None),
         "clean": failed == 0 and retrans < MAX_RETRANS_RATIO * calls,
     }
 
@@ -71,21 +74,25 @@ def bench_tables(data):
         "run plus a settle period, minus idle, / calls; median of the rounds (min–max). "
         "Failed: sum over rounds (incl. calls SIPp never completed). Retrans: SIPp "
         "`Retransmissions(C)` / calls. p50/p99: INVITE → final answer (c: → 200) from SIPp "
-        "`-trace_rtt`, 1 ms resolution, median over rounds. cps: calls / SIPp wall time.",
+        "`-trace_rtt`, 1 ms resolution, median over rounds. cps: calls / SIPp wall time. "
+        "Agent µs/call (c only, not in the server's figure): the echo agent (switchboard) or "
+        "the SIPp UAS (Kamailio) on the same cores.",
         "",
         "| scenario | rate/s | server | CPU µs/call | (min–max) | failed | retrans % "
-        "| p50 ms | p99 ms | cps |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| p50 ms | p99 ms | cps | agent µs/call |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scen, rate in scen_rates:
         for server in SERVERS:
             v = s.get((scen, rate, server))
             if v is None:
                 continue
+            agent = "–" if v["agent"] is None else f"{v['agent']:.0f}"
             lines.append(
                 f"| {SCENARIO_NAMES[scen]} | {rate} | {server} | {v['cpu']:.1f} "
                 f"| {v['cpu_min']:.0f}–{v['cpu_max']:.0f} | {v['failed']} "
-                f"| {v['retrans_pct']:.2f} | {ms(v['p50'])} | {ms(v['p99'])} | {v['cps']:.0f} |")
+                f"| {v['retrans_pct']:.2f} | {ms(v['p50'])} | {ms(v['p99'])} | {v['cps']:.0f} "
+                f"| {agent} |")
     lines += ["", "### CPU per call, Kamailio / switchboard", "",
               "| scenario | rate/s | switchboard µs | Kamailio µs | Kamailio/switchboard |",
               "|---|---:|---:|---:|---:|"]
