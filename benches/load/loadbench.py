@@ -138,6 +138,14 @@ def cpu_ticks(pids, missing_ok=False):
     return total
 
 
+def udp_rcvbuf_errors():
+    """Kernel-wide UDP datagrams dropped for a full receive buffer (/proc/net/snmp): tells
+    whether a lost request died in a socket queue (the server's or SIPp's) rather than in code."""
+    lines = [l.split() for l in Path("/proc/net/snmp").read_text().splitlines()
+             if l.startswith("Udp:")]
+    return int(dict(zip(lines[0][1:], lines[1][1:])).get("RcvbufErrors", 0))
+
+
 def vmrss_kb(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -380,7 +388,7 @@ def run_sipp(procs, rundir, scenario, inf, target_port, rate, calls, hold_ms=Non
             "-r", str(rate), "-rp", "1000", "-m", str(calls),
             "-l", str(limit or max(100, int(rate * (hold_s + 3)))),
             "-timeout", f"{timeout}s", "-recv_timeout", "10000",
-            "-nostdin", "-nr",
+            "-nostdin",
             "-trace_stat", "-stf", str(rundir / "stat.csv"), "-fd", "1",
             "-trace_rtt", "-rtt_freq", str(max(1, min(100, calls // 20))),
             "-trace_err", "-error_file", str(rundir / "errors.log")]
@@ -407,7 +415,7 @@ def start_uas(procs, rundir, port, calls, seconds):
     rundir.mkdir(parents=True, exist_ok=True)
     argv = ["sipp", "-sf", str(HERE / "uas_agent.xml"), "-t", "u1", "-i", "127.0.0.1", "-p", str(port),
             "-mi", "127.0.0.1", "-mp", str(free_port()), "-m", str(calls),
-            "-timeout", f"{int(seconds)}s", "-nostdin", "-nr",
+            "-timeout", f"{int(seconds)}s", "-nostdin",
             "-trace_err", "-error_file", str(rundir / "uas-errors.log")]
     p = procs.start("sipp-uas", argv, cwd=rundir, stdout=open(rundir / "uas.log", "w"),
                     stderr=subprocess.STDOUT)
@@ -474,6 +482,7 @@ def one_run(procs, args, servers, server, scen, rate, rnd, infs, idle):
     t0 = time.monotonic()
     c0 = cpu_ticks(pids)
     a0 = cpu_ticks(agent_pids, missing_ok=True)
+    u0 = udp_rcvbuf_errors()
     stats, rtts, code, wall = run_sipp(procs, rundir, scenario, infs[scen], s["port"], rate,
                                        calls, hold_ms=hold_ms)
     # Settle inside the CPU window: a server's per-call work includes teardown that lags the
@@ -481,6 +490,7 @@ def one_run(procs, args, servers, server, scen, rate, rnd, infs, idle):
     time.sleep(args.settle)
     c1 = cpu_ticks(pids)
     a1 = cpu_ticks(agent_pids, missing_ok=True)
+    udp_drops = udp_rcvbuf_errors() - u0
     window = time.monotonic() - t0
     if uas is not None:
         procs.stop(uas, grace=2)
@@ -499,10 +509,10 @@ def one_run(procs, args, servers, server, scen, rate, rnd, infs, idle):
         "p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99), "rtt_samples": len(rtts),
         "sipp_exit": code, "wall_s": round(wall, 2),
         "achieved_cps": round(calls / max(0.001, wall - (hold_ms or 0) / 1000), 1),
-        "drain_s": drained, "rundir": str(rundir),
+        "udp_drops": udp_drops, "drain_s": drained, "rundir": str(rundir),
     }
     log(f"{scen} {rate:>5}/s round {rnd} {server:<11} cpu {rec['cpu_us_per_call']:8.1f} us/call"
-        f"  ok {ok} failed {failed} retrans {retrans}"
+        f"  ok {ok} failed {failed} retrans {retrans} udp drops {udp_drops}"
         f"  p50 {rec['p50_ms']} p99 {rec['p99_ms']} ms  sipp exit {code}")
     return rec
 

@@ -52,6 +52,7 @@ def summarize(rs):
         "agent": (statistics.median(a) if (a := [r["agent_us_per_call"] for r in rs
                                                  if r.get("agent_us_per_call") is not None])
                   else None),
+        "udp_drops": sum(r.get("udp_drops", 0) for r in rs),
         "clean": failed == 0 and retrans < MAX_RETRANS_RATIO * calls,
     }
 
@@ -76,11 +77,12 @@ def bench_tables(data):
         "`Retransmissions(C)` / calls. p50/p99: INVITE → final answer (c: → 200) from SIPp "
         "`-trace_rtt`, 1 ms resolution, median over rounds. cps: calls / SIPp wall time. "
         "Agent µs/call (c only, not in the server's figure): the echo agent (switchboard) or "
-        "the SIPp UAS (Kamailio) on the same cores.",
+        "the SIPp UAS (Kamailio) on the same cores. UDP drops: kernel `RcvbufErrors` during "
+        "the rounds (any socket on the machine: server or SIPp), summed.",
         "",
         "| scenario | rate/s | server | CPU µs/call | (min–max) | failed | retrans % "
-        "| p50 ms | p99 ms | cps | agent µs/call |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p50 ms | p99 ms | cps | agent µs/call | UDP drops |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scen, rate in scen_rates:
         for server in SERVERS:
@@ -92,7 +94,7 @@ def bench_tables(data):
                 f"| {SCENARIO_NAMES[scen]} | {rate} | {server} | {v['cpu']:.1f} "
                 f"| {v['cpu_min']:.0f}–{v['cpu_max']:.0f} | {v['failed']} "
                 f"| {v['retrans_pct']:.2f} | {ms(v['p50'])} | {ms(v['p99'])} | {v['cps']:.0f} "
-                f"| {agent} |")
+                f"| {agent} | {v['udp_drops']} |")
     lines += ["", "### CPU per call, Kamailio / switchboard", "",
               "| scenario | rate/s | switchboard µs | Kamailio µs | Kamailio/switchboard |",
               "|---|---:|---:|---:|---:|"]

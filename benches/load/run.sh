@@ -22,15 +22,12 @@ WORK="$OUT/work"
 
 args=()
 report_only=0
+help=0
 for a in "$@"; do
 	case "$a" in
 	--quick) args+=(--runs 3 --duration 5) ;;
 	--report) report_only=1 ;;
-	-h | --help)
-		sed -n '2,15p' "$0"
-		echo
-		args+=(--help)
-		;;
+	-h | --help) help=1 ;;
 	*) args+=("$a") ;;
 	esac
 done
@@ -59,8 +56,21 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import matplotlib, 
 fi
 PY="$VENV/bin/python"
 
+if ((help)); then
+	sed -n '2,14p' "$0"
+	echo
+	exec "$PY" "$HERE/loadbench.py" --help
+fi
 if ((report_only)); then
 	exec "$PY" "$HERE/report.py" "$OUT"
+fi
+
+# One run at a time per output directory: the work dir is wiped at start and the trap below
+# ends the processes listed in it.
+exec 9>"$OUT/.lock"
+if ! flock -n 9; then
+	echo "run.sh: another load run is using $OUT (set LOAD_OUT to use another directory)" >&2
+	exit 3
 fi
 
 # Backstop for loadbench.py's own cleanup: every process it started is in $WORK/pids/<pid>;
@@ -89,7 +99,4 @@ trap 'exit 130' INT TERM
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 "$PY" "$HERE/loadbench.py" --python "$PY" --out "$OUT" ${args[@]+"${args[@]}"}
-case " ${args[*]-} " in
-*" --help "* | *" -h "*) exit 0 ;;
-esac
 "$PY" "$HERE/report.py" "$OUT"
