@@ -1,7 +1,7 @@
 //! One call's task: reach the agent while the caller hears ringing, then run the media
 //! bridge until either side hangs up.
 //!
-//! The SIP state of the call lives in the endpoint task ([`super::service`]); this task owns
+//! The SIP state of the call lives in its SIP engine ([`super::service`]); this task owns
 //! what may block or take time: the agent WebSocket, the RTP socket and the port pair. The two
 //! talk over bounded channels ([`CallEvent`] in, [`CoreCommand`] out). Every way out of this
 //! task drops the [`RtpPorts`] guard, so the pair returns to the pool whatever ended the call
@@ -55,7 +55,7 @@ fn hangup_for(reason: EndReason) -> Option<Hangup> {
     }
 }
 
-/// Everything a call task needs, prepared by the endpoint task.
+/// Everything a call task needs, prepared by its SIP engine.
 #[derive(Debug)]
 pub struct CallSetup {
     pub call_id: String,

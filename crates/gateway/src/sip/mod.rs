@@ -1,7 +1,9 @@
 //! The SIP front end: sockets, transaction driving, trunk auth, routing decisions, call flow.
 //!
 //! Layout (read top to bottom):
-//! - [`service`]: the endpoint task: transactions and the SIP side of every call.
+//! - [`service`]: the SIP engines (one per core): socket, call flow and call tasks.
+//! - [`flow`]: the call flow as a sans-IO state machine ([`flow::CallFlow`]).
+//! - [`refusal`]: every refusal and hang-up reason (status, Reason, Warning, Retry-After).
 //! - [`call`]: one task per call: agent WebSocket, RTP bridge, port pair.
 //! - [`ports`]: RTP port pairs with an RAII guard.
 //! - [`guard`]: screening before state: trusted / untrusted / banned sources, TCP slots.
@@ -33,7 +35,8 @@
 //!   which the element answers itself (RFC 3261 §16.3 step 2).
 //! - **Digest**: the `uri` parameter must equal the Request-URI; a wrong password is 403
 //!   (not a new 401) so a misconfigured carrier does not loop.
-//! - **Transactions and dialogs** are crates/sip's [`Endpoint`], owned by the endpoint task.
+//! - **Transactions and dialogs** are crates/sip's [`Endpoint`], one per engine, owned by its
+//!   [`flow::CallFlow`].
 
 pub mod call;
 pub mod flow;

@@ -317,7 +317,7 @@ impl Hangup {
 }
 
 /// Text safe inside a quoted header value: no quotes, backslashes or control characters
-/// (so nothing can end the string or the header), at most [`MAX_TEXT_CHARS`] characters.
+/// (so nothing can end the string or the header), at most 200 characters.
 pub fn sanitize(text: &str) -> String {
     text.chars()
         .map(|c| {

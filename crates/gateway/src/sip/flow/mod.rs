@@ -16,11 +16,11 @@
 //! [`MediaPorts`], so tests drive it on simulated time with no sockets and no sleeps. The tokio
 //! loop around it ([`super::service`]) only moves bytes, spawns call tasks and forwards events.
 //!
-//! A new INVITE runs through stages ([`invite`]): admit (screening, trunk authentication,
+//! A new INVITE runs through stages (in `invite.rs`): admit (screening, trunk authentication,
 //! per-connection call rate, readiness) → route → prepare media (port pair, SDP answer) →
 //! ring (180, start the call task). Every stage refuses with a [`Refusal`], sent statelessly:
 //! only a call that reached the ring stage holds a transaction. The rest of a call's life —
-//! 200 when the agent is up, ACK, re-INVITE/UPDATE, CANCEL, BYE both ways — is in [`dialog`].
+//! 200 when the agent is up, ACK, re-INVITE/UPDATE, CANCEL, BYE both ways — is in `dialog.rs`.
 
 mod dialog;
 mod invite;

@@ -1,7 +1,8 @@
 //! SIP over UDP and TCP: the socket side of the front end.
 //!
-//! Readers (one task per UDP socket, one per TCP connection) turn datagrams and framed
-//! stream messages into [`Inbound`] items on a bounded queue to the endpoint task. Before
+//! Each SIP engine reads its own UDP socket inline ([`UdpReader`]); one task per TCP
+//! connection frames stream messages and queues them, as [`Inbound`] items, for the engine
+//! owning their Call-ID ([`owner`]). Before
 //! anything is copied or parsed, the source is screened ([`Guard`]): untrusted and banned
 //! addresses are dropped (or, in `reject` mode, get a rare stateless 403) and TCP connections
 //! from them are closed at accept. A trusted message is then charged to its source's token
@@ -9,7 +10,7 @@
 //! in the reader and never fills the queue other carriers share. Excess INVITEs get a
 //! stateless `503` with `Retry-After` (a few per second per source); the rest is dropped.
 //!
-//! Sending never blocks the endpoint task: UDP uses `try_send_to` (a full socket buffer
+//! Sending never blocks an engine: UDP uses `try_send_to` (a full socket buffer
 //! drops the datagram; the transaction layer retransmits), TCP hands the bytes to the
 //! connection's writer task through a bounded queue. TCP responses go out on the connection
 //! the request came in on (RFC 3261 §18.2.2), looked up by the peer's address.
@@ -33,7 +34,7 @@ use super::metrics::SipMetrics;
 use super::rate_limit::{RateLimiter, Verdict};
 use super::refusal::Refusal;
 
-/// Messages waiting for the endpoint task. At ~10 µs per message this is ~40 ms of work:
+/// Messages waiting for one engine (forwarded from TCP or other engines). At ~10 µs per message this is ~40 ms of work:
 /// enough to ride out a burst, small enough that a stalled task is noticed (drops are
 /// counted in `sip_queue_full_total{queue="inbound"}`).
 pub const INBOUND_QUEUE: usize = 4096;
@@ -52,7 +53,7 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Read buffer for TCP; messages larger than this are assembled across reads.
 const TCP_READ_CHUNK: usize = 16 * 1024;
 
-/// One message from the network, for the endpoint task.
+/// One message from the network, for a SIP engine.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     /// Where it came from (IPv4-mapped addresses already turned into IPv4).
@@ -61,7 +62,7 @@ pub struct Inbound {
     pub message: Parsed,
 }
 
-/// A message as the reader left it: parsed (the endpoint task does not parse again), or raw
+/// A message as the reader left it: parsed (the engine does not parse again), or raw
 /// when it does not parse (the endpoint answers what it can salvage, statelessly).
 #[derive(Debug, Clone)]
 pub enum Parsed {
@@ -84,6 +85,7 @@ impl Parsed {
 #[derive(Debug, Clone)]
 pub struct ReaderShared {
     pub max_message_bytes: usize,
+    /// The per-source bucket for TCP messages (each engine has its own for its UDP socket).
     pub limiter: Arc<Mutex<RateLimiter>>,
     pub metrics: SipMetrics,
     /// Each SIP engine's queue of messages read elsewhere (TCP, or another engine's socket),
@@ -255,7 +257,7 @@ fn untrusted_response(bytes: &[u8], source: SocketAddr, tagger: &StatelessTagger
 }
 
 impl ReaderShared {
-    /// Parses a message in the reader (off the endpoint task), counting what does not parse
+    /// Parses a message before the call flow sees it, counting what does not parse
     /// or validate (the endpoint answers those, and a burst of them bans the source), and
     /// asks for symmetric response routing on UDP requests ([`request_rport`]).
     fn prepare(&self, bytes: Bytes, source: SocketAddr, transport: Transport) -> Parsed {
