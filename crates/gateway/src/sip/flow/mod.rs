@@ -198,6 +198,9 @@ pub struct CallFlow<P: MediaPorts> {
     outputs: VecDeque<Output<P::Reservation>>,
     /// The endpoint's stateless counters as last exported to metrics.
     exported: StatelessStats,
+    /// This flow's share of the `sip_transactions` gauge as last exported: every engine adds
+    /// its own change, so the gauge is the sum over engines.
+    exported_transactions: i64,
 }
 
 impl<P: MediaPorts> CallFlow<P> {
@@ -229,6 +232,7 @@ impl<P: MediaPorts> CallFlow<P> {
             call_rates,
             outputs: VecDeque::new(),
             exported: StatelessStats::default(),
+            exported_transactions: 0,
         }
     }
 
@@ -515,9 +519,11 @@ impl<P: MediaPorts> CallFlow<P> {
                     .inc_by(delta);
             }
         }
+        let transactions = i64::try_from(self.endpoint.transaction_count()).unwrap_or(i64::MAX);
         self.metrics
             .transactions
-            .set(i64::try_from(self.endpoint.transaction_count()).unwrap_or(i64::MAX));
+            .add(transactions - self.exported_transactions);
+        self.exported_transactions = transactions;
     }
 }
 

@@ -558,3 +558,27 @@ fn a_wrong_digest_answer_is_refused_and_reported_as_an_offence() {
     assert_eq!(sim.log.offences, [Offence::DigestFailure]);
     assert_eq!(sim.flow.transaction_count(), 0);
 }
+
+#[test]
+fn flows_sharing_the_metrics_add_their_transactions_up() {
+    let metrics = SipMetrics::register(&prometheus::Registry::new()).unwrap();
+    let mut sims: Vec<Sim> = (0..2)
+        .map(|seed| {
+            let mut sim = Sim::new(seed + 20, 0, routing(false, false));
+            sim.flow.metrics = metrics.clone();
+            sim.agent_delay = Duration::from_secs(3600);
+            sim
+        })
+        .collect();
+    for sim in &mut sims {
+        sim.invite(CALLED, None);
+        let limit = sim.at(1.0);
+        while sim.now < limit {
+            sim.step(limit);
+        }
+    }
+    // Each flow holds its ringing INVITE's transaction; the gauge shows both.
+    assert_eq!(sims[0].flow.transaction_count(), 1);
+    assert_eq!(sims[1].flow.transaction_count(), 1);
+    assert_eq!(metrics.transactions.get(), 2);
+}
