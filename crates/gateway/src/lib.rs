@@ -18,6 +18,7 @@ pub mod live_calls;
 pub mod metrics;
 pub mod sip;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SipAddrs {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The SIP over TLS listener, when `[sip] tls` is set.
+    pub tls: Option<SocketAddr>,
 }
 
 /// A started gateway: bound addresses, shared state, and the handle to stop it.
@@ -52,6 +55,8 @@ pub struct Running {
     pub sip_udp: Option<SocketAddr>,
     /// Bound SIP TCP address; `None` until the SIP service is wired in.
     pub sip_tcp: Option<SocketAddr>,
+    /// Bound SIP TLS address; `None` without `[sip] tls`.
+    pub sip_tls: Option<SocketAddr>,
     /// Bound admin HTTP address.
     pub admin: SocketAddr,
     /// The shared state (tests look at `state.routing` directly).
@@ -74,9 +79,10 @@ impl Running {
             None => "null".to_owned(),
         };
         format!(
-            r#"{{"event":"listening","sip_udp":{},"sip_tcp":{},"admin":"{}"}}"#,
+            r#"{{"event":"listening","sip_udp":{},"sip_tcp":{},"sip_tls":{},"admin":"{}"}}"#,
             addr(self.sip_udp),
             addr(self.sip_tcp),
+            addr(self.sip_tls),
             self.admin
         )
     }
@@ -118,6 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Ok((state, admin, sip_addrs)) => Ok(Running {
             sip_udp: sip_addrs.map(|a| a.udp),
             sip_tcp: sip_addrs.map(|a| a.tcp),
+            sip_tls: sip_addrs.and_then(|a| a.tls),
             admin,
             state,
             shutdown,
@@ -155,8 +162,19 @@ async fn start_services(
     let admin = admin_listener
         .local_addr()
         .context("admin listener address")?;
-    tasks.spawn(admin::serve(
+    let mut reloadable = Vec::new();
+    let admin_tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert = tls::ReloadingCert::load("admin", cert, key).context("[admin] tls")?;
+            reloadable.push(Arc::clone(&cert));
+            let server = tls::server_config(cert, None, &[b"http/1.1"]).context("[admin] tls")?;
+            Some(tokio_rustls::TlsAcceptor::from(server))
+        }
+        _ => None,
+    };
+    tasks.spawn(admin::listener::serve(
         admin_listener,
+        admin_tls,
         state.clone(),
         shutdown.clone(),
         tasks.clone(),
@@ -189,7 +207,12 @@ async fn start_services(
 
     // SIP service hook: the SIP side replaces `None` with its start call, e.g.
     // `Some(sip::start(&state, shutdown.clone(), &tasks).await?)`.
-    let sip_addrs: Option<SipAddrs> = Some(sip::start(&state, shutdown.clone(), &tasks).await?);
+    let (sip_addrs, sip_cert) = sip::start(&state, shutdown.clone(), &tasks).await?;
+    reloadable.extend(sip_cert);
+    if !reloadable.is_empty() {
+        tasks.spawn(tls::reload_on_sighup(reloadable, shutdown.clone()));
+    }
+    let sip_addrs = Some(sip_addrs);
 
     state.mark_ready();
     tracing::info!(%admin, store = config.store.url.split("://").next().unwrap_or(""), "switchboard started");

@@ -8,6 +8,10 @@
 //!   for its next request, so idle connections are closed after the same time;
 //! * request body: `[admin] body_timeout_secs` (see [`super::body_timeout`]), answered 408;
 //! * open connections: `[admin] max_connections`; more are closed at accept.
+//!
+//! With `[admin] tls_cert`/`tls_key` every connection is TLS (HTTPS only): the handshake must
+//! finish within the header timeout, so a client that connects and never says hello is bounded
+//! like a slowloris one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,8 +24,10 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::IntGauge;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,20 +65,32 @@ impl Limits {
 }
 
 /// Accepts admin connections until `shutdown`, then lets in-flight requests finish; the limits
-/// come from `[admin]`.
+/// come from `[admin]`. With `tls`, connections are HTTPS.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     state: AppState,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let limits = Limits::from_config(&state.config.admin);
-    serve_with(listener, state, shutdown, tasks, limits).await;
+    accept_loop(listener, tls, state, shutdown, tasks, limits).await;
 }
 
-/// [`serve`] with explicit limits.
+/// [`serve`] over plain HTTP with explicit limits.
 pub async fn serve_with(
     listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    limits: Limits,
+) {
+    accept_loop(listener, None, state, shutdown, tasks, limits).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     state: AppState,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -102,14 +120,25 @@ pub async fn serve_with(
         };
         let _ = stream.set_nodelay(true);
         let slot = Slot::new(permit, state.metrics.admin_connections_open.clone());
-        tasks.spawn(connection(
-            stream,
-            peer,
-            state.clone(),
-            shutdown.clone(),
-            limits,
-            slot,
-        ));
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        match &tls {
+            None => tasks.spawn(connection(stream, peer, state, shutdown, limits, slot)),
+            Some(acceptor) => {
+                let accept = acceptor.accept(stream);
+                tasks.spawn(async move {
+                    match tokio::time::timeout(limits.header_read_timeout, accept).await {
+                        Ok(Ok(tls)) => connection(tls, peer, state, shutdown, limits, slot).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                        }
+                        Err(_) => {
+                            state.metrics.admin_header_timeouts.inc();
+                            tracing::debug!(%peer, "admin TLS handshake timed out");
+                        }
+                    }
+                })
+            }
+        };
     }
 }
 
@@ -136,14 +165,16 @@ impl Drop for Slot {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     state: AppState,
     shutdown: CancellationToken,
     limits: Limits,
     _slot: Slot,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let metrics = state.metrics.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();

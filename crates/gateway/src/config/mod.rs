@@ -66,6 +66,20 @@ pub struct SipConfig {
     pub ban_window_secs: u64,
     /// How long a banned address is ignored (everything it sends is dropped).
     pub ban_secs: u64,
+    /// SIP over TLS listener (RFC 3261 §26), e.g. `0.0.0.0:5061`; unset: no TLS listener.
+    /// Needs `tls_cert` and `tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SocketAddr>,
+    /// PEM certificate chain for `tls`, leaf first; re-read on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; re-read on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, TLS clients must present a certificate chaining to it (mutual
+    /// TLS, for carriers that authenticate with client certificates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `[sip] untrusted`: the answer for sources no connection admits.
@@ -131,6 +145,10 @@ impl Default for SipConfig {
             ban_malformed_messages: DEFAULT_BAN_MALFORMED_MESSAGES,
             ban_window_secs: DEFAULT_BAN_WINDOW_SECS,
             ban_secs: DEFAULT_BAN_SECS,
+            tls: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -161,6 +179,13 @@ pub struct AdminConfig {
     /// cohort upload (which may legitimately take minutes) must not stall longer than it
     /// between two reads. Past it the request gets 408 and the connection is closed.
     pub body_timeout_secs: u64,
+    /// PEM certificate chain: when set (with `tls_key`), the admin listener speaks HTTPS only.
+    /// Re-read on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Default admin listener: loopback, so a fresh install is not reachable from the network.
@@ -194,6 +219,8 @@ impl Default for AdminConfig {
             probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -479,6 +506,38 @@ impl Config {
         if self.admin.body_timeout_secs == 0 {
             bad("admin.body_timeout_secs", "must be positive".to_owned());
         }
+        let sip = &self.sip;
+        if sip.tls.is_some() || sip.tls_cert.is_some() || sip.tls_key.is_some() {
+            check_tls_pair(
+                "sip",
+                sip.tls_cert.as_deref(),
+                sip.tls_key.as_deref(),
+                &mut bad,
+            );
+            if sip.tls.is_none() {
+                bad(
+                    "sip.tls",
+                    "tls_cert/tls_key are set but no TLS listener address".to_owned(),
+                );
+            }
+        }
+        if let Some(ca) = &sip.tls_client_ca {
+            if let Err(e) = crate::tls::read_client_roots(ca) {
+                bad("sip.tls_client_ca", e.to_string());
+            }
+            if sip.tls.is_none() {
+                bad("sip.tls_client_ca", "set but [sip] tls is not".to_owned());
+            }
+        }
+        let admin = &self.admin;
+        if admin.tls_cert.is_some() || admin.tls_key.is_some() {
+            check_tls_pair(
+                "admin",
+                admin.tls_cert.as_deref(),
+                admin.tls_key.as_deref(),
+                &mut bad,
+            );
+        }
         for (i, k) in self.admin.api_keys.iter().enumerate() {
             if k.expose().trim().is_empty() {
                 bad(
@@ -500,6 +559,41 @@ impl Config {
                     "must not be empty".to_owned(),
                 );
             }
+        }
+    }
+}
+
+/// Checks `<section>.tls_cert` and `tls_key`: both present, readable, and belonging together.
+/// Each file is read on its own so that a bad certificate and a bad key are both reported.
+fn check_tls_pair(
+    section: &str,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    bad: &mut impl FnMut(&str, String),
+) {
+    let cert_key = format!("{section}.tls_cert");
+    let key_key = format!("{section}.tls_key");
+    let chain = match cert {
+        None => {
+            bad(&cert_key, "required for TLS".to_owned());
+            None
+        }
+        Some(path) => crate::tls::read_chain(path)
+            .map_err(|e| bad(&cert_key, e.to_string()))
+            .ok(),
+    };
+    let private = match key {
+        None => {
+            bad(&key_key, "required for TLS".to_owned());
+            None
+        }
+        Some(path) => crate::tls::read_key(path)
+            .map_err(|e| bad(&key_key, e.to_string()))
+            .ok(),
+    };
+    if let (Some(_), Some(_), Some(cert), Some(key)) = (chain, private, cert, key) {
+        if let Err(e) = crate::tls::load_certified_key(cert, key) {
+            bad(&key_key, e.to_string());
         }
     }
 }

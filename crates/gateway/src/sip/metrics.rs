@@ -50,6 +50,9 @@ pub struct SipMetrics {
     /// allow: RTP Bleed / injection attempts) or `learning` (an allowed IP's new port still on
     /// probation). Running calls add theirs every second ([`super::call`]).
     pub rtp_dropped: IntCounterVec,
+    /// TLS connections closed because the handshake failed, by reason: `error` (garbage, a
+    /// plain SIP message, a missing or untrusted client certificate) or `timeout`.
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl SipMetrics {
@@ -142,7 +145,16 @@ impl SipMetrics {
         registry.register(Box::new(stateless.clone()))?;
         registry.register(Box::new(transactions.clone()))?;
         registry.register(Box::new(rtp_dropped.clone()))?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "sip_tls_handshake_failures_total",
+                "SIP TLS connections closed because the handshake failed, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
         Ok(Self {
+            tls_handshake_failures,
             dropped,
             bans,
             stateless,

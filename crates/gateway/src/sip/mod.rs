@@ -76,16 +76,18 @@ pub enum SipStartError {
     Metrics(#[from] prometheus::Error),
     #[error("[media] rtp_ports: {0}")]
     Ports(#[from] ports::PortError),
+    #[error("[sip] tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
-/// Binds the SIP listeners from `[sip] udp/tcp` and spawns the readers and the endpoint
+/// Binds the SIP listeners from `[sip] udp/tcp/tls` and spawns the readers and the endpoint
 /// task on `tasks`; everything stops when `shutdown` is cancelled (answered calls get BYE).
-/// Returns the bound addresses (port 0 resolved).
+/// Returns the bound addresses (port 0 resolved) and the TLS certificate, for SIGHUP reloads.
 pub async fn start(
     state: &AppState,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> Result<SipAddrs, SipStartError> {
+) -> Result<(SipAddrs, Option<Arc<crate::tls::ReloadingCert>>), SipStartError> {
     let config = &state.config;
     let metrics = metrics::SipMetrics::register(state.metrics.registry())?;
     let bind_error = |source| SipStartError::Bind {
@@ -94,11 +96,19 @@ pub async fn start(
         source,
     };
     let engines = config.sip.engine_count();
-    let listeners = transport::Listeners::bind(config.sip.udp, config.sip.tcp, engines)
+    let (tls_config, tls_cert) = match tls_server_config(&config.sip)? {
+        Some((addr, server, cert)) => (Some((addr, server)), Some(cert)),
+        None => (None, None),
+    };
+    let listeners = transport::Listeners::bind(config.sip.udp, config.sip.tcp, tls_config, engines)
         .await
         .map_err(bind_error)?;
     let udp = listeners.udp[0].local_addr().map_err(bind_error)?;
     let tcp = listeners.tcp.local_addr().map_err(bind_error)?;
+    let tls = match &listeners.tls {
+        Some((l, _)) => Some(l.local_addr().map_err(bind_error)?),
+        None => None,
+    };
     let udp_sockets = listeners.udp.clone();
     let ports = ports::RtpPortAllocator::from_spec(&config.media.rtp_ports)?;
     let (queues, receivers): (Vec<_>, Vec<_>) = (0..engines)
@@ -134,6 +144,7 @@ pub async fn start(
     let local = flow::LocalAddrs {
         udp: reachable(udp),
         tcp: reachable(tcp),
+        tls: tls.map(reachable),
     };
     // One nonce secret for every engine: a challenge from one is answered through another.
     let nonce_secret: [u8; 32] = rand::random();
@@ -172,9 +183,30 @@ pub async fn start(
         );
         tasks.spawn(engine.run(inbound_rx, commands_rx, shutdown.clone()));
     }
-    tracing::info!(%udp, %tcp, engines, "SIP listening");
-    Ok(SipAddrs { udp, tcp })
+    tracing::info!(%udp, %tcp, tls = ?tls, engines, "SIP listening");
+    Ok((SipAddrs { udp, tcp, tls }, tls_cert))
 }
+
+/// The TLS listener's address, server configuration and reloadable certificate, when
+/// `[sip] tls` is set (config validation has checked the files already; they are read again
+/// here, so a file changed in between is still caught).
+fn tls_server_config(
+    sip: &crate::config::SipConfig,
+) -> Result<Option<TlsParts>, crate::tls::TlsError> {
+    let (Some(addr), Some(cert), Some(key)) = (sip.tls, &sip.tls_cert, &sip.tls_key) else {
+        return Ok(None);
+    };
+    let reloading = crate::tls::ReloadingCert::load("sip", cert, key)?;
+    let server =
+        crate::tls::server_config(Arc::clone(&reloading), sip.tls_client_ca.as_deref(), &[])?;
+    Ok(Some((addr, server, reloading)))
+}
+
+type TlsParts = (
+    SocketAddr,
+    Arc<rustls::ServerConfig>,
+    Arc<crate::tls::ReloadingCert>,
+);
 
 /// How the gateway runs the SIP engine: the call layer answers every new INVITE in the same
 /// turn (a stateless refusal or 180), so the endpoint holds its `100 Trying` back for the

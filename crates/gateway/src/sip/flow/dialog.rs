@@ -17,13 +17,18 @@ impl<P: MediaPorts> CallFlow<P> {
         if call.state != CallState::Ringing {
             return;
         }
-        let (txn, sdp, transport) = (call.invite_txn, call.local_sdp.clone(), call.transport);
+        let (txn, sdp, transport, secure) = (
+            call.invite_txn,
+            call.local_sdp.clone(),
+            call.transport,
+            call.secure,
+        );
         let Some(ok) = self.endpoint.response(txn, 200) else {
             return;
         };
         let ok = ok
             .header("Server", SERVER)
-            .header("Contact", self.contact(transport))
+            .header("Contact", self.contact(transport, secure))
             .header("Allow", ALLOW)
             .header("Supported", SUPPORTED.join(", "))
             .body("application/sdp", sdp.as_bytes());
@@ -100,11 +105,12 @@ impl<P: MediaPorts> CallFlow<P> {
     ) {
         let msg = request.message();
         let call_id = msg.call_id().unwrap_or("").to_owned();
-        let Some(transport) = self.calls.get(&call_id).map(|c| c.transport) else {
+        let Some((transport, secure)) = self.calls.get(&call_id).map(|c| (c.transport, c.secure))
+        else {
             self.reply(now, txn, &Refusal::no_such_dialog());
             return;
         };
-        let contact = self.contact(transport);
+        let contact = self.contact(transport, secure);
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };

@@ -36,6 +36,8 @@ struct Admitted {
     caller: String,
     /// The trunk owning the called number, if the number is known.
     connection: Option<Connection>,
+    /// The Request-URI is `sips:`.
+    secure: bool,
 }
 
 /// Media for an accepted call: our SDP and the reserved ports.
@@ -159,6 +161,9 @@ impl<P: MediaPorts> CallFlow<P> {
             called,
             caller,
             connection: connection.cloned(),
+            secure: request_uri
+                .get(..5)
+                .is_some_and(|s| s.eq_ignore_ascii_case("sips:")),
         })
     }
 
@@ -284,6 +289,7 @@ impl<P: MediaPorts> CallFlow<P> {
                 call_sid,
                 invite_txn: txn,
                 transport,
+                secure: admitted.secure,
                 state: CallState::Ringing,
                 dialog: None,
                 sdp: media.sdp,
@@ -295,7 +301,8 @@ impl<P: MediaPorts> CallFlow<P> {
         );
         self.by_invite.insert(txn, admitted.call_id);
         self.metrics.calls_active.inc();
-        let ringing = Refusal::status(180).with("Contact", self.contact(transport));
+        let ringing =
+            Refusal::status(180).with("Contact", self.contact(transport, admitted.secure));
         self.reply(now, txn, &ringing);
         self.outputs.push_back(Output::StartCall(Box::new(start)));
     }

@@ -86,14 +86,16 @@ pub trait MediaPorts {
 pub struct LocalAddrs {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The SIP over TLS listener, when there is one.
+    pub tls: Option<SocketAddr>,
 }
 
 impl LocalAddrs {
     fn for_transport(&self, transport: Transport) -> SocketAddr {
-        if transport.is_stream() {
-            self.tcp
-        } else {
-            self.udp
+        match transport {
+            Transport::Udp => self.udp,
+            Transport::Tls => self.tls.unwrap_or(self.tcp),
+            _ => self.tcp,
         }
     }
 }
@@ -167,6 +169,8 @@ struct Call {
     call_sid: String,
     invite_txn: ServerTxnId,
     transport: Transport,
+    /// The INVITE's Request-URI was `sips:`: our Contact is `sips:` too.
+    secure: bool,
     state: CallState,
     /// Known once the ACK (or the ACK timeout) names it.
     dialog: Option<DialogId>,
@@ -484,12 +488,25 @@ impl<P: MediaPorts> CallFlow<P> {
         }
     }
 
-    fn contact(&self, transport: Transport) -> String {
+    /// Our Contact for a call that came over `transport`; `sips:` when the caller addressed
+    /// us with a `sips:` Request-URI (RFC 5630 §3.1.3: the dialog must stay secure).
+    fn contact(&self, transport: Transport, secure: bool) -> String {
         let addr = self.config.local.for_transport(transport);
-        let proto = if transport.is_stream() { "tcp" } else { "udp" };
+        let proto = match transport {
+            Transport::Udp => "udp",
+            Transport::Tls => "tls",
+            _ => "tcp",
+        };
+        let scheme = if secure { "sips" } else { "sip" };
         match addr.ip() {
-            IpAddr::V6(ip) => format!("<sip:switchboard@[{ip}]:{};transport={proto}>", addr.port()),
-            IpAddr::V4(ip) => format!("<sip:switchboard@{ip}:{};transport={proto}>", addr.port()),
+            IpAddr::V6(ip) => format!(
+                "<{scheme}:switchboard@[{ip}]:{};transport={proto}>",
+                addr.port()
+            ),
+            IpAddr::V4(ip) => format!(
+                "<{scheme}:switchboard@{ip}:{};transport={proto}>",
+                addr.port()
+            ),
         }
     }
 

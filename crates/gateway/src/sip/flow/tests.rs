@@ -162,6 +162,7 @@ impl Sim {
                 local: LocalAddrs {
                     udp: addr(GATEWAY),
                     tcp: addr(GATEWAY),
+                    tls: None,
                 },
                 advertised_ip: "192.0.2.9".parse().unwrap(),
                 media_timeout: Duration::from_secs(30),

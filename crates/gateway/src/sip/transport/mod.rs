@@ -1,7 +1,7 @@
-//! SIP over UDP and TCP: the socket side of the front end.
+//! SIP over UDP, TCP and TLS: the socket side of the front end.
 //!
-//! Each SIP engine reads its own UDP socket inline ([`UdpReader`]); one task per TCP
-//! connection frames stream messages and queues them, as [`Inbound`] items, for the engine
+//! Each SIP engine reads its own UDP socket inline ([`UdpReader`]); one task per TCP or TLS
+//! connection ([`stream`]) frames stream messages and queues them, as [`Inbound`] items, for the engine
 //! owning their Call-ID ([`owner`]). Before
 //! anything is copied or parsed, the source is screened ([`Guard`]): untrusted and banned
 //! addresses are dropped (or, in `reject` mode, get a rare stateless 403) and TCP connections
@@ -19,17 +19,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use dashmap::DashMap;
+use bytes::Bytes;
 use switchboard_sip::stateless::StatelessTagger;
-use switchboard_sip::{Frame, HeaderName, OwnedMessage, StreamDecoder, Transport};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use switchboard_sip::{HeaderName, OwnedMessage, Transport};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::guard::{Guard, Offence, Standing, TcpSlot};
+use super::guard::{Guard, Offence, Standing};
 use super::metrics::SipMetrics;
 use super::rate_limit::{RateLimiter, Verdict};
 use super::refusal::Refusal;
@@ -49,9 +47,6 @@ pub const MAX_TCP_CONNECTIONS: usize = 4096;
 /// A TCP connection that carried nothing (not even a CRLF keep-alive) for this long is
 /// closed. Carriers ping every 30–60 s; five minutes of silence means the peer is gone.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Read buffer for TCP; messages larger than this are assembled across reads.
-const TCP_READ_CHUNK: usize = 16 * 1024;
 
 /// One message from the network, for a SIP engine.
 #[derive(Debug, Clone)]
@@ -392,7 +387,8 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 pub struct Outbound {
     udp: Arc<UdpSocket>,
     udp_is_v6: bool,
-    tcp: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    /// TCP and TLS connections alike: a peer's address names one connection.
+    tcp: stream::Connections,
     metrics: SipMetrics,
 }
 
@@ -452,15 +448,18 @@ pub struct Listeners {
     /// peers over them by address hash).
     pub udp: Vec<Arc<UdpSocket>>,
     pub tcp: TcpListener,
+    /// The SIP over TLS listener and its acceptor, when `[sip] tls` is set.
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl Listeners {
-    /// Binds `engines` UDP sockets on `udp` and the TCP listener (port 0 allowed: the first
-    /// socket picks the port, the others join it). An IPv6 wildcard address is dual-stack on
-    /// Linux, so `[::]:5060` serves IPv4 and IPv6 peers.
+    /// Binds `engines` UDP sockets on `udp`, the TCP listener and, with `tls`, the TLS
+    /// listener (port 0 allowed: the first UDP socket picks the port, the others join it). An
+    /// IPv6 wildcard address is dual-stack on Linux, so `[::]:5060` serves IPv4 and IPv6 peers.
     pub async fn bind(
         udp: SocketAddr,
         tcp: SocketAddr,
+        tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
         engines: usize,
     ) -> std::io::Result<Listeners> {
         let first = reuse_port_udp(udp)?;
@@ -470,18 +469,26 @@ impl Listeners {
             sockets.push(Arc::new(reuse_port_udp(bound)?));
         }
         let tcp = TcpListener::bind(tcp).await?;
-        Ok(Listeners { udp: sockets, tcp })
+        let tls = match tls {
+            None => None,
+            Some((addr, config)) => Some((TcpListener::bind(addr).await?, config)),
+        };
+        Ok(Listeners {
+            udp: sockets,
+            tcp,
+            tls,
+        })
     }
 
-    /// Spawns the TCP acceptor; returns each engine's sending half (its own UDP socket, the
-    /// shared TCP connections).
+    /// Spawns the TCP (and TLS) acceptors; returns each engine's sending half (its own UDP
+    /// socket, the shared stream connections).
     pub fn spawn(
         self,
         shared: ReaderShared,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> std::io::Result<Vec<Outbound>> {
-        let tcp_conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>> = Arc::default();
+        let tcp_conns: stream::Connections = Arc::default();
         let mut outbounds = Vec::with_capacity(self.udp.len());
         for udp in &self.udp {
             outbounds.push(Outbound {
@@ -491,8 +498,19 @@ impl Listeners {
                 metrics: shared.metrics.clone(),
             });
         }
-        tasks.spawn(tcp_acceptor(
+        if let Some((listener, config)) = self.tls {
+            tasks.spawn(stream::acceptor(
+                listener,
+                stream::StreamKind::Tls(tokio_rustls::TlsAcceptor::from(config)),
+                shared.clone(),
+                Arc::clone(&tcp_conns),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
+        tasks.spawn(stream::acceptor(
             self.tcp,
+            stream::StreamKind::Tcp,
             shared,
             tcp_conns,
             shutdown,
@@ -576,164 +594,7 @@ impl UdpReader {
     }
 }
 
-/// Removes a connection's writer from the registry when its reader ends.
-struct Registered {
-    peer: SocketAddr,
-    conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>>,
-    /// The source's TCP slot, given back when the connection ends.
-    _slot: TcpSlot,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.conns.remove(&self.peer);
-    }
-}
-
-async fn tcp_acceptor(
-    listener: TcpListener,
-    shared: ReaderShared,
-    conns: Arc<DashMap<SocketAddr, mpsc::Sender<Bytes>>>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "SIP TCP accept failed");
-                    // EMFILE: back off briefly instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let peer = canonical(peer);
-        let now = Instant::now();
-        let standing = shared.guard.standing(now, peer.ip());
-        if standing != Standing::Trusted {
-            // Closed at accept: an untrusted address never holds a socket of ours.
-            shared.guard.dropped(now, peer.ip(), standing);
-            drop(stream);
-            continue;
-        }
-        let Some(slot) = shared.guard.tcp_slot(peer.ip()) else {
-            drop(stream);
-            continue;
-        };
-        if conns.len() >= MAX_TCP_CONNECTIONS {
-            shared
-                .metrics
-                .queue_full
-                .with_label_values(&["tcp_connections"])
-                .inc();
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let (writer_tx, writer_rx) = mpsc::channel(TCP_WRITE_QUEUE);
-        conns.insert(peer, writer_tx.clone());
-        let registered = Registered {
-            peer,
-            conns: Arc::clone(&conns),
-            _slot: slot,
-        };
-        tasks.spawn(tcp_connection(
-            stream,
-            peer,
-            shared.clone(),
-            writer_tx,
-            writer_rx,
-            registered,
-            shutdown.clone(),
-        ));
-    }
-}
-
-async fn tcp_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: ReaderShared,
-    writer_tx: mpsc::Sender<Bytes>,
-    mut writer_rx: mpsc::Receiver<Bytes>,
-    registered: Registered,
-    shutdown: CancellationToken,
-) {
-    let (mut read, mut write) = stream.into_split();
-    let writer_shutdown = shutdown.child_token();
-    let writer_done = writer_shutdown.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            let bytes = tokio::select! {
-                () = writer_shutdown.cancelled() => break,
-                next = writer_rx.recv() => match next {
-                    Some(b) => b,
-                    None => break,
-                },
-            };
-            if write.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = write.shutdown().await;
-    });
-    let mut decoder = StreamDecoder::new(shared.max_message_bytes);
-    let mut buf = BytesMut::with_capacity(TCP_READ_CHUNK);
-    'conn: loop {
-        buf.reserve(TCP_READ_CHUNK);
-        let read_result = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = tokio::time::timeout(TCP_IDLE_TIMEOUT, read.read_buf(&mut buf)) => r,
-        };
-        match read_result {
-            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(_)) => {}
-        }
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(None) => break,
-                Ok(Some(Frame::KeepAlive)) => {
-                    // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
-                    let _ = writer_tx.try_send(Bytes::from_static(b"\r\n"));
-                }
-                Ok(Some(Frame::Message(message))) => {
-                    if shared.screen(peer, &message.bytes()).is_err() {
-                        // Banned (or no longer trusted) mid-connection: close it.
-                        break 'conn;
-                    }
-                    if let Some(reply) = shared.admit(peer, Transport::Tcp, message.bytes()) {
-                        let _ = writer_tx.try_send(reply);
-                    }
-                }
-                Err(e) => {
-                    // The stream can no longer be framed (RFC 3261 §18.3): answer what we
-                    // can, then close.
-                    shared
-                        .metrics
-                        .parse_errors
-                        .with_label_values(&["closed"])
-                        .inc();
-                    if matches!(e, switchboard_sip::SipError::MessageTooLarge { .. }) {
-                        shared.metrics.oversized.inc();
-                    }
-                    tracing::debug!(%peer, error = %e, "closing SIP TCP connection");
-                    break 'conn;
-                }
-            }
-        }
-    }
-    drop(registered);
-    drop(writer_tx);
-    // Let queued responses drain, but not forever.
-    if tokio::time::timeout(Duration::from_secs(2), writer)
-        .await
-        .is_err()
-    {
-        writer_done.cancel();
-    }
-}
+pub mod stream;
 
 #[cfg(test)]
 mod tests;

@@ -246,6 +246,7 @@ async fn udp_and_tcp_messages_reach_the_queue_and_tcp_replies_use_the_connection
     let listeners = Listeners::bind(
         "127.0.0.1:0".parse().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
+        None,
         2,
     )
     .await
