@@ -9,6 +9,8 @@
 mod harness;
 #[path = "sip_e2e/hostile.rs"]
 mod hostile;
+#[path = "sip_e2e/tls.rs"]
+mod tls;
 #[path = "sip_e2e/torture.rs"]
 mod torture;
 

@@ -215,6 +215,7 @@ mod tests {
     //! nothing asserts how fast anything was.
 
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::config::{ApiKey, Config};

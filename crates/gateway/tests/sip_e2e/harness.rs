@@ -108,6 +108,8 @@ pub struct Daemon {
     child: Child,
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
+    /// The SIP over TLS listener, when the options' env set `SWITCHBOARD_SIP_TLS`.
+    pub sip_tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     /// The configured `[media] rtp_ports` (with one pair, its first port is every call's).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
@@ -198,6 +200,7 @@ agent_connect_timeout_ms = {connect}
         Ok(Daemon {
             sip_udp: addr("sip_udp")?,
             sip_tcp: addr("sip_tcp")?,
+            sip_tls: addr("sip_tls").ok(),
             admin: addr("admin")?,
             rtp_ports,
             child,

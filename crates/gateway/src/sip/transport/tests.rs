@@ -4,6 +4,8 @@ use super::*;
 use crate::config::{SipConfig, UntrustedPolicy};
 use switchboard_routing::model::{Connection, Scope};
 use switchboard_routing::{Change, RoutingSettings, RoutingSnapshot, RoutingTable};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 /// A routing table whose one connection trusts `nets`.
 fn table_trusting(nets: &[&str]) -> Arc<RoutingTable> {
