@@ -2,7 +2,7 @@
 # A throwaway PostgreSQL on loopback for the store's (and the gateway's) tests.
 #
 #   eval "$(tests/pg.sh start)"   # installs postgresql if missing, starts a cluster, exports
-#                                 # SWITCHBOARD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/switchboard_test
+#                                 # SWITCHBOARD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/switchboard_test?sslmode=verify-full&sslrootcert=DIR/ca.pem
 #   tests/pg.sh url               # prints the export line of the running cluster
 #   tests/pg.sh stop              # stops it and deletes its directory
 #
@@ -10,6 +10,9 @@
 # in $SWITCHBOARD_PG_DIR (default: $TMPDIR/switchboard-pg-$UID), listens on 127.0.0.1 only
 # (first free port from $SWITCHBOARD_PG_PORT, default 55432) with its unix socket in that
 # directory, and trusts local connections: it is for tests, never for data that matters.
+# It runs with ssl = on and a server certificate (for 127.0.0.1 only) from a throwaway CA made
+# here with the openssl CLI, so the suite's PostgreSQL tests run over verified TLS
+# (sslmode=verify-full); plain connections are still accepted (the sslmode tests use both).
 # Only the export line goes to stdout; progress goes to stderr.
 set -euo pipefail
 
@@ -56,7 +59,7 @@ port_in_use() {
 }
 
 export_line() {
-    echo "export SWITCHBOARD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$(cat "$PG_DIR/port")/$DATABASE"
+    echo "export SWITCHBOARD_TEST_POSTGRES_URL='postgres://postgres@127.0.0.1:$(cat "$PG_DIR/port")/$DATABASE?sslmode=verify-full&sslrootcert=$PG_DIR/ca.pem'"
 }
 
 is_running() {
@@ -102,12 +105,37 @@ unix_socket_directories = '$PG_DIR'
 max_connections = 300
 EOF
     echo "$port" >"$PG_DIR/port"
+    make_certificates
+
 
     log "starting on 127.0.0.1:$port"
     as_owner "$bin_dir/pg_ctl" -D "$DATA_DIR" -l "$PG_DIR/server.log" -w -t 60 start >&2
     as_owner "$bin_dir/psql" -h "$PG_DIR" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
         -c "CREATE DATABASE $DATABASE" >&2
     export_line
+}
+
+# A throwaway CA (ca.pem) and a server certificate for 127.0.0.1 signed by it, copied into the
+# data directory where ssl_cert_file/ssl_key_file find them.
+make_certificates() {
+    log "making a test CA and server certificate"
+    (
+        cd "$PG_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout ca.key -out ca.pem -days 30 -subj "/CN=switchboard pg.sh test CA" 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout server.key -out server.csr -subj "/CN=127.0.0.1" 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+            -extfile server.ext -out server.crt 2>/dev/null
+        cp server.crt server.key "$DATA_DIR/"
+        chmod 600 "$DATA_DIR/server.key"
+        if [[ $(id -u) -eq 0 ]]; then
+            chown postgres:postgres "$DATA_DIR/server.crt" "$DATA_DIR/server.key"
+        fi
+    )
+    printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" |
+        as_owner tee -a "$DATA_DIR/postgresql.conf" >/dev/null
 }
 
 stop() {

@@ -31,6 +31,7 @@
 mod codec;
 mod error;
 mod migrations;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 

@@ -23,12 +23,13 @@ use switchboard_routing::model::{
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore, SemaphorePermit};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{
-    AsyncMessage, Client, Config, GenericClient, IsolationLevel, NoTls, Row, Transaction,
+    AsyncMessage, Client, Config, GenericClient, IsolationLevel, Row, Transaction,
 };
 
 use crate::codec::{self, MemberRow};
 use crate::error::Context;
 use crate::migrations::{self, CREATE_SCHEMA_VERSION};
+use crate::pg_tls::{self, MakeRustls};
 use crate::{
     global_scope, ChangeNotice, Dataset, RecordKind, Revision, StoreError, CHANGE_LOG_RETENTION,
     NOTICE_CHANNEL_CAPACITY,
@@ -92,11 +93,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl PgStore {
     pub(crate) async fn open(url: &str, origin: String) -> Result<Self, StoreError> {
-        let mut config: Config =
-            url.parse()
-                .map_err(|err: tokio_postgres::Error| StoreError::InvalidUrl {
-                    reason: err.to_string(),
-                })?;
+        // `sslmode` and `sslrootcert` as libpq means them (see `pg_tls`).
+        let (mut config, tls) = pg_tls::parse(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -108,7 +106,7 @@ impl PgStore {
             config.application_name(POOL_APPLICATION_NAME);
         }
 
-        let pool = Pool::new(config);
+        let pool = Pool::new(config, tls.clone());
         let revision = {
             let mut client = pool.get().await?;
             migrate(&mut client).await?;
@@ -116,11 +114,12 @@ impl PgStore {
         };
 
         // Listen before returning, so a write committed after `open` is never missed.
-        let connection = ListenConnection::connect(&listener_config).await?;
+        let connection = ListenConnection::connect(&listener_config, &tls).await?;
         let (notices, _) = broadcast::channel(NOTICE_CHANNEL_CAPACITY);
         let (stop_listener, stop) = oneshot::channel();
         let listener = Listener {
             config: listener_config,
+            tls,
             origin: origin.clone(),
             notices: notices.clone(),
             last_seen: revision,
@@ -1131,6 +1130,7 @@ fn member_from_row(row: &Row, first: usize) -> Result<CohortMember, StoreError> 
 /// Idle clients plus a semaphore bounding how many are in use.
 struct Pool {
     config: Config,
+    tls: MakeRustls,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
 }
@@ -1143,9 +1143,10 @@ struct PooledClient<'pool> {
 }
 
 impl Pool {
-    fn new(config: Config) -> Self {
+    fn new(config: Config, tls: MakeRustls) -> Self {
         Pool {
             config,
+            tls,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(POOL_SIZE),
         }
@@ -1167,7 +1168,7 @@ impl Pool {
         };
         let client = match reusable {
             Some(client) => client,
-            None => connect(&self.config).await?,
+            None => connect(&self.config, &self.tls).await?,
         };
         Ok(PooledClient {
             client: Some(client),
@@ -1207,8 +1208,8 @@ impl Drop for PooledClient<'_> {
     }
 }
 
-async fn connect(config: &Config) -> Result<Client, StoreError> {
-    let (client, connection) = config.connect(NoTls).await.ctx("connect")?;
+async fn connect(config: &Config, tls: &MakeRustls) -> Result<Client, StoreError> {
+    let (client, connection) = config.connect(tls.clone()).await.ctx("connect")?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!(%err, "postgres connection closed with an error");
@@ -1244,8 +1245,8 @@ impl Drop for ListenConnection {
 }
 
 impl ListenConnection {
-    async fn connect(config: &Config) -> Result<Self, StoreError> {
-        let (client, mut connection) = config.connect(NoTls).await.ctx("connect listener")?;
+    async fn connect(config: &Config, tls: &MakeRustls) -> Result<Self, StoreError> {
+        let (client, mut connection) = config.connect(tls.clone()).await.ctx("connect listener")?;
         let (sender, notifications) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
@@ -1278,6 +1279,7 @@ impl ListenConnection {
 /// Turns committed changes into notices, in revision order, exactly once each.
 struct Listener {
     config: Config,
+    tls: MakeRustls,
     origin: String,
     notices: broadcast::Sender<ChangeNotice>,
     /// Every revision up to here has been seen (emitted, or skipped as our own).
@@ -1323,7 +1325,7 @@ impl Listener {
             }
             tokio::select! {
                 _ = &mut *stop => return None,
-                connected = ListenConnection::connect(&self.config) => match connected {
+                connected = ListenConnection::connect(&self.config, &self.tls) => match connected {
                     Ok(connection) => {
                         tracing::info!("change listener reconnected");
                         return Some(connection);

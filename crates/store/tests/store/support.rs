@@ -77,9 +77,11 @@ impl TestDb {
     }
 }
 
-/// Runs one statement on the database `url` names.
+/// Runs one statement on the database `url` names (over a plain connection: `sslmode` and
+/// `sslrootcert`, which only the store understands in full, are left out).
 pub async fn admin_execute(url: &str, sql: &str) -> anyhow::Result<u64> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let plain = without_tls_params(url);
+    let (client, connection) = tokio_postgres::connect(&plain, NoTls)
         .await
         .with_context(|| format!("connect for {sql:?}"))?;
     let driver = tokio::spawn(connection);
@@ -104,6 +106,21 @@ pub async fn execute_sql(store_url: &str, sql: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `url` without its `sslmode` and `sslrootcert` query parameters.
+fn without_tls_params(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with("sslmode=") && !p.starts_with("sslrootcert="))
+        .collect();
+    match kept.is_empty() {
+        true => base.to_owned(),
+        false => format!("{base}?{}", kept.join("&")),
+    }
 }
 
 /// `url` with its database name replaced by `database` (query parameters kept).
