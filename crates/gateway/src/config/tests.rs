@@ -126,3 +126,105 @@ fn keys_never_print() {
     assert!(!format!("{c:?}").contains("sekrit"));
     assert!(!toml::to_string(&c).unwrap().contains("sekrit"));
 }
+
+/// Writes a self-signed certificate and key (openssl CLI) as `<name>.pem`/`<name>.key`;
+/// `None` (with a notice) when openssl is missing.
+fn self_signed(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Some((cert, key)),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "openssl is required in CI"
+            );
+            eprintln!("skipped: openssl not found");
+            None
+        }
+    }
+}
+
+#[test]
+fn every_tls_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((cert_a, _key_a)) = self_signed(dir.path(), "a") else {
+        return;
+    };
+    let Some((_cert_b, key_b)) = self_signed(dir.path(), "b") else {
+        return;
+    };
+    let missing = dir.path().join("missing.pem");
+    let text = format!(
+        r#"
+        [sip]
+        tls = "0.0.0.0:5061"
+        tls_cert = "{cert_a}"
+        tls_key = "{key_b}"
+        tls_client_ca = "{missing}"
+        [admin]
+        tls_cert = "{missing}"
+    "#,
+        cert_a = cert_a.display(),
+        key_b = key_b.display(),
+        missing = missing.display(),
+    );
+    let errs = Config::from_toml_str(&text).unwrap_err().0;
+    let found: Vec<(&str, &str)> = errs
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    let has = |key: &str, words: &str| found.iter().any(|(k, m)| *k == key && m.contains(words));
+    assert!(has("sip.tls_key", "does not belong"), "{found:?}");
+    assert!(has("sip.tls_client_ca", "missing.pem"), "{found:?}");
+    assert!(has("admin.tls_cert", "missing.pem"), "{found:?}");
+    assert!(has("admin.tls_key", "required"), "{found:?}");
+    assert_eq!(errs.len(), 4, "{found:?}");
+
+    // `tls` without a certificate, and a certificate without `tls`.
+    let errs = Config::from_toml_str("[sip]\ntls = \"0.0.0.0:5061\"")
+        .unwrap_err()
+        .0;
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["sip.tls_cert", "sip.tls_key"]);
+    let text = format!(
+        "[sip]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert_a.display(),
+        dir.path().join("a.key").display()
+    );
+    let errs = Config::from_toml_str(&text).unwrap_err().0;
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["sip.tls"]);
+
+    // A matching pair, from the environment like any other key.
+    let c = Config::load(
+        None,
+        env(&[
+            ("SWITCHBOARD_SIP_TLS", "127.0.0.1:5061"),
+            ("SWITCHBOARD_SIP_TLS_CERT", cert_a.to_str().unwrap()),
+            (
+                "SWITCHBOARD_SIP_TLS_KEY",
+                dir.path().join("a.key").to_str().unwrap(),
+            ),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.sip.tls, Some("127.0.0.1:5061".parse().unwrap()));
+}
