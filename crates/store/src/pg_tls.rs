@@ -84,7 +84,7 @@ pub(crate) fn parse(url: &str) -> Result<(Config, MakeRustls), StoreError> {
         None => None,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
+    let chain = match (mode, roots) {
         (Mode::VerifyCa | Mode::VerifyFull, None) => {
             return Err(invalid(format!(
                 "sslmode={} needs sslrootcert=PATH (a PEM CA bundle)",
@@ -95,14 +95,17 @@ pub(crate) fn parse(url: &str) -> Result<(Config, MakeRustls), StoreError> {
                 }
             )))
         }
-        (Mode::VerifyFull, Some(roots)) => webpki(roots, &provider)?,
-        (Mode::VerifyCa | Mode::Require, Some(roots)) => Arc::new(ChainOnly {
-            inner: webpki(roots, &provider)?,
-        }),
-        (Mode::Disable | Mode::Prefer | Mode::Require, _) => Arc::new(Unverified {
-            provider: Arc::clone(&provider),
-        }),
+        // libpq: `require` with a root certificate behaves as `verify-ca`.
+        (Mode::Require | Mode::VerifyCa | Mode::VerifyFull, Some(roots)) => {
+            Some(webpki(roots, &provider)?)
+        }
+        _ => None,
     };
+    let verifier = Arc::new(LibpqVerifier {
+        chain,
+        check_name: mode == Mode::VerifyFull,
+        provider: Arc::clone(&provider),
+    });
     let tls = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(e.to_string()))?
@@ -186,14 +189,22 @@ fn webpki(
         .map_err(|e| invalid(format!("sslrootcert: {e}")))
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name in it is not checked (libpq's
-/// meaning: the server may be reached by an address its certificate does not list).
+/// The server check `sslmode` asks for. The handshake signature is always verified (with the
+/// provider's algorithms); what varies is the certificate check:
+/// - no `chain` (`prefer`, `require` without `sslrootcert`): none, libpq's encryption against
+///   passive eavesdropping only;
+/// - `chain` without `check_name` (`verify-ca`, `require` with `sslrootcert`): the chain must
+///   lead to a trusted root, the name is not checked (the server may be reached by an address
+///   its certificate does not list);
+/// - `chain` with `check_name` (`verify-full`): chain and host name.
 #[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
+struct LibpqVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -202,16 +213,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -222,7 +230,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -231,59 +240,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert`: encryption against passive eavesdropping, no
-/// authentication of the server (libpq's behaviour; the handshake signature is still checked).
-#[derive(Debug)]
-struct Unverified {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -256,6 +256,15 @@ struct TlsCaller {
 }
 
 impl TlsCaller {
+    /// A caller on `tls`, which is connected to the gateway's TLS listener `gateway`.
+    fn on(tls: &TlsStream<TcpStream>, gateway: std::net::SocketAddr) -> TlsCaller {
+        TlsCaller {
+            local: tls.get_ref().0.local_addr().unwrap(),
+            gateway,
+            seq: 0,
+        }
+    }
+
     fn options(&mut self) -> String {
         self.seq += 1;
         let (local, gw, seq) = (self.local, self.gateway, self.seq);
@@ -316,6 +325,14 @@ fn ok_for(request: &str) -> String {
     out
 }
 
+/// Sends an OPTIONS over `tls` and expects its 200 OK on the same connection.
+async fn assert_options_answered(tls: &mut TlsStream<TcpStream>, gateway: std::net::SocketAddr) {
+    let options = TlsCaller::on(tls, gateway).options();
+    send(tls, &options).await;
+    let answer = SipReader::default().next(tls).await.unwrap();
+    assert_eq!(status(&answer), Some(200), "{answer}");
+}
+
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, message: &str) {
     stream.write_all(message.as_bytes()).await.expect("write");
 }
@@ -353,12 +370,7 @@ async fn calls_over_tls_are_answered_and_hung_up_on_the_same_connection() {
     let mut tls = tls_connect(&pki.connector(false), tls_addr)
         .await
         .expect("TLS handshake");
-    let local = tls.get_ref().0.local_addr().unwrap();
-    let mut ua = TlsCaller {
-        local,
-        gateway: tls_addr,
-        seq: 0,
-    };
+    let mut ua = TlsCaller::on(&tls, tls_addr);
     let mut reader = SipReader::default();
 
     // OPTIONS keep-alive.
@@ -516,15 +528,7 @@ async fn garbage_and_failed_handshakes_on_the_tls_port_are_closed_and_udp_keeps_
 
     // The daemon still serves: a TLS OPTIONS, and a routed call over UDP.
     let mut tls = tls_connect(&pki.connector(false), tls_addr).await.unwrap();
-    let local = tls.get_ref().0.local_addr().unwrap();
-    let mut ua = TlsCaller {
-        local,
-        gateway: tls_addr,
-        seq: 0,
-    };
-    send(&mut tls, &ua.options()).await;
-    let answer = SipReader::default().next(&mut tls).await.unwrap();
-    assert_eq!(status(&answer), Some(200), "{answer}");
+    assert_options_answered(&mut tls, tls_addr).await;
     if !sipp_missing() {
         expect_sipp_ok(
             &fixture.daemon,
@@ -553,13 +557,8 @@ async fn mutual_tls_rejects_a_client_without_a_certificate() {
     // ends the connection before any SIP answer.
     let refused = async {
         let mut tls = tls_connect(&pki.connector(false), tls_addr).await?;
-        let local = tls.get_ref().0.local_addr()?;
-        let mut ua = TlsCaller {
-            local,
-            gateway: tls_addr,
-            seq: 0,
-        };
-        tls.write_all(ua.options().as_bytes()).await?;
+        tls.write_all(TlsCaller::on(&tls, tls_addr).options().as_bytes())
+            .await?;
         SipReader::default().next(&mut tls).await
     }
     .await;
@@ -570,15 +569,7 @@ async fn mutual_tls_rejects_a_client_without_a_certificate() {
 
     // With the CA-signed client certificate: answered.
     let mut tls = tls_connect(&pki.connector(true), tls_addr).await.unwrap();
-    let local = tls.get_ref().0.local_addr().unwrap();
-    let mut ua = TlsCaller {
-        local,
-        gateway: tls_addr,
-        seq: 0,
-    };
-    send(&mut tls, &ua.options()).await;
-    let answer = SipReader::default().next(&mut tls).await.unwrap();
-    assert_eq!(status(&answer), Some(200), "{answer}");
+    assert_options_answered(&mut tls, tls_addr).await;
     let metrics = fixture.daemon.admin().metrics().unwrap();
     assert!(
         metric(
@@ -658,15 +649,7 @@ async fn sighup_swaps_the_certificate_without_dropping_connections() {
     assert_eq!(served_leaf(&new), second);
 
     // The connection made before the reload still carries SIP.
-    let local = old.get_ref().0.local_addr().unwrap();
-    let mut ua = TlsCaller {
-        local,
-        gateway: tls_addr,
-        seq: 0,
-    };
-    send(&mut old, &ua.options()).await;
-    let answer = SipReader::default().next(&mut old).await.unwrap();
-    assert_eq!(status(&answer), Some(200), "{answer}");
+    assert_options_answered(&mut old, tls_addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
