@@ -344,29 +344,43 @@ fn openssl_missing() -> bool {
     )
 }
 
-/// A fixture whose daemon also listens for SIP over TLS with a fresh PKI.
-async fn tls_fixture(agent: AgentBehaviour, extra_env: &[(String, String)]) -> (Fixture, Pki) {
+/// A fixture whose daemon also listens for SIP over TLS with a fresh PKI (requiring client
+/// certificates from the PKI's CA when `mutual_tls`), and that listener's address; `None`
+/// (with a notice) when openssl is missing.
+async fn tls_fixture(
+    agent: AgentBehaviour,
+    mutual_tls: bool,
+) -> Option<(Fixture, Pki, std::net::SocketAddr)> {
+    if openssl_missing() {
+        return None;
+    }
     let pki = Pki::new().expect("test PKI");
     let mut options = FixtureOptions {
         agent,
         ..FixtureOptions::default()
     };
     options.daemon.env = pki.sip_env();
-    options.daemon.env.extend(extra_env.iter().cloned());
-    (Fixture::start(options).await, pki)
+    if mutual_tls {
+        let ca = pki.path("ca.pem").display().to_string();
+        options
+            .daemon
+            .env
+            .push(("SWITCHBOARD_SIP_TLS_CLIENT_CA".into(), ca));
+    }
+    let fixture = Fixture::start(options).await;
+    let tls_addr = fixture.daemon.sip_tls.expect("TLS listener");
+    Some((fixture, pki, tls_addr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_over_tls_are_answered_and_hung_up_on_the_same_connection() {
-    if openssl_missing() {
-        return;
-    }
     let agent = AgentBehaviour {
         hang_up_after: Some(Duration::from_secs(2)),
         ..AgentBehaviour::default()
     };
-    let (fixture, pki) = tls_fixture(agent, &[]).await;
-    let tls_addr = fixture.daemon.sip_tls.expect("TLS listener");
+    let Some((fixture, pki, tls_addr)) = tls_fixture(agent, false).await else {
+        return;
+    };
     let mut tls = tls_connect(&pki.connector(false), tls_addr)
         .await
         .expect("TLS handshake");
@@ -479,11 +493,9 @@ with socket.create_connection((host, port), timeout=10) as raw:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_failed_handshakes_on_the_tls_port_are_closed_and_udp_keeps_serving() {
-    if openssl_missing() {
+    let Some((fixture, pki, tls_addr)) = tls_fixture(AgentBehaviour::default(), false).await else {
         return;
-    }
-    let (fixture, pki) = tls_fixture(AgentBehaviour::default(), &[]).await;
-    let tls_addr = fixture.daemon.sip_tls.expect("TLS listener");
+    };
 
     // Plain SIP (and random bytes) on the TLS port: the connection is closed, no answer.
     for garbage in [
@@ -540,18 +552,9 @@ async fn garbage_and_failed_handshakes_on_the_tls_port_are_closed_and_udp_keeps_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_rejects_a_client_without_a_certificate() {
-    if openssl_missing() {
+    let Some((fixture, pki, tls_addr)) = tls_fixture(AgentBehaviour::default(), true).await else {
         return;
-    }
-    let pki = Pki::new().expect("test PKI");
-    let mut options = FixtureOptions::default();
-    options.daemon.env = pki.sip_env();
-    options.daemon.env.push((
-        "SWITCHBOARD_SIP_TLS_CLIENT_CA".into(),
-        pki.path("ca.pem").display().to_string(),
-    ));
-    let fixture = Fixture::start(options).await;
-    let tls_addr = fixture.daemon.sip_tls.expect("TLS listener");
+    };
 
     // Without a certificate: TLS 1.3 lets the client finish first; the server's alert then
     // ends the connection before any SIP answer.
@@ -616,11 +619,9 @@ fn sighup(daemon: &Daemon) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_swaps_the_certificate_without_dropping_connections() {
-    if openssl_missing() {
+    let Some((fixture, pki, tls_addr)) = tls_fixture(AgentBehaviour::default(), false).await else {
         return;
-    }
-    let (fixture, pki) = tls_fixture(AgentBehaviour::default(), &[]).await;
-    let tls_addr = fixture.daemon.sip_tls.expect("TLS listener");
+    };
     let connector = pki.connector(false);
     let mut old = tls_connect(&connector, tls_addr).await.unwrap();
     let first = file_leaf(&pki.path("server.pem"));
