@@ -7,6 +7,7 @@
 //! - [`admin`]: the admin HTTP API (hyper 1) that writes the store and hot-swaps the routing table.
 //! - [`metrics`]: Prometheus metrics, served by the admin listener at `/metrics`.
 //! - [`sip`]: sockets, transactions, trunk auth and the call flow (the SIP side).
+//! - [`tls`]: certificates for the SIP TLS and admin HTTPS listeners, reloaded on SIGHUP.
 //!
 //! [`start`] binds every listener (port 0 allowed) and returns a [`Running`] gateway with the
 //! bound addresses; [`run`] is `start` + wait for the shutdown token + drain. Shutdown is one

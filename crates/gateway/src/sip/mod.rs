@@ -12,7 +12,7 @@
 //! - [`identity`]: called and calling numbers of an INVITE.
 //! - [`screen`]: RFC 3261 §8.2 request screening (405/501/483/420/415/406).
 //! - [`trunk`]: source allowlists and digest authentication per connection.
-//! - [`transport`]: UDP/TCP listeners, readers with rate limiting, non-blocking sends.
+//! - [`transport`]: UDP/TCP/TLS listeners, readers with rate limiting, non-blocking sends.
 //!
 //! # Decisions (what a production SBC facing carriers does)
 //! - **Screening before state**: a source no connection admits is dropped before its datagram
@@ -27,7 +27,7 @@
 //!   adds `rport` to every UDP request's top Via ([`transport::request_rport`]), so the
 //!   endpoint's RFC 3581 routing applies whether or not the peer asked. Behind NAT the Via
 //!   port is fiction; a trunk's signalling source is where it listens. TCP responses use
-//!   the connection the request came on.
+//!   the connection the request came on; so do TLS responses and our in-dialog requests.
 //! - **Our BYE** waits for the ACK of our 200 (RFC 3261 §15) and carries a Reason header.
 //! - **Unknown numbers** from sources no trunk admits get 403, not 404: strangers cannot
 //!   probe which numbers exist. Admitted sources get the routing answer.
