@@ -210,9 +210,8 @@ async fn start_services(
     // `Some(sip::start(&state, shutdown.clone(), &tasks).await?)`.
     let (sip_addrs, sip_cert) = sip::start(&state, shutdown.clone(), &tasks).await?;
     reloadable.extend(sip_cert);
-    if !reloadable.is_empty() {
-        tasks.spawn(tls::reload_on_sighup(reloadable, shutdown.clone()));
-    }
+    // Always installed, so that SIGHUP (`systemctl reload`) never kills a gateway without TLS.
+    tasks.spawn(tls::reload_on_sighup(reloadable, shutdown.clone()));
     let sip_addrs = Some(sip_addrs);
 
     state.mark_ready();

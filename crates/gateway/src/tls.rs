@@ -195,6 +195,9 @@ pub async fn reload_on_sighup(certs: Vec<Arc<ReloadingCert>>, shutdown: Cancella
             () = shutdown.cancelled() => return,
             received = hangup.recv() => if received.is_none() { return },
         }
+        if certs.is_empty() {
+            tracing::info!("SIGHUP: no TLS certificate configured, nothing to reload");
+        }
         for cert in &certs {
             match cert.reload() {
                 Ok(()) => {
