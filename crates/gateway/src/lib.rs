@@ -211,7 +211,14 @@ async fn start_services(
     let (sip_addrs, sip_cert) = sip::start(&state, shutdown.clone(), &tasks).await?;
     reloadable.extend(sip_cert);
     // Always installed, so that SIGHUP (`systemctl reload`) never kills a gateway without TLS.
-    tasks.spawn(tls::reload_on_sighup(reloadable, shutdown.clone()));
+    match tls::reload_on_sighup(reloadable, shutdown.clone()) {
+        Ok(reloader) => {
+            tasks.spawn(reloader);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler: certificates will not be reloaded")
+        }
+    }
     let sip_addrs = Some(sip_addrs);
 
     state.mark_ready();

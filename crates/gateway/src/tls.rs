@@ -182,33 +182,37 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Re-reads every certificate on SIGHUP until `shutdown`. Connections and calls are untouched:
-/// only handshakes after the swap see the new certificate.
-pub async fn reload_on_sighup(certs: Vec<Arc<ReloadingCert>>, shutdown: CancellationToken) {
+/// Installs the SIGHUP handler now (so a SIGHUP right after start is never the default
+/// action, which would end the process) and returns the task that, until `shutdown`, re-reads
+/// every certificate on each SIGHUP. Connections and calls are untouched: only handshakes after
+/// the swap see the new certificate.
+pub fn reload_on_sighup(
+    certs: Vec<Arc<ReloadingCert>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler: certificates will not be reloaded");
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = hangup.recv() => if received.is_none() { return },
-        }
-        if certs.is_empty() {
-            tracing::info!("SIGHUP: no TLS certificate configured, nothing to reload");
-        }
-        for cert in &certs {
-            match cert.reload() {
-                Ok(()) => {
-                    tracing::info!(listener = cert.name, path = %cert.cert.display(), "TLS certificate reloaded")
-                }
-                Err(e) => {
-                    tracing::error!(listener = cert.name, error = %e, "TLS certificate reload failed; still serving the previous one")
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = hangup.recv() => if received.is_none() { return },
+            }
+            if certs.is_empty() {
+                tracing::info!("SIGHUP: no TLS certificate configured, nothing to reload");
+            }
+            for cert in &certs {
+                match cert.reload() {
+                    Ok(()) => {
+                        tracing::info!(listener = cert.name, path = %cert.cert.display(), "TLS certificate reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = cert.name, error = %e, "TLS certificate reload failed; still serving the previous one")
+                    }
                 }
             }
         }
-    }
+    })
 }
 
 /// Lets one log line through per second: failed handshakes come from scanners in bursts, and

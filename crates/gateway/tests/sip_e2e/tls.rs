@@ -703,3 +703,14 @@ async fn admin_api_over_https() {
         "{buf:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_harmless() {
+    let mut daemon = tokio::task::spawn_blocking(|| Daemon::start(&DaemonOptions::default()))
+        .await
+        .unwrap()
+        .expect("daemon starts");
+    sighup(&daemon);
+    wait_for_log(&daemon, "nothing to reload", 1).await;
+    assert!(daemon.is_running(), "{}", tail(&daemon.log(), 20));
+}
