@@ -512,6 +512,23 @@ async fn garbage_and_failed_handshakes_on_the_tls_port_are_closed_and_udp_keeps_
             "{buf:?}"
         );
     }
+    // A source no connection allows (127.0.0.2) is closed at accept, before any handshake:
+    // it counts as an untrusted drop, not as a handshake failure.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stranger_tcp = socket.connect(tls_addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap().to_owned();
+    let refused = pki.connector(false).connect(name, stranger_tcp).await;
+    assert!(refused.is_err(), "an untrusted source got a TLS session");
+    let metrics = fixture.daemon.admin().metrics().unwrap();
+    assert!(
+        metric(
+            &metrics,
+            "switchboard_sip_dropped_total",
+            "reason=\"untrusted\""
+        ) >= 1.0,
+        "{metrics}"
+    );
     // A client that does not trust the server's certificate aborts the handshake.
     let stranger = Pki::new().unwrap();
     assert!(tls_connect(&stranger.connector(false), tls_addr)
