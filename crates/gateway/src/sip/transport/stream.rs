@@ -216,7 +216,8 @@ impl Connection {
                         None => break,
                     },
                 };
-                if write.write_all(&bytes).await.is_err() {
+                // Flush: TLS may hold records back until asked (a no-op for TCP).
+                if write.write_all(&bytes).await.is_err() || write.flush().await.is_err() {
                     break;
                 }
             }
