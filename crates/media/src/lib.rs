@@ -23,6 +23,7 @@ pub mod g711;
 pub mod playout;
 pub mod rtp;
 pub mod sdp;
+pub mod srtp;
 pub mod strict_rtp;
 pub mod twilio;
 
