@@ -30,12 +30,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::agent_tls::AgentTls;
 use crate::dtmf::DtmfDetector;
 use crate::framer::CallerFramer;
 use crate::g711::{self, ALAW_SILENCE, ULAW_SILENCE};
 use crate::playout::Playout;
 use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
 use crate::sdp::{Codec, NegotiatedMedia};
+use crate::srtp::{SrtpDrop, SrtpStream, Unprotected};
 use crate::strict_rtp::{AllowedSources, SourceGuard, Verdict};
 use crate::twilio::{parse_agent_message, AgentEvent, CustomParameters, Outbound, StreamIds};
 use crate::MediaError;
@@ -107,11 +109,12 @@ impl AgentLink {
 
 /// Opens the WebSocket to `url` and sends `connected` and `start`, all within `timeout`.
 /// Call this before answering the INVITE: an error maps to 503 ([`MediaError::sip_status`]).
-/// Only `ws://` URLs are supported (the build has no TLS); `wss://` fails as a connect error.
+/// `wss://` URLs are verified with `tls` (chain and host name); `ws://` ignores it.
 pub async fn connect_agent(
     url: &str,
     params: StartParams,
     timeout: Duration,
+    tls: &AgentTls,
 ) -> Result<AgentLink, MediaError> {
     let connect_error = |e: tokio_tungstenite::tungstenite::Error| MediaError::AgentConnect {
         url: url.to_owned(),
@@ -122,10 +125,14 @@ pub async fn connect_agent(
             .max_message_size(Some(MAX_AGENT_MESSAGE))
             .max_frame_size(Some(MAX_AGENT_MESSAGE));
         // Nagle off: every 20 ms frame should leave at once.
-        let (mut ws, _response) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-                .await
-                .map_err(connect_error)?;
+        let (mut ws, _response) = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(config),
+            true,
+            Some(tls.connector()),
+        )
+        .await
+        .map_err(connect_error)?;
         let mut outbound = Outbound::new(params.ids);
         ws.feed(Message::text(outbound.connected()))
             .await
@@ -198,6 +205,8 @@ pub enum EndReason {
     MediaTimeout,
     /// The RTP socket kept failing.
     SocketError(String),
+    /// The negotiated SRTP keys could not be turned into contexts.
+    SrtpSetup(String),
 }
 
 /// Live counters of one bridge (relaxed atomics; read them for metrics).
@@ -210,6 +219,11 @@ pub struct BridgeStats {
     pub rtp_dropped_foreign: AtomicU64,
     /// Packets from an allowed IP but an address still on probation (strict RTP learning).
     pub rtp_dropped_learning: AtomicU64,
+    /// SRTP packets whose authentication tag did not verify (forged, corrupted, or plain RTP
+    /// on an SRTP call).
+    pub rtp_dropped_unauthenticated: AtomicU64,
+    /// SRTP packets already received or older than the replay window.
+    pub rtp_dropped_replayed: AtomicU64,
     pub media_to_agent: AtomicU64,
     pub agent_audio_bytes: AtomicU64,
     pub agent_audio_dropped: AtomicU64,
@@ -299,7 +313,12 @@ pub fn spawn_bridge(
     let stats = Arc::new(BridgeStats::default());
     let ids = agent.outbound.ids().clone();
     let backlog = cfg.max_agent_backlog.as_millis() as usize * SAMPLES_PER_MS as usize;
+    let (srtp, setup_error) = match negotiated.srtp.as_ref().map(SrtpStream::new).transpose() {
+        Ok(srtp) => (srtp, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let bridge = Bridge {
+        srtp,
         socket,
         ws: agent.ws,
         out: agent.outbound,
@@ -319,7 +338,7 @@ pub fn spawn_bridge(
         stats: stats.clone(),
         cfg,
     };
-    tokio::spawn(bridge.run(control.clone(), wake_rx, ended_tx));
+    tokio::spawn(bridge.run(control.clone(), wake_rx, ended_tx, setup_error));
     BridgeHandle {
         control,
         wake: wake_tx,
@@ -382,6 +401,8 @@ impl FrameSchedule {
 
 struct Bridge {
     socket: UdpSocket,
+    /// Present on SRTP calls: every datagram in is unprotected, every packet out protected.
+    srtp: Option<SrtpStream>,
     ws: AgentSocket,
     out: Outbound,
     media: NegotiatedMedia,
@@ -410,7 +431,14 @@ impl Bridge {
         control: Arc<Control>,
         mut wake: mpsc::Receiver<()>,
         ended_tx: watch::Sender<Option<EndReason>>,
+        setup_error: Option<String>,
     ) {
+        if let Some(why) = setup_error {
+            // Never fall back to clear media on a call that negotiated SRTP.
+            tracing::warn!(error = %why, "SRTP setup failed; ending the call");
+            ended_tx.send_replace(Some(EndReason::SrtpSetup(why)));
+            return;
+        }
         let mut schedule = FrameSchedule::starting(Instant::now());
         let pacer = tokio::time::sleep_until(schedule.next_due);
         tokio::pin!(pacer);
@@ -472,6 +500,16 @@ impl Bridge {
     }
 
     fn apply_media(&mut self, media: NegotiatedMedia) {
+        if media.srtp != self.media.srtp {
+            // Rekeyed (or the stream changed profile) by a re-INVITE.
+            match media.srtp.as_ref().map(SrtpStream::new).transpose() {
+                Ok(srtp) => self.srtp = srtp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SRTP rekey failed; keeping the previous keys");
+                    return;
+                }
+            }
+        }
         self.receiver
             .set_payload_types(media.payload_type, media.telephone_event);
         // The far end may have moved (re-INVITE): follow its new SDP address at once.
@@ -497,6 +535,28 @@ impl Bridge {
             bump(&self.stats.rtp_dropped_foreign, 1);
             return Ok(());
         }
+        let clear;
+        let datagram = match &mut self.srtp {
+            None => datagram,
+            Some(srtp) => match srtp.unprotect(datagram) {
+                Ok(Unprotected::Rtp(packet)) => {
+                    clear = packet;
+                    &clear[..]
+                }
+                Ok(Unprotected::Rtcp) => {
+                    bump(&self.stats.rtp_ignored, 1);
+                    return Ok(());
+                }
+                Err(SrtpDrop::Replayed) => {
+                    bump(&self.stats.rtp_dropped_replayed, 1);
+                    return Ok(());
+                }
+                Err(SrtpDrop::Unauthenticated) => {
+                    bump(&self.stats.rtp_dropped_unauthenticated, 1);
+                    return Ok(());
+                }
+            },
+        };
         let inbound = match self.receiver.receive(datagram) {
             Ok(inbound) => inbound,
             Err(_) => {
@@ -645,11 +705,22 @@ impl Bridge {
             self.media.payload_type,
             &mut packet,
         );
-        if let (Some(len), Some(to)) = (built, destination) {
-            // Never wait on a full socket buffer: a late frame is worth nothing.
-            if self.socket.try_send_to(&packet[..len], to).is_ok() {
-                bump(&self.stats.rtp_sent, 1);
-            }
+        let (Some(len), Some(to)) = (built, destination) else {
+            return;
+        };
+        // Never wait on a full socket buffer: a late frame is worth nothing.
+        let sent = match &mut self.srtp {
+            None => self.socket.try_send_to(&packet[..len], to).is_ok(),
+            Some(srtp) => match srtp.protect(&packet[..len]) {
+                Ok(wire) => self.socket.try_send_to(&wire, to).is_ok(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "SRTP protect failed; frame dropped");
+                    false
+                }
+            },
+        };
+        if sent {
+            bump(&self.stats.rtp_sent, 1);
         }
     }
 

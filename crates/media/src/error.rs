@@ -31,6 +31,9 @@ pub enum MediaError {
     /// An SRTP context could not be set up from negotiated keys.
     #[error("SRTP: {reason}")]
     Srtp { reason: String },
+    /// `[media] agent_ca_file` (or a test bundle) cannot be used as trust anchors.
+    #[error("agent TLS: {reason}")]
+    AgentTlsConfig { reason: String },
     /// The agent runtime's WebSocket could not be opened (bad URL, refused, handshake failed).
     #[error("agent runtime {url}: connect failed: {reason}")]
     AgentConnect { url: String, reason: String },

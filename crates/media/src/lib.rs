@@ -2,7 +2,9 @@
 //!
 //! Layout, in the order a call uses it:
 //! * [`sdp`] — parse the carrier's offer, answer PCMU/PCMA + telephone-event (RFC 3264);
-//!   late offers and hold re-INVITEs.
+//!   late offers and hold re-INVITEs; SDES `a=crypto` keys for `RTP/SAVP` (RFC 4568).
+//! * [`srtp`] — protect/unprotect an SRTP call's packets (RFC 3711, via webrtc-srtp).
+//! * [`agent_tls`] — rustls trust for `wss://` agent runtimes.
 //! * [`twilio`] — the Twilio Media Streams JSON dialect spoken to the agent runtime.
 //! * [`g711`] — µ-law / A-law tables (the agent hears µ-law; PCMA callers are transcoded).
 //! * [`rtp`], [`dtmf`] — caller packets in (RFC 3550, RFC 4733), our packets out.
@@ -15,6 +17,7 @@
 //!
 //! Errors from every module are one [`MediaError`].
 
+pub mod agent_tls;
 pub mod bridge;
 pub mod dtmf;
 mod error;
@@ -27,11 +30,15 @@ pub mod srtp;
 pub mod strict_rtp;
 pub mod twilio;
 
+pub use agent_tls::AgentTls;
 pub use bridge::{
     connect_agent, spawn_bridge, AgentLink, BridgeConfig, BridgeHandle, BridgeStats, EndReason,
     IdleAudio, StartParams,
 };
 pub use error::MediaError;
-pub use sdp::{negotiate, Answer, Codec, Direction, NegotiatedMedia, SdpSession};
+pub use sdp::{
+    negotiate, Answer, Codec, CryptoSuite, Direction, MediaEncryption, NegotiatedMedia, SdpSession,
+    SrtpParams,
+};
 pub use strict_rtp::{AllowedSources, SourceGuard, Verdict, PROBATION_PACKETS};
 pub use twilio::{CallInfo, CustomParameters, StreamIds};
