@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as README's quick start runs it:
 #   tests/run.sh
-# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, Python
-# venvs for SIPVicious and the Pipecat check) when missing, starts a throwaway PostgreSQL on loopback, runs every
-# Rust test in the workspace, then the Pipecat compatibility check. Nothing here is mocked.
+# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, openssl,
+# Python venvs for SIPVicious, the SRTP caller and wss agent, and the Pipecat check) when
+# missing, starts a throwaway PostgreSQL on loopback, runs every Rust test in the workspace,
+# then the Pipecat compatibility check. Nothing here is mocked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
@@ -31,6 +33,15 @@ if [ ! -x "$sipvicious_venv/bin/sipvicious_svmap" ]; then
     "$sipvicious_venv/bin/pip" install --quiet sipvicious
 fi
 export PATH="$sipvicious_venv/bin:$PATH"
+
+# The SRTP end-to-end tests: a caller speaking SRTP through libsrtp (pylibsrtp) and a wss://
+# agent (websockets) whose test CA is made with the openssl CLI. Reused between runs.
+srtp_venv="${SRTP_VENV:-/tmp/srtp-venv}"
+if ! "$srtp_venv/bin/python" -c "import pylibsrtp, websockets" >/dev/null 2>&1; then
+    python3 -m venv "$srtp_venv"
+    "$srtp_venv/bin/pip" install --quiet pylibsrtp websockets
+fi
+export SRTP_VENV="$srtp_venv"
 
 eval "$(tests/pg.sh start)"
 trap 'tests/pg.sh stop >/dev/null 2>&1 || true' EXIT
