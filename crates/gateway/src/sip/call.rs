@@ -71,8 +71,11 @@ pub struct CallSetup {
     pub agent_tls: AgentTls,
 }
 
+/// Reads one of a bridge's drop counters.
+type DropCounter = fn(&BridgeStats) -> &AtomicU64;
+
 /// The `reason` label of each per-call drop counter a bridge keeps.
-const DROP_REASONS: [(&str, fn(&BridgeStats) -> &AtomicU64); 4] = [
+const DROP_REASONS: [(&str, DropCounter); 4] = [
     ("foreign_source", |s| &s.rtp_dropped_foreign),
     ("learning", |s| &s.rtp_dropped_learning),
     ("srtp_auth", |s| &s.rtp_dropped_unauthenticated),
