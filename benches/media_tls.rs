@@ -148,7 +148,10 @@ fn srtp_vs_plain(o: &Options) -> Result<()> {
     );
     println!("| path | median µs/packet | p10 | p90 |");
     println!("|---|---:|---:|---:|");
-    for (name, v) in [("plain RTP", &plain), ("SRTP AES_CM_128_HMAC_SHA1_80", &srtp)] {
+    for (name, v) in [
+        ("plain RTP", &plain),
+        ("SRTP AES_CM_128_HMAC_SHA1_80", &srtp),
+    ] {
         println!(
             "| {name} | {:.3} | {:.3} | {:.3} |",
             percentile(v, 0.5),
@@ -171,8 +174,11 @@ fn test_pki() -> Result<(Arc<rustls::ServerConfig>, AgentTls)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let server_key = rcgen::KeyPair::generate()?;
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
-        .signed_by(&server_key, &ca, &ca_key)?;
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(
+        &server_key,
+        &ca,
+        &ca_key,
+    )?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -218,7 +224,10 @@ async fn connect_times(o: &Options) -> Result<()> {
     let ws_listener = TcpListener::bind((LOOPBACK, 0)).await?;
     let wss_listener = TcpListener::bind((LOOPBACK, 0)).await?;
     let ws_url = format!("ws://127.0.0.1:{}/media", ws_listener.local_addr()?.port());
-    let wss_url = format!("wss://localhost:{}/media", wss_listener.local_addr()?.port());
+    let wss_url = format!(
+        "wss://localhost:{}/media",
+        wss_listener.local_addr()?.port()
+    );
     tokio::spawn(serve(ws_listener, None));
     tokio::spawn(serve(
         wss_listener,
