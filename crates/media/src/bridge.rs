@@ -16,6 +16,11 @@
 //!
 //! Which packets count as the caller's, and where ours go, is [`crate::strict_rtp`]'s call:
 //! media from any other IP is dropped and counted, never latched.
+//!
+//! On an SRTP call ([`NegotiatedMedia::srtp`]) every datagram is verified and decrypted by
+//! [`crate::srtp::SrtpStream`] before anything else reads it (forged and replayed packets are
+//! counted in [`BridgeStats`]), and every packet we send is protected; there is no clear
+//! fallback.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
