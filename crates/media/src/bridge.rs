@@ -28,14 +28,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::agent_tls::AgentTls;
+use crate::agent_link::{AgentLink, AgentSocket, AGENT_CLOSE_TIMEOUT};
 use crate::dtmf::DtmfDetector;
 use crate::framer::CallerFramer;
 use crate::g711::{self, ALAW_SILENCE, ULAW_SILENCE};
@@ -44,8 +42,7 @@ use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
 use crate::sdp::{Codec, NegotiatedMedia};
 use crate::srtp::{SrtpDrop, SrtpStream, Unprotected};
 use crate::strict_rtp::{AllowedSources, SourceGuard, Verdict};
-use crate::twilio::{parse_agent_message, AgentEvent, CustomParameters, Outbound, StreamIds};
-use crate::MediaError;
+use crate::twilio::{parse_agent_message, AgentEvent, Outbound, StreamIds};
 
 /// One frame of audio: the pacer's period.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
@@ -61,104 +58,14 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default cap on agent audio waiting to be played: a minute covers any sane TTS burst
 /// while bounding memory to 480 kB per call.
 pub const DEFAULT_MAX_AGENT_BACKLOG: Duration = Duration::from_secs(60);
-/// Largest WebSocket message accepted from the agent (a 60 s burst in base64 is ~640 kB).
-const MAX_AGENT_MESSAGE: usize = 1 << 20;
 /// An agent that does not read its socket for this long is treated as dead.
 const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the closing handshake with the agent may take once the call is over.
-const AGENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Receive buffer: G.711 packets are ~172 bytes; anything bigger than this is not ours.
 const RECV_BUFFER: usize = 2048;
 /// Consecutive socket errors after which the bridge gives up instead of spinning.
 const MAX_SOCKET_ERRORS: u32 = 100;
 /// µ-law bytes per millisecond at 8 kHz.
 const SAMPLES_PER_MS: u32 = 8;
-
-type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// What the `start` message says about the call.
-#[derive(Debug, Clone)]
-pub struct StartParams {
-    pub ids: StreamIds,
-    pub custom_parameters: CustomParameters,
-}
-
-/// An open WebSocket to the agent runtime that has received `connected` and `start`.
-#[derive(Debug)]
-pub struct AgentLink {
-    ws: AgentSocket,
-    outbound: Outbound,
-    url: String,
-}
-
-impl AgentLink {
-    pub fn ids(&self) -> &StreamIds {
-        self.outbound.ids()
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The call ended before media started (CANCEL, failed answer): tell the agent with
-    /// `stop` and close the socket politely.
-    pub async fn abandon(mut self) {
-        let stop = self.outbound.stop();
-        let _ = tokio::time::timeout(AGENT_CLOSE_TIMEOUT, async {
-            let _ = self.ws.send(Message::text(stop)).await;
-            let _ = self.ws.close(None).await;
-        })
-        .await;
-    }
-}
-
-/// Opens the WebSocket to `url` and sends `connected` and `start`, all within `timeout`.
-/// Call this before answering the INVITE: an error maps to 503 ([`MediaError::sip_status`]).
-/// `wss://` URLs are verified with `tls` (chain and host name); `ws://` ignores it.
-pub async fn connect_agent(
-    url: &str,
-    params: StartParams,
-    timeout: Duration,
-    tls: &AgentTls,
-) -> Result<AgentLink, MediaError> {
-    let connect_error = |e: tokio_tungstenite::tungstenite::Error| MediaError::AgentConnect {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    };
-    let handshake = async {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_AGENT_MESSAGE))
-            .max_frame_size(Some(MAX_AGENT_MESSAGE));
-        // Nagle off: every 20 ms frame should leave at once.
-        let (mut ws, _response) = tokio_tungstenite::connect_async_tls_with_config(
-            url,
-            Some(config),
-            true,
-            Some(tls.connector()),
-        )
-        .await
-        .map_err(connect_error)?;
-        let mut outbound = Outbound::new(params.ids);
-        ws.feed(Message::text(outbound.connected()))
-            .await
-            .map_err(connect_error)?;
-        ws.feed(Message::text(outbound.start(&params.custom_parameters)))
-            .await
-            .map_err(connect_error)?;
-        ws.flush().await.map_err(connect_error)?;
-        Ok(AgentLink {
-            ws,
-            outbound,
-            url: url.to_owned(),
-        })
-    };
-    tokio::time::timeout(timeout, handshake)
-        .await
-        .map_err(|_| MediaError::AgentTimeout {
-            url: url.to_owned(),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        })?
-}
 
 /// What the bridge sends while the agent has nothing to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
