@@ -1,6 +1,6 @@
 //! One call's media: caller RTP ⇄ agent WebSocket, in one tokio task.
 //!
-//! The gateway calls [`connect_agent`] before answering (a failure there becomes a 503), then
+//! The gateway calls [`crate::connect_agent`] before answering (a failure there becomes a 503), then
 //! [`spawn_bridge`] once the 200 OK is sent. The task owns the RTP socket and the WebSocket
 //! and reacts to four things: a caller datagram, an agent message, the 20 ms pacer tick and
 //! the [`BridgeHandle`] (hang-up, re-INVITE). It ends with an [`EndReason`] the gateway turns
