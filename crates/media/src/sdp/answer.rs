@@ -157,18 +157,8 @@ impl SdpSession {
             let address = offer.connection_for(media).ok_or_else(|| {
                 MediaError::bad_sdp(0, "audio stream has no c= line at session or media level")
             })?;
-            let offered = offer.direction_for(media);
             let null_address = address.is_unspecified();
-            let ours = if null_address {
-                // RFC 2543-style hold: the far end does not want our media.
-                if offered.sends() {
-                    Direction::RecvOnly
-                } else {
-                    Direction::Inactive
-                }
-            } else {
-                offered.reversed()
-            };
+            let ours = our_direction(offer.direction_for(media), null_address);
             chosen = Some((
                 index,
                 NegotiatedMedia {
@@ -280,16 +270,8 @@ impl SdpSession {
         let address = answer
             .connection_for(media)
             .ok_or_else(|| MediaError::bad_sdp(0, "answer has no c= line"))?;
-        let answered = answer.direction_for(media);
         let null_address = address.is_unspecified();
-        let mut ours = answered.reversed();
-        if null_address && ours.sends() {
-            ours = if ours.receives() {
-                Direction::RecvOnly
-            } else {
-                Direction::Inactive
-            };
-        }
+        let ours = our_direction(answer.direction_for(media), null_address);
         Ok(NegotiatedMedia {
             codec,
             payload_type,
@@ -377,6 +359,17 @@ impl SdpSession {
         );
         self.last_body = Some(body);
         Answer { sdp }
+    }
+}
+
+/// Our direction given theirs (RFC 3264 §6.1). A null address (`c=0.0.0.0`, RFC 2543-style
+/// hold) means the far end does not want our media: we may only receive.
+fn our_direction(theirs: Direction, null_address: bool) -> Direction {
+    let ours = theirs.reversed();
+    match (null_address, ours.sends(), ours.receives()) {
+        (true, true, true) => Direction::RecvOnly,
+        (true, true, false) => Direction::Inactive,
+        _ => ours,
     }
 }
 
