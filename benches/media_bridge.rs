@@ -31,7 +31,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use switchboard_media::twilio::new_sid;
 use switchboard_media::{
-    connect_agent, negotiate, spawn_bridge, BridgeConfig, BridgeHandle, CustomParameters,
+    connect_agent, negotiate, spawn_bridge, AgentTls, BridgeConfig, BridgeHandle, CustomParameters,
     IdleAudio, StartParams, StreamIds,
 };
 use tokio::net::{TcpListener, UdpSocket};
@@ -162,6 +162,8 @@ fn bridge_thread(
             let mut handles: Vec<BridgeHandle> = Vec::with_capacity(calls);
             let mut relays = Vec::new();
             let mut addrs = Vec::with_capacity(calls);
+            // ws:// agent: the TLS trust is never consulted.
+            let plain_ws = AgentTls::from_pem(b"")?;
             for i in 0..calls {
                 let socket = UdpSocket::bind((LOOPBACK, 0)).await?;
                 let local = socket.local_addr()?;
@@ -186,7 +188,8 @@ fn bridge_thread(
                     ids: StreamIds::generate(new_sid("AC")),
                     custom_parameters: CustomParameters::new(),
                 };
-                let link = connect_agent(&agent_url, params, AGENT_CONNECT_TIMEOUT).await?;
+                let link =
+                    connect_agent(&agent_url, params, AGENT_CONNECT_TIMEOUT, &plain_ws).await?;
                 let cfg = BridgeConfig {
                     idle_audio: IdleAudio::Nothing,
                     media_timeout: Duration::from_secs(600),

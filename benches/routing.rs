@@ -129,6 +129,7 @@ fn dataset(with_cohorts: bool) -> RoutingData {
                 digest: None,
                 provider: None,
                 max_calls_per_second: None,
+                media_encryption: Default::default(),
             };
             (scope_of(c), connection)
         })

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as README's quick start runs it:
 #   tests/run.sh
-# Installs what the suite talks to (SIPp, PostgreSQL, openssl for test certificates, iproute2 for the packet-loss run, Python
-# venvs for SIPVicious and the Pipecat check) when missing, starts a throwaway PostgreSQL on loopback, runs every
-# Rust test in the workspace, then the Pipecat compatibility check. Nothing here is mocked.
+# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, openssl,
+# Python venvs for SIPVicious, the SRTP caller and wss agent, and the Pipecat check) when
+# missing, starts a throwaway PostgreSQL on loopback, runs every Rust test in the workspace,
+# then the Pipecat compatibility check. Nothing here is mocked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,15 @@ if [ ! -x "$sipvicious_venv/bin/sipvicious_svmap" ]; then
     "$sipvicious_venv/bin/pip" install --quiet sipvicious
 fi
 export PATH="$sipvicious_venv/bin:$PATH"
+
+# The SRTP end-to-end tests: a caller speaking SRTP through libsrtp (pylibsrtp) and a wss://
+# agent (websockets) whose test CA is made with the openssl CLI. Reused between runs.
+srtp_venv="${SRTP_VENV:-/tmp/srtp-venv}"
+if ! "$srtp_venv/bin/python" -c "import pylibsrtp, websockets" >/dev/null 2>&1; then
+    python3 -m venv "$srtp_venv"
+    "$srtp_venv/bin/pip" install --quiet pylibsrtp websockets
+fi
+export SRTP_VENV="$srtp_venv"
 
 eval "$(tests/pg.sh start)"
 trap 'tests/pg.sh stop >/dev/null 2>&1 || true' EXIT

@@ -153,7 +153,10 @@ async fn start_services(
         .context("opening the store")?;
     let generated = generated_admin_key(&config, &store).await?;
     let keyring = Keyring::new(&config.admin, generated);
-    let state = AppState::new(config.clone(), metrics, store.clone(), keyring)
+    let agent_tls = switchboard_media::AgentTls::new(config.media.agent_ca_file.as_deref())
+        .context("loading the TLS trust for wss:// agent runtimes")?;
+    tracing::debug!(anchors = agent_tls.anchors(), "agent TLS trust loaded");
+    let state = AppState::new(config.clone(), metrics, store.clone(), keyring, agent_tls)
         .context("creating the routing table")?;
     let notices = store.subscribe();
 

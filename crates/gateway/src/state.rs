@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
+use switchboard_media::AgentTls;
 use switchboard_routing::model::{AppVersion, Scope};
 use switchboard_routing::{Change, RoutingData, RoutingSettings, RoutingSnapshot, RoutingTable};
 use switchboard_store::{Dataset, Store};
@@ -40,6 +41,9 @@ pub struct AppState {
     write_lock: Arc<Mutex<()>>,
     /// Set once the routing snapshot has been built from the store; `/readyz` reports it.
     ready: Arc<AtomicBool>,
+    /// Trust for `wss://` agent runtimes (system roots + `[media] agent_ca_file`), shared by
+    /// calls and health probes so both judge a certificate the same way.
+    pub agent_tls: AgentTls,
 }
 
 impl AppState {
@@ -49,6 +53,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         store: Store,
         keyring: Keyring,
+        agent_tls: AgentTls,
     ) -> Result<Self, switchboard_routing::RoutingError> {
         let empty = RoutingSnapshot::empty(routing_settings(&config))?;
         Ok(Self {
@@ -61,6 +66,7 @@ impl AppState {
             calls: Arc::new(DashMap::new()),
             write_lock: Arc::new(Mutex::new(())),
             ready: Arc::new(AtomicBool::new(false)),
+            agent_tls,
         })
     }
 

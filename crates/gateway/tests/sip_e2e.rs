@@ -2,6 +2,8 @@
 //! a carrier would drive it. Needs `sipp` (Debian package `sip-tester`): without it the tests
 //! print a notice and pass, unless `CI` is set, where they fail.
 //!
+//! The SRTP and `wss://` agent tests (`srtp.rs`) need the Python venv tests/run.sh makes.
+//!
 //! The packet-loss run needs root and iproute2 (`tests/netem.sh`): it re-runs this test binary
 //! inside a private network namespace whose loopback drops 10 % of packets.
 
@@ -11,6 +13,8 @@ mod harness;
 mod hostile;
 #[path = "sip_e2e/tls.rs"]
 mod tls;
+#[path = "sip_e2e/srtp.rs"]
+mod srtp;
 #[path = "sip_e2e/torture.rs"]
 mod torture;
 

@@ -7,6 +7,10 @@
 //! Lines 1-2 are the first two messages of every stream (`connected`, `start`); lines 3-6 are
 //! a `media` frame, a `dtmf` digit, a `mark` echo and the final `stop`.
 //!
+//! With `--connect URL` (`ws://` or `wss://`, optionally `--ca FILE`: a PEM bundle trusted on
+//! top of the system roots), it instead opens a real agent WebSocket the way a call does
+//! (`connect_agent`: TLS verified, then `connected` and `start`) and hangs up (`stop`).
+//!
 //! With `--parse`, it instead reads agent→switchboard messages (one JSON per line) on stdin and
 //! prints how switchboard understood each: `media <bytes>`, `mark <name>`, `clear`,
 //! `other <event>` or `error <reason>`.
@@ -14,12 +18,16 @@
 use std::io::BufRead as _;
 
 use switchboard_media::twilio::{new_sid, parse_agent_message, AgentEvent, Outbound};
-use switchboard_media::{CallInfo, CustomParameters, StreamIds};
+use switchboard_media::{
+    connect_agent, AgentTls, CallInfo, CustomParameters, StartParams, StreamIds,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut from = "+15550001111".to_owned();
     let mut to = "+15550002222".to_owned();
     let mut parse = false;
+    let mut connect: Option<String> = None;
+    let mut ca: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -34,6 +42,19 @@ fn main() -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--to needs a value"))?
             }
             "--parse" => parse = true,
+            "--connect" => {
+                connect = Some(
+                    args.next()
+                        .ok_or_else(|| anyhow::anyhow!("--connect needs a URL"))?,
+                )
+            }
+            "--ca" => {
+                ca = Some(
+                    args.next()
+                        .ok_or_else(|| anyhow::anyhow!("--ca needs a file"))?
+                        .into(),
+                )
+            }
             other => anyhow::bail!("unknown argument {other:?}"),
         }
     }
@@ -57,7 +78,23 @@ fn main() -> anyhow::Result<()> {
         app_variables: &variables,
         app_overrides: &overrides,
     });
-    let mut out = Outbound::new(StreamIds::generate(new_sid("AC")));
+    let ids = StreamIds::generate(new_sid("AC"));
+    if let Some(url) = connect {
+        let tls = AgentTls::new(ca.as_deref())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(async {
+            let start = StartParams {
+                ids,
+                custom_parameters: params,
+            };
+            let link = connect_agent(&url, start, std::time::Duration::from_secs(5), &tls).await?;
+            link.abandon().await;
+            anyhow::Ok(())
+        });
+    }
+    let mut out = Outbound::new(ids);
     println!("{}", out.connected());
     println!("{}", out.start(&params));
     // 20 ms of a µ-law ramp: every line after the first two is optional for checkers.

@@ -1,6 +1,6 @@
 //! One call's media: caller RTP ⇄ agent WebSocket, in one tokio task.
 //!
-//! The gateway calls [`connect_agent`] before answering (a failure there becomes a 503), then
+//! The gateway calls [`crate::connect_agent`] before answering (a failure there becomes a 503), then
 //! [`spawn_bridge`] once the 200 OK is sent. The task owns the RTP socket and the WebSocket
 //! and reacts to four things: a caller datagram, an agent message, the 20 ms pacer tick and
 //! the [`BridgeHandle`] (hang-up, re-INVITE). It ends with an [`EndReason`] the gateway turns
@@ -16,6 +16,11 @@
 //!
 //! Which packets count as the caller's, and where ours go, is [`crate::strict_rtp`]'s call:
 //! media from any other IP is dropped and counted, never latched.
+//!
+//! On an SRTP call ([`NegotiatedMedia::srtp`]) every datagram is verified and decrypted by
+//! [`crate::srtp::SrtpStream`] before anything else reads it (forged and replayed packets are
+//! counted in [`BridgeStats`]), and every packet we send is protected; there is no clear
+//! fallback.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,22 +28,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::agent_link::{AgentLink, AgentSocket, AGENT_CLOSE_TIMEOUT};
 use crate::dtmf::DtmfDetector;
 use crate::framer::CallerFramer;
 use crate::g711::{self, ALAW_SILENCE, ULAW_SILENCE};
 use crate::playout::Playout;
 use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
 use crate::sdp::{Codec, NegotiatedMedia};
+use crate::srtp::{SrtpDrop, SrtpStream, Unprotected};
 use crate::strict_rtp::{AllowedSources, SourceGuard, Verdict};
-use crate::twilio::{parse_agent_message, AgentEvent, CustomParameters, Outbound, StreamIds};
-use crate::MediaError;
+use crate::twilio::{parse_agent_message, AgentEvent, Outbound, StreamIds};
 
 /// One frame of audio: the pacer's period.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
@@ -54,99 +58,14 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default cap on agent audio waiting to be played: a minute covers any sane TTS burst
 /// while bounding memory to 480 kB per call.
 pub const DEFAULT_MAX_AGENT_BACKLOG: Duration = Duration::from_secs(60);
-/// Largest WebSocket message accepted from the agent (a 60 s burst in base64 is ~640 kB).
-const MAX_AGENT_MESSAGE: usize = 1 << 20;
 /// An agent that does not read its socket for this long is treated as dead.
 const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the closing handshake with the agent may take once the call is over.
-const AGENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Receive buffer: G.711 packets are ~172 bytes; anything bigger than this is not ours.
 const RECV_BUFFER: usize = 2048;
 /// Consecutive socket errors after which the bridge gives up instead of spinning.
 const MAX_SOCKET_ERRORS: u32 = 100;
 /// µ-law bytes per millisecond at 8 kHz.
 const SAMPLES_PER_MS: u32 = 8;
-
-type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// What the `start` message says about the call.
-#[derive(Debug, Clone)]
-pub struct StartParams {
-    pub ids: StreamIds,
-    pub custom_parameters: CustomParameters,
-}
-
-/// An open WebSocket to the agent runtime that has received `connected` and `start`.
-#[derive(Debug)]
-pub struct AgentLink {
-    ws: AgentSocket,
-    outbound: Outbound,
-    url: String,
-}
-
-impl AgentLink {
-    pub fn ids(&self) -> &StreamIds {
-        self.outbound.ids()
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The call ended before media started (CANCEL, failed answer): tell the agent with
-    /// `stop` and close the socket politely.
-    pub async fn abandon(mut self) {
-        let stop = self.outbound.stop();
-        let _ = tokio::time::timeout(AGENT_CLOSE_TIMEOUT, async {
-            let _ = self.ws.send(Message::text(stop)).await;
-            let _ = self.ws.close(None).await;
-        })
-        .await;
-    }
-}
-
-/// Opens the WebSocket to `url` and sends `connected` and `start`, all within `timeout`.
-/// Call this before answering the INVITE: an error maps to 503 ([`MediaError::sip_status`]).
-/// Only `ws://` URLs are supported (the build has no TLS); `wss://` fails as a connect error.
-pub async fn connect_agent(
-    url: &str,
-    params: StartParams,
-    timeout: Duration,
-) -> Result<AgentLink, MediaError> {
-    let connect_error = |e: tokio_tungstenite::tungstenite::Error| MediaError::AgentConnect {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    };
-    let handshake = async {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_AGENT_MESSAGE))
-            .max_frame_size(Some(MAX_AGENT_MESSAGE));
-        // Nagle off: every 20 ms frame should leave at once.
-        let (mut ws, _response) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-                .await
-                .map_err(connect_error)?;
-        let mut outbound = Outbound::new(params.ids);
-        ws.feed(Message::text(outbound.connected()))
-            .await
-            .map_err(connect_error)?;
-        ws.feed(Message::text(outbound.start(&params.custom_parameters)))
-            .await
-            .map_err(connect_error)?;
-        ws.flush().await.map_err(connect_error)?;
-        Ok(AgentLink {
-            ws,
-            outbound,
-            url: url.to_owned(),
-        })
-    };
-    tokio::time::timeout(timeout, handshake)
-        .await
-        .map_err(|_| MediaError::AgentTimeout {
-            url: url.to_owned(),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        })?
-}
 
 /// What the bridge sends while the agent has nothing to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -198,6 +117,8 @@ pub enum EndReason {
     MediaTimeout,
     /// The RTP socket kept failing.
     SocketError(String),
+    /// The negotiated SRTP keys could not be turned into contexts.
+    SrtpSetup(String),
 }
 
 /// Live counters of one bridge (relaxed atomics; read them for metrics).
@@ -210,6 +131,11 @@ pub struct BridgeStats {
     pub rtp_dropped_foreign: AtomicU64,
     /// Packets from an allowed IP but an address still on probation (strict RTP learning).
     pub rtp_dropped_learning: AtomicU64,
+    /// SRTP packets whose authentication tag did not verify (forged, corrupted, or plain RTP
+    /// on an SRTP call).
+    pub rtp_dropped_unauthenticated: AtomicU64,
+    /// SRTP packets already received or older than the replay window.
+    pub rtp_dropped_replayed: AtomicU64,
     pub media_to_agent: AtomicU64,
     pub agent_audio_bytes: AtomicU64,
     pub agent_audio_dropped: AtomicU64,
@@ -299,7 +225,12 @@ pub fn spawn_bridge(
     let stats = Arc::new(BridgeStats::default());
     let ids = agent.outbound.ids().clone();
     let backlog = cfg.max_agent_backlog.as_millis() as usize * SAMPLES_PER_MS as usize;
+    let (srtp, setup_error) = match negotiated.srtp.as_ref().map(SrtpStream::new).transpose() {
+        Ok(srtp) => (srtp, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let bridge = Bridge {
+        srtp,
         socket,
         ws: agent.ws,
         out: agent.outbound,
@@ -319,7 +250,7 @@ pub fn spawn_bridge(
         stats: stats.clone(),
         cfg,
     };
-    tokio::spawn(bridge.run(control.clone(), wake_rx, ended_tx));
+    tokio::spawn(bridge.run(control.clone(), wake_rx, ended_tx, setup_error));
     BridgeHandle {
         control,
         wake: wake_tx,
@@ -382,6 +313,8 @@ impl FrameSchedule {
 
 struct Bridge {
     socket: UdpSocket,
+    /// Present on SRTP calls: every datagram in is unprotected, every packet out protected.
+    srtp: Option<SrtpStream>,
     ws: AgentSocket,
     out: Outbound,
     media: NegotiatedMedia,
@@ -410,7 +343,14 @@ impl Bridge {
         control: Arc<Control>,
         mut wake: mpsc::Receiver<()>,
         ended_tx: watch::Sender<Option<EndReason>>,
+        setup_error: Option<String>,
     ) {
+        if let Some(why) = setup_error {
+            // Never fall back to clear media on a call that negotiated SRTP.
+            tracing::warn!(error = %why, "SRTP setup failed; ending the call");
+            ended_tx.send_replace(Some(EndReason::SrtpSetup(why)));
+            return;
+        }
         let mut schedule = FrameSchedule::starting(Instant::now());
         let pacer = tokio::time::sleep_until(schedule.next_due);
         tokio::pin!(pacer);
@@ -472,6 +412,16 @@ impl Bridge {
     }
 
     fn apply_media(&mut self, media: NegotiatedMedia) {
+        if media.srtp != self.media.srtp {
+            // Rekeyed (or the stream changed profile) by a re-INVITE.
+            match media.srtp.as_ref().map(SrtpStream::new).transpose() {
+                Ok(srtp) => self.srtp = srtp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SRTP rekey failed; keeping the previous keys");
+                    return;
+                }
+            }
+        }
         self.receiver
             .set_payload_types(media.payload_type, media.telephone_event);
         // The far end may have moved (re-INVITE): follow its new SDP address at once.
@@ -497,6 +447,28 @@ impl Bridge {
             bump(&self.stats.rtp_dropped_foreign, 1);
             return Ok(());
         }
+        let clear;
+        let datagram = match &mut self.srtp {
+            None => datagram,
+            Some(srtp) => match srtp.unprotect(datagram) {
+                Ok(Unprotected::Rtp(packet)) => {
+                    clear = packet;
+                    &clear[..]
+                }
+                Ok(Unprotected::Rtcp) => {
+                    bump(&self.stats.rtp_ignored, 1);
+                    return Ok(());
+                }
+                Err(SrtpDrop::Replayed) => {
+                    bump(&self.stats.rtp_dropped_replayed, 1);
+                    return Ok(());
+                }
+                Err(SrtpDrop::Unauthenticated) => {
+                    bump(&self.stats.rtp_dropped_unauthenticated, 1);
+                    return Ok(());
+                }
+            },
+        };
         let inbound = match self.receiver.receive(datagram) {
             Ok(inbound) => inbound,
             Err(_) => {
@@ -645,11 +617,22 @@ impl Bridge {
             self.media.payload_type,
             &mut packet,
         );
-        if let (Some(len), Some(to)) = (built, destination) {
-            // Never wait on a full socket buffer: a late frame is worth nothing.
-            if self.socket.try_send_to(&packet[..len], to).is_ok() {
-                bump(&self.stats.rtp_sent, 1);
-            }
+        let (Some(len), Some(to)) = (built, destination) else {
+            return;
+        };
+        // Never wait on a full socket buffer: a late frame is worth nothing.
+        let sent = match &mut self.srtp {
+            None => self.socket.try_send_to(&packet[..len], to).is_ok(),
+            Some(srtp) => match srtp.protect(&packet[..len]) {
+                Ok(wire) => self.socket.try_send_to(&wire, to).is_ok(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "SRTP protect failed; frame dropped");
+                    false
+                }
+            },
+        };
+        if sent {
+            bump(&self.stats.rtp_sent, 1);
         }
     }
 

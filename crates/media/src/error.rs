@@ -19,6 +19,21 @@ pub enum MediaError {
     /// The offer (or answer) has no audio stream with a codec we speak (PCMU, PCMA).
     #[error("no common codec: offered payload types {offered:?}")]
     NoCommonCodec { offered: Vec<String> },
+    /// Every SRTP stream offered uses only crypto suites (or key features) we do not take.
+    #[error("no supported SRTP crypto suite: offered {offered:?}, we take {supported}")]
+    NoCryptoSuite {
+        offered: Vec<String>,
+        supported: String,
+    },
+    /// The offer's media protection is not what the connection's `media_encryption` allows.
+    #[error("{reason}")]
+    EncryptionPolicy { reason: &'static str },
+    /// An SRTP context could not be set up from negotiated keys.
+    #[error("SRTP: {reason}")]
+    Srtp { reason: String },
+    /// `[media] agent_ca_file` (or a test bundle) cannot be used as trust anchors.
+    #[error("agent TLS: {reason}")]
+    AgentTlsConfig { reason: String },
     /// The agent runtime's WebSocket could not be opened (bad URL, refused, handshake failed).
     #[error("agent runtime {url}: connect failed: {reason}")]
     AgentConnect { url: String, reason: String },
@@ -42,11 +57,13 @@ pub enum MediaError {
 
 impl MediaError {
     /// The SIP status the gateway sends when this error ends a pending INVITE:
-    /// 488 Not Acceptable Here for codec mismatch, 400 for unparsable SDP, 503 when the agent
+    /// 488 Not Acceptable Here for codec, crypto suite or encryption policy mismatch, 400 for unparsable SDP, 503 when the agent
     /// runtime cannot be reached, 500 otherwise.
     pub fn sip_status(&self) -> u16 {
         match self {
-            MediaError::NoCommonCodec { .. } => 488,
+            MediaError::NoCommonCodec { .. }
+            | MediaError::NoCryptoSuite { .. }
+            | MediaError::EncryptionPolicy { .. } => 488,
             MediaError::BadSdp { .. } => 400,
             MediaError::AgentConnect { .. } | MediaError::AgentTimeout { .. } => 503,
             _ => 500,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use switchboard_media::g711;
 use switchboard_media::twilio::new_sid;
 use switchboard_media::{
-    connect_agent, negotiate, spawn_bridge, AllowedSources, BridgeConfig, BridgeHandle,
+    connect_agent, negotiate, spawn_bridge, AgentTls, AllowedSources, BridgeConfig, BridgeHandle,
     CustomParameters, EndReason, IdleAudio, MediaError, StartParams, StreamIds,
 };
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -40,6 +40,11 @@ struct Call {
     handle: BridgeHandle,
     ids: StreamIds,
     seq: u16,
+}
+
+/// TLS trust for `ws://` agents: never consulted, so no roots.
+fn plain_ws() -> AgentTls {
+    AgentTls::from_pem(b"").expect("empty trust store")
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -88,6 +93,7 @@ async fn start_call(payload_type: u8, cfg: BridgeConfig) -> Result<Call> {
             custom_parameters: params,
         },
         WAIT,
+        &plain_ws(),
     )
     .await?;
     let mut agent = server.await??;
@@ -699,7 +705,7 @@ async fn unreachable_agent_is_a_503() -> Result<()> {
         ids: StreamIds::generate(new_sid("AC")),
         custom_parameters: CustomParameters::new(),
     };
-    let err = connect_agent(&url, params.clone(), WAIT)
+    let err = connect_agent(&url, params.clone(), WAIT, &plain_ws())
         .await
         .expect_err("nothing listens");
     assert!(matches!(err, MediaError::AgentConnect { .. }), "{err}");
@@ -708,7 +714,7 @@ async fn unreachable_agent_is_a_503() -> Result<()> {
     // Accepts TCP but never answers the handshake.
     let silent = TcpListener::bind((LOOPBACK, 0)).await?;
     let url = format!("ws://{}/", silent.local_addr()?);
-    let err = connect_agent(&url, params, Duration::from_millis(200))
+    let err = connect_agent(&url, params, Duration::from_millis(200), &plain_ws())
         .await
         .expect_err("no handshake");
     assert!(

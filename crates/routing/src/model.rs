@@ -103,6 +103,45 @@ pub struct Connection {
     /// Retry-After. `None`: unlimited (screening and the per-source bucket still apply).
     #[serde(default)]
     pub max_calls_per_second: Option<u32>,
+    /// Whether this trunk's media is SRTP (SDES), plain RTP, or whichever it offers. Defaults
+    /// to `allow` so records stored before the field still load and behave as before.
+    #[serde(default)]
+    pub media_encryption: MediaEncryption,
+}
+
+/// A connection's media protection policy (`media_encryption`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaEncryption {
+    /// Plain RTP only: an `RTP/SAVP` offer gets 488.
+    Disable,
+    /// Answer what is offered (SRTP for `RTP/SAVP`, plain for `RTP/AVP`).
+    #[default]
+    Allow,
+    /// SRTP only: a plain offer gets 488.
+    Require,
+}
+
+impl MediaEncryption {
+    /// Every value, as the API spells it.
+    pub const NAMES: [&'static str; 3] = ["disable", "allow", "require"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaEncryption::Disable => "disable",
+            MediaEncryption::Allow => "allow",
+            MediaEncryption::Require => "require",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<MediaEncryption> {
+        match name {
+            "disable" => Some(MediaEncryption::Disable),
+            "allow" => Some(MediaEncryption::Allow),
+            "require" => Some(MediaEncryption::Require),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

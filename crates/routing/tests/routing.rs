@@ -88,6 +88,7 @@ fn connection(id: &str, nets: &[&str]) -> Connection {
         digest: None,
         provider: Some("exotel".into()),
         max_calls_per_second: None,
+        media_encryption: Default::default(),
     }
 }
 

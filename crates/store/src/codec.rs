@@ -298,6 +298,10 @@ mod tests {
         assert!(old.media_addresses.is_empty());
         assert_eq!(old.max_calls_per_second, None);
         assert_eq!(
+            old.media_encryption,
+            switchboard_routing::model::MediaEncryption::Allow
+        );
+        assert_eq!(
             old.allowed_addresses,
             vec!["203.0.113.0/24".parse().unwrap()]
         );
@@ -305,6 +309,7 @@ mod tests {
         let new = Connection {
             media_addresses: vec!["198.51.100.0/25".parse().unwrap()],
             max_calls_per_second: Some(20),
+            media_encryption: switchboard_routing::model::MediaEncryption::Require,
             ..old
         };
         let text = encode(RecordKind::Connection, "trunk", &new).unwrap();

@@ -1,5 +1,6 @@
 //! Connections (trunks): where a carrier's INVITEs may come from and how they authenticate,
-//! and (`media_addresses`) which other hosts its RTP may come from (strict RTP).
+//! (`media_addresses`) which other hosts its RTP may come from (strict RTP), and
+//! (`media_encryption`) whether its media must, may or must not be SRTP.
 //!
 //! `PUT /connections/{id}` creates or replaces; the digest password is write-only (responses
 //! show `"password": "***"`), so listing trunks never exposes credentials.
@@ -32,6 +33,7 @@ pub fn redacted(c: &Connection) -> Value {
         "digest": c.digest.as_ref().map(|d| json!({ "username": d.username, "password": "***" })),
         "provider": c.provider,
         "max_calls_per_second": c.max_calls_per_second,
+        "media_encryption": c.media_encryption.as_str(),
     })
 }
 
@@ -57,6 +59,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
                 "digest",
                 "provider",
                 "max_calls_per_second",
+                "media_encryption",
             ],
             &root,
             &mut p,
@@ -80,12 +83,15 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
                 }
                 Some(n)
             });
-        parsed = Some((addresses, media, digest, provider, max_cps));
+        let encryption = optional(map, "media_encryption")
+            .filter(|v| !v.is_null())
+            .map(|v| validate::media_encryption(v, at(&root, "media_encryption"), &mut p));
+        parsed = Some((addresses, media, digest, provider, max_cps, encryption));
     }
     p.finish()?;
     let (
         Some(connection_id),
-        Some((Some(allowed_addresses), media, digest, provider, max_calls_per_second)),
+        Some((Some(allowed_addresses), media, digest, provider, max_calls_per_second, encryption)),
     ) = (id, parsed)
     else {
         return Err(ApiError::invalid(root, "missing", "Field required"));
@@ -97,6 +103,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
         digest: digest.flatten(),
         provider: provider.flatten(),
         max_calls_per_second,
+        media_encryption: encryption.flatten().unwrap_or_default(),
     };
     let _write = cx.state.write_lock().await;
     cx.state.store.put_connection(&scope, &connection).await?;

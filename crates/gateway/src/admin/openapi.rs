@@ -315,12 +315,15 @@ fn schemas() -> Value {
                 "example": ["198.51.100.0/25"] },
             "digest": { "type": "object", "additionalProperties": false, "required": ["username", "password"], "properties": {
                 "username": { "type": "string" }, "password": { "type": "string", "writeOnly": true } } },
-            "provider": { "type": "string", "example": "exotel" } } },
+            "provider": { "type": "string", "example": "exotel" },
+            "media_encryption": { "enum": ["disable", "allow", "require"], "default": "allow",
+                "description": "SRTP (RTP/SAVP with SDES a=crypto) policy: disable = plain RTP only, allow = answer what is offered, require = SRTP only; the other kind of offer gets 488" } } },
         "Connection": { "type": "object", "properties": {
             "connection_id": { "type": "string" }, "allowed_addresses": { "type": "array", "items": { "type": "string" } },
             "media_addresses": { "type": "array", "items": { "type": "string" } },
             "digest": { "type": ["object", "null"], "properties": { "username": { "type": "string" }, "password": { "const": "***" } } },
-            "provider": { "type": ["string", "null"] } } },
+            "provider": { "type": ["string", "null"] },
+            "media_encryption": { "enum": ["disable", "allow", "require"] } } },
         "AppVersionPut": { "type": "object", "additionalProperties": false, "required": ["runtime_url"], "properties": {
             "runtime_url": { "type": "string", "description": "ws:// or wss:// URL of the agent runtime" },
             "dialect": { "const": "twilio", "default": "twilio" } } },

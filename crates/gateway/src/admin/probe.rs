@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use switchboard_media::AgentTls;
 use switchboard_routing::model::{AppVersion, RuntimeStatus, Scope};
 use switchboard_routing::Change;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +20,13 @@ use crate::state::AppState;
 /// hundreds of versions well within one interval, few enough not to look like a flood.
 const PROBE_CONCURRENCY: usize = 16;
 
-/// Handshakes with `url` within `timeout`. `Err` carries the human-readable reason.
-pub async fn handshake(url: &str, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
+/// Handshakes with `url` within `timeout`, verifying a `wss://` runtime's certificate with
+/// `tls`. `Err` carries the human-readable reason (for TLS: untrusted issuer, expired, wrong
+/// host name, as rustls words it).
+pub async fn handshake(url: &str, timeout: Duration, tls: &AgentTls) -> Result<(), String> {
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(tls.connector()));
+    match tokio::time::timeout(timeout, connect).await {
         Err(_) => Err(format!(
             "no WebSocket handshake within {} ms",
             timeout.as_millis()
@@ -45,7 +50,7 @@ pub fn spawn_probe(state: AppState, scope: Scope, version: AppVersion) {
 /// Probes `version` and records the outcome if it changed the status.
 pub async fn probe_and_record(state: &AppState, scope: &Scope, version: &AppVersion) {
     let timeout = Duration::from_millis(state.config.admin.probe_timeout_ms);
-    let outcome = handshake(&version.runtime_url, timeout).await;
+    let outcome = handshake(&version.runtime_url, timeout, &state.agent_tls).await;
     let (status, detail) = match outcome {
         Ok(()) => (RuntimeStatus::Ready, None),
         Err(reason) => (RuntimeStatus::Error, Some(reason)),
@@ -86,7 +91,14 @@ pub async fn probe_and_record(state: &AppState, scope: &Scope, version: &AppVers
     };
     match state.store.put_app_version(scope, &updated).await {
         Ok(_) => {
-            tracing::info!(app_id = %updated.app_id, version = updated.version, status = label, "runtime status changed");
+            match &updated.status_detail {
+                Some(reason) => {
+                    tracing::warn!(app_id = %updated.app_id, version = updated.version, url = %updated.runtime_url, %reason, "runtime status changed to error")
+                }
+                None => {
+                    tracing::info!(app_id = %updated.app_id, version = updated.version, status = label, "runtime status changed")
+                }
+            }
             state
                 .apply(&[Change::UpsertAppVersion(scope.clone(), updated)])
                 .await;

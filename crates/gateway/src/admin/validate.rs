@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 
 use serde_json::{Map, Value};
-use switchboard_routing::model::{ChannelDirection, ConnectionConfig, InboundConfig};
+use switchboard_routing::model::{
+    ChannelDirection, ConnectionConfig, InboundConfig, MediaEncryption,
+};
 use switchboard_routing::{normalize_number, RoutingError, Schedule};
 
 use super::request::{array, at, deny_unknown, object, required, string, Loc, Problems};
@@ -112,6 +114,19 @@ pub fn channel_direction(v: &Value, loc: Loc, p: &mut Problems) -> Option<Channe
             None
         }
     }
+}
+
+/// A connection's `media_encryption`: `"disable"`, `"allow"` or `"require"`.
+pub fn media_encryption(v: &Value, loc: Loc, p: &mut Problems) -> Option<MediaEncryption> {
+    let parsed = v.as_str().and_then(MediaEncryption::from_name);
+    if parsed.is_none() {
+        p.push(
+            loc,
+            "enum",
+            "Input should be 'disable', 'allow' or 'require'",
+        );
+    }
+    parsed
 }
 
 /// Seed 000: at least one connection with at least one phone number; numbers normalised to

@@ -295,6 +295,9 @@ pub struct MediaConfig {
     pub timeout_secs: u64,
     /// Budget for reaching the agent runtime before answering; past it the call gets 503.
     pub agent_connect_timeout_ms: u64,
+    /// PEM bundle of extra CAs trusted for `wss://` agent runtimes, on top of the system roots
+    /// (runtimes behind a private CA). Unset: system roots only.
+    pub agent_ca_file: Option<PathBuf>,
 }
 
 /// 10,000 ports: 5,000 concurrent calls at one even RTP port (+ RTCP) each.
@@ -311,6 +314,7 @@ impl Default for MediaConfig {
             advertised_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             timeout_secs: DEFAULT_MEDIA_TIMEOUT_SECS,
             agent_connect_timeout_ms: DEFAULT_AGENT_CONNECT_TIMEOUT_MS,
+            agent_ca_file: None,
         }
     }
 }
@@ -469,6 +473,11 @@ impl Config {
                     self.media.rtp_ports
                 ),
             );
+        }
+        if let Some(path) = &self.media.agent_ca_file {
+            if let Err(e) = switchboard_media::AgentTls::new(Some(path)) {
+                bad("media.agent_ca_file", e.to_string());
+            }
         }
         if self.sip.max_message_bytes < 1024 {
             bad("sip.max_message_bytes", "must be at least 1024".to_owned());

@@ -7,12 +7,12 @@
 //! task drops the [`RtpPorts`] guard, so the pair returns to the pool whatever ended the call
 //! (reject, CANCEL, BYE, timeout, agent failure, admin hang-up, panic).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec};
 use switchboard_media::{
-    connect_agent, spawn_bridge, BridgeConfig, BridgeStats, EndReason, StartParams,
+    connect_agent, spawn_bridge, AgentTls, BridgeConfig, BridgeStats, EndReason, StartParams,
 };
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -67,38 +67,46 @@ pub struct CallSetup {
     pub rtp_dropped: IntCounterVec,
     pub ports: RtpPorts,
     pub rtp_socket: std::net::UdpSocket,
+    /// Trust for a `wss://` runtime.
+    pub agent_tls: AgentTls,
 }
+
+/// Reads one of a bridge's drop counters.
+type DropCounter = fn(&BridgeStats) -> &AtomicU64;
+
+/// The `reason` label of each per-call drop counter a bridge keeps.
+const DROP_REASONS: [(&str, DropCounter); 4] = [
+    ("foreign_source", |s| &s.rtp_dropped_foreign),
+    ("learning", |s| &s.rtp_dropped_learning),
+    ("srtp_auth", |s| &s.rtp_dropped_unauthenticated),
+    ("srtp_replay", |s| &s.rtp_dropped_replayed),
+];
 
 /// Copies a bridge's per-call drop counters into the process-wide Prometheus counter. Call
 /// [`DropExport::flush`] periodically and once after the bridge ended; each call adds only
 /// what was counted since the previous one.
 #[derive(Debug)]
 struct DropExport {
-    foreign: IntCounter,
-    learning: IntCounter,
-    foreign_seen: u64,
-    learning_seen: u64,
+    /// Per [`DROP_REASONS`] entry: the Prometheus child and the count already exported.
+    counters: Vec<(IntCounter, u64)>,
 }
 
 impl DropExport {
     fn new(metric: &IntCounterVec) -> DropExport {
         DropExport {
-            foreign: metric.with_label_values(&["foreign_source"]),
-            learning: metric.with_label_values(&["learning"]),
-            foreign_seen: 0,
-            learning_seen: 0,
+            counters: DROP_REASONS
+                .iter()
+                .map(|(label, _)| (metric.with_label_values(&[*label]), 0))
+                .collect(),
         }
     }
 
     fn flush(&mut self, stats: &BridgeStats) {
-        let foreign = stats.rtp_dropped_foreign.load(Ordering::Relaxed);
-        let learning = stats.rtp_dropped_learning.load(Ordering::Relaxed);
-        self.foreign
-            .inc_by(foreign.saturating_sub(self.foreign_seen));
-        self.learning
-            .inc_by(learning.saturating_sub(self.learning_seen));
-        self.foreign_seen = foreign;
-        self.learning_seen = learning;
+        for ((counter, seen), (_, field)) in self.counters.iter_mut().zip(DROP_REASONS) {
+            let now = field(stats).load(Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(*seen));
+            *seen = now;
+        }
     }
 }
 
@@ -125,10 +133,11 @@ pub async fn run(
         rtp_dropped,
         ports,
         rtp_socket,
+        agent_tls,
     } = setup;
     // The guard lives until this function returns, on every path.
     let _ports = ports;
-    let connecting = connect_agent(&runtime_url, start, connect_timeout);
+    let connecting = connect_agent(&runtime_url, start, connect_timeout, &agent_tls);
     let link = tokio::select! {
         result = connecting => result,
         _ = events.recv() => return, // CANCEL or shutdown while ringing
@@ -257,6 +266,10 @@ mod tests {
         let mut export = DropExport::new(&metric);
         stats.rtp_dropped_foreign.store(5, Ordering::Relaxed);
         stats.rtp_dropped_learning.store(3, Ordering::Relaxed);
+        stats
+            .rtp_dropped_unauthenticated
+            .store(4, Ordering::Relaxed);
+        stats.rtp_dropped_replayed.store(2, Ordering::Relaxed);
         export.flush(&stats);
         export.flush(&stats);
         stats.rtp_dropped_foreign.store(7, Ordering::Relaxed);
@@ -269,5 +282,7 @@ mod tests {
         let value = |reason: &str| metric.with_label_values(&[reason]).get();
         assert_eq!(value("foreign_source"), 8);
         assert_eq!(value("learning"), 3);
+        assert_eq!(value("srtp_auth"), 8);
+        assert_eq!(value("srtp_replay"), 4);
     }
 }

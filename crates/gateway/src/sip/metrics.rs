@@ -109,7 +109,7 @@ impl SipMetrics {
         let rtp_dropped = IntCounterVec::new(
             Opts::new(
                 "rtp_dropped_total",
-                "Caller RTP packets dropped by strict RTP, by reason",
+                "Caller RTP packets dropped by strict RTP or SRTP (authentication, replay), by reason",
             ),
             &["reason"],
         )?;

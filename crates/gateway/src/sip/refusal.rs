@@ -230,21 +230,32 @@ impl Refusal {
     }
 
     /// 488 (or the error's status) for an offer we cannot answer; Q.850 88, incompatible
-    /// destination; with 488, Warning 304 and Accept say what we take.
+    /// destination; with 488, Warning 304 (codecs) or 305 (SRTP profile, suite or policy) and
+    /// Accept say what we take.
     pub fn media(error: &MediaError) -> Self {
         let status = error.sip_status();
         let why = error.to_string();
         let mut refusal = Refusal::status(status)
             .reason(Cause::Q850(88), &why)
             .warning(&why);
-        if status == 488 {
-            // 304: media type not available (RFC 3261 §20.43).
-            refusal = refusal
-                .with(
-                    "Warning",
-                    "304 switchboard \"only PCMU, PCMA and telephone-event are available\"",
-                )
-                .with("Accept", ACCEPT);
+        match error {
+            // 305: incompatible media format (RFC 3261 §20.43): the transport profile or its
+            // keys, not the codecs, are what we cannot take.
+            MediaError::NoCryptoSuite { .. } | MediaError::EncryptionPolicy { .. } => {
+                refusal = refusal
+                    .with("Warning", format!("305 switchboard \"{}\"", sanitize(&why)))
+                    .with("Accept", ACCEPT);
+            }
+            // 304: media type not available.
+            _ if status == 488 => {
+                refusal = refusal
+                    .with(
+                        "Warning",
+                        "304 switchboard \"only PCMU, PCMA and telephone-event are available\"",
+                    )
+                    .with("Accept", ACCEPT);
+            }
+            _ => {}
         }
         refusal
     }

@@ -225,6 +225,7 @@ impl Engine {
             rtp_dropped: self.shared.metrics.rtp_dropped.clone(),
             ports,
             rtp_socket,
+            agent_tls: self.state.agent_tls.clone(),
         };
         self.tasks
             .spawn(call::run(setup, events_rx, admin_rx, self.commands.clone()));

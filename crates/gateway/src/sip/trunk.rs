@@ -146,6 +146,7 @@ mod tests {
             }),
             provider: None,
             max_calls_per_second: None,
+            media_encryption: Default::default(),
         }
     }
 

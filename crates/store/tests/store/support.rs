@@ -174,6 +174,7 @@ pub fn connection(id: &str) -> Connection {
         digest: None,
         provider: Some("exotel".into()),
         max_calls_per_second: Some(50),
+        media_encryption: Default::default(),
     }
 }
 

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use switchboard_media::{
-    AllowedSources, BridgeConfig, CallInfo, CustomParameters, NegotiatedMedia, SdpSession,
-    StartParams, StreamIds,
+    AllowedSources, BridgeConfig, CallInfo, CustomParameters, MediaEncryption, NegotiatedMedia,
+    SdpSession, StartParams, StreamIds,
 };
-use switchboard_routing::model::Connection;
+use switchboard_routing::model::{self, Connection};
 use switchboard_routing::{Route, RouteDecision, RoutingSnapshot};
 use switchboard_sip::{HeaderName, OwnedMessage, ServerTxnId, Transport};
 
@@ -64,7 +64,8 @@ impl<P: MediaPorts> CallFlow<P> {
             .admit(now, request, source, &snapshot)
             .and_then(|admitted| {
                 let route = self.route(now, &snapshot, &admitted)?;
-                let media = self.prepare_media(request)?;
+                let media =
+                    self.prepare_media(request, media_policy(admitted.connection.as_ref()))?;
                 Ok((admitted, route, media))
             });
         match outcome {
@@ -195,6 +196,7 @@ impl<P: MediaPorts> CallFlow<P> {
     fn prepare_media(
         &mut self,
         request: &OwnedMessage,
+        encryption: MediaEncryption,
     ) -> Result<PreparedMedia<P::Reservation>, Refusal> {
         let (rtp_port, reservation) = self.ports.reserve().map_err(|why| {
             self.metrics
@@ -203,7 +205,8 @@ impl<P: MediaPorts> CallFlow<P> {
                 .inc();
             Refusal::no_rtp_ports(why)
         })?;
-        let mut sdp = SdpSession::new(self.config.advertised_ip, rtp_port);
+        let mut sdp =
+            SdpSession::new(self.config.advertised_ip, rtp_port).with_encryption(encryption);
         let offer =
             screen::sdp_body(&request.message()).map(|b| String::from_utf8_lossy(b).into_owned());
         // On a refusal the reservation is dropped here, which returns the ports.
@@ -391,4 +394,14 @@ fn custom_parameters(route: &Route) -> CustomParameters {
         app_variables: &variables,
         app_overrides: &overrides,
     })
+}
+
+/// The trunk's `media_encryption` as the SDP layer takes it; a call with no known trunk (it
+/// will be refused by routing anyway) gets the default.
+fn media_policy(connection: Option<&Connection>) -> MediaEncryption {
+    match connection.map(|c| c.media_encryption).unwrap_or_default() {
+        model::MediaEncryption::Disable => MediaEncryption::Disable,
+        model::MediaEncryption::Allow => MediaEncryption::Allow,
+        model::MediaEncryption::Require => MediaEncryption::Require,
+    }
 }

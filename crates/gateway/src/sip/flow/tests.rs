@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use switchboard_routing::model::{
     AppVersion, ChannelDirection, Connection, ConnectionConfig, Deployment, DeploymentStatus,
-    DigestCredentials, RuntimeStatus, Scope,
+    DigestCredentials, MediaEncryption, RuntimeStatus, Scope,
 };
 use switchboard_routing::{Change, RoutingSettings, RoutingSnapshot, RoutingTable};
 use switchboard_sip::{
@@ -49,6 +49,10 @@ impl MediaPorts for FakePorts {
 }
 
 fn routing(paused: bool, digest: bool) -> Arc<RoutingTable> {
+    routing_with(paused, digest, MediaEncryption::Allow)
+}
+
+fn routing_with(paused: bool, digest: bool, encryption: MediaEncryption) -> Arc<RoutingTable> {
     let table = RoutingTable::new(RoutingSnapshot::empty(RoutingSettings::default()).unwrap());
     let scope = Scope::new("org", "ws");
     let connection = Connection {
@@ -61,6 +65,7 @@ fn routing(paused: bool, digest: bool) -> Arc<RoutingTable> {
         }),
         provider: None,
         max_calls_per_second: None,
+        media_encryption: encryption,
     };
     let version = AppVersion {
         app_id: "agent".into(),
@@ -421,6 +426,21 @@ fn an_unknown_number_is_refused_statelessly_with_its_cause() {
     assert!(response.contains("Reason: Q.850;cause=1;"), "{response}");
     assert!(response.contains("Warning: 399 switchboard"), "{response}");
     assert!(sim.log.started.is_empty());
+}
+
+#[test]
+fn a_plain_offer_to_a_trunk_that_requires_srtp_is_488_with_warning_305() {
+    let mut sim = Sim::new(4, 0, routing_with(false, false, MediaEncryption::Require));
+    sim.invite(CALLED, None);
+    sim.run_call(5.0, None);
+    assert_eq!(sim.log.uac_statuses, [488]);
+    let response = &sim.log.uac_responses[0];
+    assert!(
+        response.contains("Warning: 305 switchboard \"this connection requires SRTP"),
+        "{response}"
+    );
+    assert!(sim.log.started.is_empty());
+    assert_eq!(sim.flow.call_count(), 0);
 }
 
 #[test]

@@ -16,6 +16,7 @@ fn table_trusting(nets: &[&str]) -> Arc<RoutingTable> {
         digest: None,
         provider: None,
         max_calls_per_second: None,
+        media_encryption: Default::default(),
         media_addresses: Vec::new(),
     };
     table
