@@ -40,6 +40,8 @@ pub struct AppState {
     write_lock: Arc<Mutex<()>>,
     /// Set once the routing snapshot has been built from the store; `/readyz` reports it.
     ready: Arc<AtomicBool>,
+    /// Set when a drain starts (SIGTERM): `/readyz` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             calls: Arc::new(DashMap::new()),
             write_lock: Arc::new(Mutex::new(())),
             ready: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -148,6 +151,16 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Call when the drain starts, so load balancers stop sending (`/readyz` 503).
+    pub fn mark_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the gateway is draining for shutdown (admin writes still work meanwhile).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 

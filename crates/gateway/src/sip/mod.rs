@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::state::AppState;
-use crate::SipAddrs;
+use crate::{SipAddrs, Stop};
 
 /// Why the SIP service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +78,16 @@ pub enum SipStartError {
     Ports(#[from] ports::PortError),
 }
 
-/// Binds the SIP listeners from `[sip] udp/tcp` and spawns the readers and the endpoint
-/// task on `tasks`; everything stops when `shutdown` is cancelled (answered calls get BYE).
+/// Binds the SIP listeners from `[sip] udp/tcp` and spawns the readers and the engine tasks
+/// on `tasks` (the engines also on `engine_tasks`, which the drain waits for); everything stops when
+/// `shutdown` is cancelled (answered calls get BYE). `stop` drains (see [`Stop`]).
 /// Returns the bound addresses (port 0 resolved).
 pub async fn start(
     state: &AppState,
     shutdown: CancellationToken,
+    stop: &Stop,
     tasks: &TaskTracker,
+    engine_tasks: &TaskTracker,
 ) -> Result<SipAddrs, SipStartError> {
     let config = &state.config;
     let metrics = metrics::SipMetrics::register(state.metrics.registry())?;
@@ -170,7 +173,9 @@ pub async fn start(
             commands_tx,
             tasks.clone(),
         );
-        tasks.spawn(engine.run(inbound_rx, commands_rx, shutdown.clone()));
+        let grace = std::time::Duration::from_secs(config.shutdown.grace_period_secs);
+        let run = engine.run(inbound_rx, commands_rx, shutdown.clone(), stop.clone(), grace);
+        tasks.spawn(engine_tasks.track_future(run));
     }
     tracing::info!(%udp, %tcp, engines, "SIP listening");
     Ok(SipAddrs { udp, tcp })
