@@ -69,6 +69,8 @@ pub struct Running {
     pub sip_tcp: Option<SocketAddr>,
     /// Bound admin HTTP address.
     pub admin: SocketAddr,
+    /// Bound `[metrics] listen` address, when configured.
+    pub metrics: Option<SocketAddr>,
     /// The shared state (tests look at `state.routing` directly).
     pub state: AppState,
     shutdown: CancellationToken,
@@ -97,10 +99,11 @@ impl Running {
             None => "null".to_owned(),
         };
         format!(
-            r#"{{"event":"listening","sip_udp":{},"sip_tcp":{},"admin":"{}"}}"#,
+            r#"{{"event":"listening","sip_udp":{},"sip_tcp":{},"admin":"{}","metrics":{}}}"#,
             addr(self.sip_udp),
             addr(self.sip_tcp),
-            self.admin
+            self.admin,
+            addr(self.metrics),
         )
     }
 
@@ -169,10 +172,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let engines = TaskTracker::new();
     let started = start_services(config, shutdown.clone(), &stop, tasks.clone(), &engines).await;
     match started {
-        Ok((state, admin, sip_addrs)) => Ok(Running {
+        Ok((state, Bound { admin, metrics }, sip_addrs)) => Ok(Running {
             sip_udp: sip_addrs.map(|a| a.udp),
             sip_tcp: sip_addrs.map(|a| a.tcp),
             admin,
+            metrics,
             state,
             shutdown,
             stop,
@@ -195,7 +199,7 @@ async fn start_services(
     stop: &Stop,
     tasks: TaskTracker,
     engines: &TaskTracker,
-) -> anyhow::Result<(AppState, SocketAddr, Option<SipAddrs>)> {
+) -> anyhow::Result<(AppState, Bound, Option<SipAddrs>)> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let store = Store::open(&config.store.url)
@@ -219,6 +223,22 @@ async fn start_services(
         shutdown.clone(),
         tasks.clone(),
     ));
+
+    let mut metrics = None;
+    if let Some(listen) = config.metrics.listen {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the metrics listener on {listen}"))?;
+        let bound = listener.local_addr().context("metrics listener address")?;
+        tracing::info!(%bound, "metrics, healthz and readyz listening");
+        metrics = Some(bound);
+        tasks.spawn(admin::listener::serve_probes(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
 
     {
         let _write = state.write_lock().await;
@@ -252,7 +272,14 @@ async fn start_services(
 
     state.mark_ready();
     tracing::info!(%admin, store = config.store.url.split("://").next().unwrap_or(""), "switchboard started");
-    Ok((state, admin, sip_addrs))
+    Ok((state, Bound { admin, metrics }, sip_addrs))
+}
+
+/// The HTTP listeners' bound addresses.
+#[derive(Debug)]
+struct Bound {
+    admin: SocketAddr,
+    metrics: Option<SocketAddr>,
 }
 
 /// With no `[admin] api_keys`, the admin key generated on first start (kept as a store setting

@@ -70,6 +70,27 @@ pub async fn serve(
     serve_with(listener, state, shutdown, tasks, limits).await;
 }
 
+/// `[metrics] listen`: `/metrics`, `/healthz` and `/readyz` only (anything else 404), with
+/// the admin listener's bounds, so Prometheus and load balancers need no admin access.
+pub async fn serve_probes(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let limits = Limits::from_config(&state.config.admin);
+    serve_surface(listener, state, shutdown, tasks, limits, Surface::Probes).await;
+}
+
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// The whole admin API.
+    Admin,
+    /// Metrics and health only (`[metrics] listen`).
+    Probes,
+}
+
 /// [`serve`] with explicit limits.
 pub async fn serve_with(
     listener: TcpListener,
@@ -77,6 +98,17 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     tasks: TaskTracker,
     limits: Limits,
+) {
+    serve_surface(listener, state, shutdown, tasks, limits, Surface::Admin).await;
+}
+
+async fn serve_surface(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    limits: Limits,
+    surface: Surface,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -109,6 +141,7 @@ pub async fn serve_with(
             shutdown.clone(),
             limits,
             slot,
+            surface,
         ));
     }
 }
@@ -143,6 +176,7 @@ async fn connection(
     shutdown: CancellationToken,
     limits: Limits,
     _slot: Slot,
+    surface: Surface,
 ) {
     let metrics = state.metrics.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -154,7 +188,12 @@ async fn connection(
         };
         let counter = state.metrics.admin_body_timeouts.clone();
         let req = req.map(|body| TimedBody::new(body, deadline, counter));
-        async move { Ok::<_, Infallible>(super::handle(state, req).await) }
+        async move {
+            Ok::<_, Infallible>(match surface {
+                Surface::Admin => super::handle(state, req).await,
+                Surface::Probes => super::handle_probe(state, req).await,
+            })
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

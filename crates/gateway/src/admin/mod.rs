@@ -125,6 +125,14 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     resp
 }
 
+/// A request on the `[metrics] listen` listener: `/metrics`, `/healthz`, `/readyz`, else 404.
+pub async fn handle_probe(state: AppState, req: Request<RequestBody>) -> Response<Body> {
+    match req.uri().path() {
+        "/metrics" | "/healthz" | "/readyz" => handle(state, req).await,
+        _ => ApiError::no_route().into_response(),
+    }
+}
+
 /// Routes, authenticates, dispatches, and records metrics for one request.
 pub async fn handle(state: AppState, req: Request<RequestBody>) -> Response<Body> {
     // SIP side hook: the Twilio-compatible call resource (REST hang-up), own auth and errors.

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec};
 use switchboard_media::{
-    connect_agent, spawn_bridge, BridgeConfig, BridgeStats, EndReason, StartParams,
+    connect_agent, spawn_bridge, BridgeConfig, BridgeStats, EndReason, MediaError, StartParams,
 };
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use super::flow::CallEvent;
+use super::metrics::CallMetrics;
 use super::ports::RtpPorts;
 use super::refusal::Hangup;
 use crate::live_calls::{CallCommand, HangupCause};
@@ -65,6 +66,8 @@ pub struct CallSetup {
     pub bridge: BridgeConfig,
     /// `switchboard_rtp_dropped_total{reason}`: the bridge's strict-RTP drops are added here.
     pub rtp_dropped: IntCounterVec,
+    /// Agent connect failures and RTP packet counts are added here.
+    pub call_metrics: CallMetrics,
     pub ports: RtpPorts,
     pub rtp_socket: std::net::UdpSocket,
 }
@@ -74,31 +77,51 @@ pub struct CallSetup {
 /// what was counted since the previous one.
 #[derive(Debug)]
 struct DropExport {
-    foreign: IntCounter,
-    learning: IntCounter,
-    foreign_seen: u64,
-    learning_seen: u64,
+    /// Each exported counter with the bridge figure it follows and the value last added.
+    counters: Vec<(IntCounter, fn(&BridgeStats) -> u64, u64)>,
 }
 
 impl DropExport {
-    fn new(metric: &IntCounterVec) -> DropExport {
-        DropExport {
-            foreign: metric.with_label_values(&["foreign_source"]),
-            learning: metric.with_label_values(&["learning"]),
-            foreign_seen: 0,
-            learning_seen: 0,
-        }
+    fn new(dropped: &IntCounterVec, packets: &IntCounterVec) -> DropExport {
+        let counters: Vec<(IntCounter, fn(&BridgeStats) -> u64, u64)> = vec![
+            (
+                dropped.with_label_values(&["foreign_source"]),
+                |s| load(&s.rtp_dropped_foreign),
+                0,
+            ),
+            (
+                dropped.with_label_values(&["learning"]),
+                |s| load(&s.rtp_dropped_learning),
+                0,
+            ),
+            (
+                packets.with_label_values(&["in"]),
+                |s| load(&s.rtp_received),
+                0,
+            ),
+            (packets.with_label_values(&["out"]), |s| load(&s.rtp_sent), 0),
+        ];
+        DropExport { counters }
     }
 
     fn flush(&mut self, stats: &BridgeStats) {
-        let foreign = stats.rtp_dropped_foreign.load(Ordering::Relaxed);
-        let learning = stats.rtp_dropped_learning.load(Ordering::Relaxed);
-        self.foreign
-            .inc_by(foreign.saturating_sub(self.foreign_seen));
-        self.learning
-            .inc_by(learning.saturating_sub(self.learning_seen));
-        self.foreign_seen = foreign;
-        self.learning_seen = learning;
+        for (counter, read, seen) in &mut self.counters {
+            let now = read(stats);
+            counter.inc_by(now.saturating_sub(*seen));
+            *seen = now;
+        }
+    }
+}
+
+fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// The `reason` label of `switchboard_agent_connect_failures_total`.
+fn connect_failure_reason(error: &MediaError) -> &'static str {
+    match error {
+        MediaError::AgentTimeout { .. } => "timeout",
+        _ => "connect",
     }
 }
 
@@ -123,6 +146,7 @@ pub async fn run(
         connect_timeout,
         bridge,
         rtp_dropped,
+        call_metrics,
         ports,
         rtp_socket,
     } = setup;
@@ -140,6 +164,10 @@ pub async fn run(
     let link = match link {
         Ok(link) => link,
         Err(e) => {
+            call_metrics
+                .agent_connect_failures
+                .with_label_values(&[connect_failure_reason(&e)])
+                .inc();
             let _ = core
                 .send(CoreCommand::AgentFailed {
                     call_id,
@@ -194,7 +222,7 @@ pub async fn run(
         }
     };
     let handle = spawn_bridge(socket, media, link, bridge);
-    let mut drops = DropExport::new(&rtp_dropped);
+    let mut drops = DropExport::new(&rtp_dropped, &call_metrics.rtp_packets);
     let mut export = tokio::time::interval(STATS_EXPORT_INTERVAL);
     export.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Why we hang up, if it is our side that ends the call.
@@ -253,8 +281,14 @@ mod tests {
             &["reason"],
         )
         .unwrap();
+        let packets = IntCounterVec::new(
+            prometheus::Opts::new("rtp_packets_total", "test"),
+            &["direction"],
+        )
+        .unwrap();
         let stats = BridgeStats::default();
-        let mut export = DropExport::new(&metric);
+        stats.rtp_received.store(50, Ordering::Relaxed);
+        let mut export = DropExport::new(&metric, &packets);
         stats.rtp_dropped_foreign.store(5, Ordering::Relaxed);
         stats.rtp_dropped_learning.store(3, Ordering::Relaxed);
         export.flush(&stats);
@@ -262,12 +296,14 @@ mod tests {
         stats.rtp_dropped_foreign.store(7, Ordering::Relaxed);
         export.flush(&stats);
         // A second call's bridge adds to the same counters.
-        let mut other = DropExport::new(&metric);
+        let mut other = DropExport::new(&metric, &packets);
         stats.rtp_dropped_foreign.store(1, Ordering::Relaxed);
         stats.rtp_dropped_learning.store(0, Ordering::Relaxed);
         other.flush(&stats);
         let value = |reason: &str| metric.with_label_values(&[reason]).get();
         assert_eq!(value("foreign_source"), 8);
         assert_eq!(value("learning"), 3);
+        // Both calls' bridges read 50 received packets: each adds its own.
+        assert_eq!(packets.with_label_values(&["in"]).get(), 100);
     }
 }

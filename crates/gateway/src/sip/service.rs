@@ -254,6 +254,7 @@ impl Engine {
             connect_timeout: start.connect_timeout,
             bridge: start.bridge,
             rtp_dropped: self.shared.metrics.rtp_dropped.clone(),
+            call_metrics: self.shared.metrics.call.clone(),
             ports,
             rtp_socket,
         };
