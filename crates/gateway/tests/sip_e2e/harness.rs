@@ -109,6 +109,8 @@ pub struct Daemon {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub admin: SocketAddr,
+    /// The `[metrics] listen` address, when configured.
+    pub metrics: Option<SocketAddr>,
     /// The configured `[media] rtp_ports` (with one pair, its first port is every call's).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
     /// Holds the config and database until the daemon is dropped.
@@ -199,6 +201,7 @@ agent_connect_timeout_ms = {connect}
             sip_udp: addr("sip_udp")?,
             sip_tcp: addr("sip_tcp")?,
             admin: addr("admin")?,
+            metrics: addr("metrics").ok(),
             rtp_ports,
             child,
             _dir: dir,
@@ -219,6 +222,30 @@ agent_connect_timeout_ms = {connect}
     /// True while the process is running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    /// The daemon's exit status once it has exited, waiting up to `timeout`; `None` if it
+    /// is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn admin(&self) -> Admin {
