@@ -17,6 +17,16 @@ const KNOWN_METHODS: [&str; 8] = [
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER",
 ];
 
+/// The bounded queues `sip_queue_full_total{queue}` reports (created at 0 on start).
+const QUEUES: [&str; 6] = [
+    "inbound",
+    "udp_send",
+    "tcp_write",
+    "tcp_connections",
+    "call_events",
+    "rtp_ports",
+];
+
 /// Every SIP counter and gauge.
 #[derive(Debug, Clone)]
 pub struct SipMetrics {
@@ -223,6 +233,13 @@ impl SipMetrics {
         registry.register(Box::new(queue_full.clone()))?;
         registry.register(Box::new(auth.clone()))?;
         registry.register(Box::new(route_rejects.clone()))?;
+        // Every reason from the start: a rejects panel or alert sees 0, not an absent series.
+        for reason in switchboard_routing::RejectReason::ALL {
+            route_rejects.with_label_values(&[reason.as_str()]);
+        }
+        for queue in QUEUES {
+            queue_full.with_label_values(&[queue]);
+        }
         let dropped = IntCounterVec::new(
             Opts::new(
                 "sip_dropped_total",
