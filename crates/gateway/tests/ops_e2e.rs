@@ -205,7 +205,9 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_after_a_call() {
     ]);
     let fixture = Fixture::start(options).await;
     let daemon = &fixture.daemon;
-    expect_sipp_ok(daemon, Sipp::new("uac_call.xml", daemon.sip_udp)).await;
+    // Held 1.5 s: the gateway paces RTP to the caller (20 ms packets) from the ACK on.
+    let call = Sipp::new("uac_call.xml", daemon.sip_udp).arg("-d").arg("1500");
+    expect_sipp_ok(daemon, call).await;
     // The separate listener serves metrics and health, and nothing of the admin API.
     let probes = Admin {
         addr: daemon.metrics.expect("the listening line names the metrics listener"),
@@ -236,7 +238,8 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_after_a_call() {
         metric(&page, "switchboard_call_setup_seconds_count", "stage=\"agent_connect\""),
         1.0
     );
-    assert!(metric(&page, "switchboard_rtp_packets_total", "direction=\"in\"") > 0.0, "{page}");
+    let sent = metric(&page, "switchboard_rtp_packets_total", "direction=\"out\"");
+    assert!(sent > 10.0, "{sent} RTP packets sent in 1.5 s\n{page}");
     // One JSON summary line for the call, with every field an operator searches by.
     let log = daemon.log();
     let summary: serde_json::Value = log

@@ -257,6 +257,9 @@ impl SipMetrics {
         )?;
         let transactions = IntGauge::new("sip_transactions", "Live SIP transactions")?;
         registry.register(Box::new(dropped.clone()))?;
+        for reason in ["untrusted", "banned", "tcp_per_source"] {
+            dropped.with_label_values(&[reason]);
+        }
         registry.register(Box::new(bans.clone()))?;
         registry.register(Box::new(stateless.clone()))?;
         registry.register(Box::new(transactions.clone()))?;
