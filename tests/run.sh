@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README's quick start runs it:
 #   tests/run.sh
-# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, Python
+# Installs what the suite talks to (SIPp, PostgreSQL, Kamailio for the scale-out test, promtool
+# from Debian's prometheus for the alert rules, iproute2 for the packet-loss run, Python
 # venvs for SIPVicious and the Pipecat check) when missing, starts a throwaway PostgreSQL on loopback, runs every
 # Rust test in the workspace, then the Pipecat compatibility check. Nothing here is mocked.
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
