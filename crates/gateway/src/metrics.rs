@@ -64,7 +64,10 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Always 1; the version label says which build runs"),
+            Opts::new(
+                "build_info",
+                "Always 1; the version label says which build runs",
+            ),
             &["version"],
         )?;
         build_info
@@ -202,7 +205,9 @@ mod tests {
         );
         let version = env!("CARGO_PKG_VERSION");
         assert!(
-            text.contains(&format!("switchboard_build_info{{version=\"{version}\"}} 1")),
+            text.contains(&format!(
+                "switchboard_build_info{{version=\"{version}\"}} 1"
+            )),
             "{text}"
         );
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");

@@ -30,7 +30,8 @@ fn promtool_accepts_the_alert_rules() {
         .arg(deploy().join("prometheus/alerts.yml"))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("SUCCESS"), "{text}");
 }
@@ -43,7 +44,9 @@ fn the_dashboard_is_grafana_json_with_panels() {
     assert!(panels.len() >= 10);
     for panel in panels {
         let targets = panel["targets"].as_array().unwrap();
-        assert!(targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())));
+        assert!(targets
+            .iter()
+            .all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())));
     }
 }
 
@@ -63,7 +66,9 @@ fn number_after(text: &str, key: &str) -> u64 {
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
-    digits.parse().unwrap_or_else(|_| panic!("no number after {key}"))
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {key}"))
 }
 
 #[test]
@@ -85,6 +90,8 @@ fn shipped_configs_parse_and_orchestrators_outwait_the_grace_period() {
     let compose = read("compose.yaml");
     assert!(number_after(&compose, "stop_grace_period:") > compose_config);
     let unit = read("switchboard.service");
-    assert!(number_after(&unit, "\nTimeoutStopSec=") > Config::default().shutdown.grace_period_secs);
+    assert!(
+        number_after(&unit, "\nTimeoutStopSec=") > Config::default().shutdown.grace_period_secs
+    );
     assert!(unit.contains("KillSignal=SIGTERM"));
 }

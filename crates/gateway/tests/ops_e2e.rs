@@ -35,7 +35,9 @@ fn call_in_background(
     scenario: &str,
     hold: Duration,
 ) -> tokio::task::JoinHandle<SippRun> {
-    let sipp = Sipp::new(scenario, daemon.sip_udp).arg("-d").arg(&hold.as_millis().to_string());
+    let sipp = Sipp::new(scenario, daemon.sip_udp)
+        .arg("-d")
+        .arg(&hold.as_millis().to_string());
     tokio::task::spawn_blocking(move || sipp.run().expect("sipp ran"))
 }
 
@@ -51,7 +53,11 @@ async fn wait_answered(daemon: &Daemon, n: f64) {
         if metric(&page, "switchboard_sip_calls_answered_total", "") >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "no answered call\n{}", tail(&daemon.log(), 60));
+        assert!(
+            Instant::now() < deadline,
+            "no answered call\n{}",
+            tail(&daemon.log(), 60)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -69,7 +75,12 @@ async fn exit_code(mut daemon: Daemon) -> (Option<i32>, String) {
 }
 
 fn assert_sipp_ok(run: &SippRun, log: &str) {
-    assert!(run.success, "{}\n--- switchboard log ---\n{}", run.report, tail(log, 80));
+    assert!(
+        run.success,
+        "{}\n--- switchboard log ---\n{}",
+        run.report,
+        tail(log, 80)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,13 +108,24 @@ async fn sigterm_lets_the_live_call_finish_refuses_new_ones_and_exits_0() {
     let Fixture { daemon, agent, .. } = fixture;
     let (code, log) = exit_code(daemon).await;
     assert_eq!(code, Some(0), "{}", tail(&log, 60));
-    assert!(log.contains("draining: new calls refused"), "{}", tail(&log, 60));
-    assert!(log.contains("drained: the last call has ended"), "{}", tail(&log, 60));
+    assert!(
+        log.contains("draining: new calls refused"),
+        "{}",
+        tail(&log, 60)
+    );
+    assert!(
+        log.contains("drained: the last call has ended"),
+        "{}",
+        tail(&log, 60)
+    );
     let summary = log
         .lines()
         .find(|l| l.contains("call ended") && l.contains("sip_status=200"))
         .unwrap_or_else(|| panic!("no summary line\n{}", tail(&log, 60)));
-    assert!(summary.contains("hangup_by=\"caller\"") || summary.contains("hangup_by=caller"), "{summary}");
+    assert!(
+        summary.contains("hangup_by=\"caller\"") || summary.contains("hangup_by=caller"),
+        "{summary}"
+    );
     // The caller's media reached the agent after the SIGTERM: the bridge kept running.
     let calls = agent.calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -124,7 +146,10 @@ async fn when_the_grace_period_is_over_the_call_gets_bye_with_cause_41_then_exit
     daemon.signal("TERM");
     let run = live.await.unwrap();
     assert_sipp_ok(&run, &daemon.log());
-    assert!(signalled.elapsed() >= Duration::from_secs(2), "BYE before the grace period");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "BYE before the grace period"
+    );
     let Fixture { daemon, .. } = fixture;
     let (code, log) = exit_code(daemon).await;
     assert_eq!(code, Some(0), "{}", tail(&log, 60));
@@ -206,11 +231,15 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_after_a_call() {
     let fixture = Fixture::start(options).await;
     let daemon = &fixture.daemon;
     // Held 1.5 s: the gateway paces RTP to the caller (20 ms packets) from the ACK on.
-    let call = Sipp::new("uac_call.xml", daemon.sip_udp).arg("-d").arg("1500");
+    let call = Sipp::new("uac_call.xml", daemon.sip_udp)
+        .arg("-d")
+        .arg("1500");
     expect_sipp_ok(daemon, call).await;
     // The separate listener serves metrics and health, and nothing of the admin API.
     let probes = Admin {
-        addr: daemon.metrics.expect("the listening line names the metrics listener"),
+        addr: daemon
+            .metrics
+            .expect("the listening line names the metrics listener"),
     };
     let (page, ready, api) = tokio::task::spawn_blocking(move || {
         (
@@ -225,17 +254,37 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_after_a_call() {
     let page = page.body;
     let exported = exported_series(&page);
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
-    for file in ["grafana/dashboards/switchboard.json", "prometheus/alerts.yml"] {
+    for file in [
+        "grafana/dashboards/switchboard.json",
+        "prometheus/alerts.yml",
+    ] {
         let text = std::fs::read_to_string(deploy.join(file)).expect(file);
         let used = metric_names(&text);
         assert!(used.len() >= 5, "{file} names only {used:?}");
         let missing: Vec<_> = used.difference(&exported).collect();
-        assert!(missing.is_empty(), "{file} uses {missing:?}, not exported:\n{page}");
+        assert!(
+            missing.is_empty(),
+            "{file} uses {missing:?}, not exported:\n{page}"
+        );
     }
-    assert_eq!(metric(&page, "switchboard_calls_ended_total", "hangup_by=\"caller\""), 1.0);
-    assert_eq!(metric(&page, "switchboard_call_duration_seconds_count", ""), 1.0);
     assert_eq!(
-        metric(&page, "switchboard_call_setup_seconds_count", "stage=\"agent_connect\""),
+        metric(
+            &page,
+            "switchboard_calls_ended_total",
+            "hangup_by=\"caller\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&page, "switchboard_call_duration_seconds_count", ""),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "switchboard_call_setup_seconds_count",
+            "stage=\"agent_connect\""
+        ),
         1.0
     );
     let sent = metric(&page, "switchboard_rtp_packets_total", "direction=\"out\"");

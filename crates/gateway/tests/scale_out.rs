@@ -28,7 +28,10 @@ const GUARD: Duration = Duration::from_secs(60);
 /// global in a store, so this test must not share one).
 fn fresh_postgres() -> Option<String> {
     let admin_url = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL").ok()?;
-    let name = format!("sb_scale_out_{:x}", std::process::id() as u64 * 1_000_003 + rand_suffix());
+    let name = format!(
+        "sb_scale_out_{:x}",
+        std::process::id() as u64 * 1_000_003 + rand_suffix()
+    );
     let status = Command::new("psql")
         .arg(&admin_url)
         .args(["-qc", &format!("CREATE DATABASE {name}")])
@@ -60,12 +63,20 @@ impl Kamailio {
         let lines: String = gateways.iter().map(|g| format!("1 sip:{g}\n")).collect();
         std::fs::write(&list, lines).unwrap();
         let port = free_port(Ipv4Addr::LOCALHOST.into()).unwrap();
-        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kamailio/kamailio.cfg");
+        let config =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kamailio/kamailio.cfg");
         let log = dir.path().join("kamailio.log");
         let child = Command::new("kamailio")
             .arg("-f")
             .arg(config)
-            .args(["-DD", "-E", "-n", "2", "-l", &format!("udp:127.0.0.1:{port}")])
+            .args([
+                "-DD",
+                "-E",
+                "-n",
+                "2",
+                "-l",
+                &format!("udp:127.0.0.1:{port}"),
+            ])
             .arg("-Y")
             .arg(dir.path())
             .arg("-w")
@@ -106,7 +117,10 @@ impl Drop for Kamailio {
 }
 
 fn daemon_options(store_url: Option<&str>) -> DaemonOptions {
-    let mut env = vec![("SWITCHBOARD_SHUTDOWN_GRACE_PERIOD_SECS".to_owned(), "60".to_owned())];
+    let mut env = vec![(
+        "SWITCHBOARD_SHUTDOWN_GRACE_PERIOD_SECS".to_owned(),
+        "60".to_owned(),
+    )];
     if let Some(url) = store_url {
         env.push(("SWITCHBOARD_STORE_URL".to_owned(), url.to_owned()));
     }
@@ -138,7 +152,11 @@ async fn until_metric(daemon: &Daemon, what: &str, check: impl Fn(&str) -> bool)
         if check(&page) {
             return page;
         }
-        assert!(Instant::now() < deadline, "{what}\n{}", tail(&daemon.log(), 40));
+        assert!(
+            Instant::now() < deadline,
+            "{what}\n{}",
+            tail(&daemon.log(), 40)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -158,7 +176,10 @@ async fn a_draining_gateway_behind_kamailio_loses_no_call() {
     let agent = Agent::start(AgentBehaviour::default()).await.unwrap();
     let options = daemon_options(store.as_deref());
     let (a, b) = tokio::task::spawn_blocking(move || {
-        (Daemon::start(&options).unwrap(), Daemon::start(&options).unwrap())
+        (
+            Daemon::start(&options).unwrap(),
+            Daemon::start(&options).unwrap(),
+        )
     })
     .await
     .unwrap();
@@ -224,7 +245,12 @@ async fn a_draining_gateway_behind_kamailio_loses_no_call() {
     .await
     .unwrap();
     let (status, log_a) = status;
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", tail(&log_a, 40));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        tail(&log_a, 40)
+    );
     // Every call A took on completed: answered and ended by the caller's BYE.
     let answered_a = log_a
         .lines()
@@ -236,8 +262,15 @@ async fn a_draining_gateway_behind_kamailio_loses_no_call() {
         .count();
     assert_eq!(answered_a, caller_ended_a, "{}", tail(&log_a, 60));
     let answered_b = metric(&after_b, "switchboard_sip_calls_answered_total", "") as usize;
-    assert_eq!(answered_a + answered_b, CALLS as usize, "every call answered exactly once");
-    assert!(answered_b > 0 && answered_a > 0, "A {answered_a}, B {answered_b}");
+    assert_eq!(
+        answered_a + answered_b,
+        CALLS as usize,
+        "every call answered exactly once"
+    );
+    assert!(
+        answered_b > 0 && answered_a > 0,
+        "A {answered_a}, B {answered_b}"
+    );
     let refused_by_a = metric(&draining, "switchboard_sip_responses_total", "code=\"503\"");
     let failovers = kamailio.log().matches("failing over").count();
     println!(

@@ -485,9 +485,16 @@ impl Config {
             bad("admin.max_connections", "must be positive".to_owned());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            bad("log.level", format!("{:?} is not a log filter: {e}", self.log.level));
+            bad(
+                "log.level",
+                format!("{:?} is not a log filter: {e}", self.log.level),
+            );
         }
-        if self.metrics.listen.is_some_and(|m| m == self.admin.listen && m.port() != 0) {
+        if self
+            .metrics
+            .listen
+            .is_some_and(|m| m == self.admin.listen && m.port() != 0)
+        {
             bad(
                 "metrics.listen",
                 "must differ from admin.listen (leave it unset to serve metrics there)".to_owned(),

@@ -72,43 +72,50 @@ pub struct CallSetup {
     pub rtp_socket: std::net::UdpSocket,
 }
 
-/// Copies a bridge's per-call drop counters into the process-wide Prometheus counter. Call
-/// [`DropExport::flush`] periodically and once after the bridge ended; each call adds only
-/// what was counted since the previous one.
+/// Copies a bridge's per-call drop and packet counters into the process-wide Prometheus
+/// counters. Call [`DropExport::flush`] periodically and once after the bridge ended; each
+/// call adds only what was counted since the previous one.
 #[derive(Debug)]
 struct DropExport {
-    /// Each exported counter with the bridge figure it follows and the value last added.
-    counters: Vec<(IntCounter, fn(&BridgeStats) -> u64, u64)>,
+    counters: Vec<Exported>,
+}
+
+/// One process-wide counter following one of the bridge's figures.
+#[derive(Debug)]
+struct Exported {
+    counter: IntCounter,
+    read: fn(&BridgeStats) -> u64,
+    /// The figure when last added.
+    seen: u64,
 }
 
 impl DropExport {
     fn new(dropped: &IntCounterVec, packets: &IntCounterVec) -> DropExport {
-        let counters: Vec<(IntCounter, fn(&BridgeStats) -> u64, u64)> = vec![
-            (
-                dropped.with_label_values(&["foreign_source"]),
-                |s| load(&s.rtp_dropped_foreign),
-                0,
-            ),
-            (
-                dropped.with_label_values(&["learning"]),
-                |s| load(&s.rtp_dropped_learning),
-                0,
-            ),
-            (
-                packets.with_label_values(&["in"]),
-                |s| load(&s.rtp_received),
-                0,
-            ),
-            (packets.with_label_values(&["out"]), |s| load(&s.rtp_sent), 0),
+        let follow = |counter: IntCounter, read: fn(&BridgeStats) -> u64| Exported {
+            counter,
+            read,
+            seen: 0,
+        };
+        let counters = vec![
+            follow(dropped.with_label_values(&["foreign_source"]), |s| {
+                load(&s.rtp_dropped_foreign)
+            }),
+            follow(dropped.with_label_values(&["learning"]), |s| {
+                load(&s.rtp_dropped_learning)
+            }),
+            follow(packets.with_label_values(&["in"]), |s| {
+                load(&s.rtp_received)
+            }),
+            follow(packets.with_label_values(&["out"]), |s| load(&s.rtp_sent)),
         ];
         DropExport { counters }
     }
 
     fn flush(&mut self, stats: &BridgeStats) {
-        for (counter, read, seen) in &mut self.counters {
-            let now = read(stats);
-            counter.inc_by(now.saturating_sub(*seen));
-            *seen = now;
+        for exported in &mut self.counters {
+            let now = (exported.read)(stats);
+            exported.counter.inc_by(now.saturating_sub(exported.seen));
+            exported.seen = now;
         }
     }
 }

@@ -264,6 +264,9 @@ impl SipMetrics {
         registry.register(Box::new(stateless.clone()))?;
         registry.register(Box::new(transactions.clone()))?;
         registry.register(Box::new(rtp_dropped.clone()))?;
+        for reason in ["foreign_source", "learning"] {
+            rtp_dropped.with_label_values(&[reason]);
+        }
         let call = CallMetrics::register(registry)?;
         Ok(Self {
             call,

@@ -174,7 +174,13 @@ pub async fn start(
             tasks.clone(),
         );
         let grace = std::time::Duration::from_secs(config.shutdown.grace_period_secs);
-        let run = engine.run(inbound_rx, commands_rx, shutdown.clone(), stop.clone(), grace);
+        let run = engine.run(
+            inbound_rx,
+            commands_rx,
+            shutdown.clone(),
+            stop.clone(),
+            grace,
+        );
         tasks.spawn(engine_tasks.track_future(run));
     }
     tracing::info!(%udp, %tcp, engines, "SIP listening");

@@ -31,9 +31,9 @@ use crate::Stop;
 pub const CORE_COMMAND_QUEUE: usize = 4096;
 /// How long shutdown gives BYEs to leave before the task exits.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
-/// After a drain's last call ended, how long the engine keeps serving before it stops: time
-/// for our last BYE to be retransmitted twice over UDP (T1 = 500 ms, then 1 s) and for its
-/// 200 to be absorbed.
+/// After a drain's last call ended, how long the engine may keep serving while transactions
+/// are left: time for our last BYE to be retransmitted twice over UDP (T1 = 500 ms, then 1 s)
+/// and for its 200 to be absorbed. An engine with no transaction left stops at once.
 const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
 /// RTP port pairs with real sockets: bound at reservation, owned by the call task after.
@@ -154,7 +154,7 @@ impl Engine {
             self.drain();
             if self.flow.drained() && self.call_tasks.is_empty() {
                 let since = *drained_at.get_or_insert_with(Instant::now);
-                if since.elapsed() >= DRAIN_LINGER {
+                if self.flow.transaction_count() == 0 || since.elapsed() >= DRAIN_LINGER {
                     return;
                 }
             } else {

@@ -110,6 +110,7 @@ pub struct Daemon {
     pub sip_tcp: SocketAddr,
     pub admin: SocketAddr,
     /// The `[metrics] listen` address, when configured.
+    #[allow(dead_code)] // ops_e2e
     pub metrics: Option<SocketAddr>,
     /// The configured `[media] rtp_ports` (with one pair, its first port is every call's).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
@@ -225,6 +226,7 @@ agent_connect_timeout_ms = {connect}
     }
 
     /// Sends `signal` (`TERM`, `INT`, `KILL`) to the daemon.
+    #[allow(dead_code)] // ops_e2e, scale_out
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args(["-s", signal, &self.child.id().to_string()])
@@ -235,6 +237,7 @@ agent_connect_timeout_ms = {connect}
 
     /// The daemon's exit status once it has exited, waiting up to `timeout`; `None` if it
     /// is still running then.
+    #[allow(dead_code)] // ops_e2e, scale_out
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         loop {

@@ -41,7 +41,11 @@ impl<P: MediaPorts> CallFlow<P> {
                 deadline: now.instant + grace,
                 hung_up: false,
             });
-            tracing::info!(calls = self.calls.len(), ?grace, "draining: new calls refused");
+            tracing::info!(
+                calls = self.calls.len(),
+                ?grace,
+                "draining: new calls refused"
+            );
         }
     }
 
@@ -103,7 +107,14 @@ impl<P: MediaPorts> CallFlow<P> {
             call_id: call_id.to_owned(),
             call_sid: call.call_sid.clone(),
         });
-        log_call_summary(&self.metrics, now, &call.call_sid, call_id, &call.record, by);
+        log_call_summary(
+            &self.metrics,
+            now,
+            &call.call_sid,
+            call_id,
+            &call.record,
+            by,
+        );
     }
 }
 
@@ -117,9 +128,9 @@ fn log_call_summary(
     record: &CallRecord,
     by: HangupBy,
 ) {
-    let duration = record
-        .answered_at
-        .map_or(Duration::ZERO, |at| now.instant.saturating_duration_since(at));
+    let duration = record.answered_at.map_or(Duration::ZERO, |at| {
+        now.instant.saturating_duration_since(at)
+    });
     metrics.call.ended(by, record.answered_at.map(|_| duration));
     tracing::info!(
         call_sid,

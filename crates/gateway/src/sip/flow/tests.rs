@@ -610,7 +610,10 @@ fn send_options(sim: &mut Sim) {
     let options = MessageBuilder::request("OPTIONS", "sip:192.0.2.9")
         .header("Via", sim.uac.new_via(Transport::Udp))
         .header("Max-Forwards", 70)
-        .header("From", format!("<sip:probe@192.0.2.1>;tag={}", sim.uac.new_tag()))
+        .header(
+            "From",
+            format!("<sip:probe@192.0.2.1>;tag={}", sim.uac.new_tag()),
+        )
         .header("To", "<sip:192.0.2.9>")
         .header("Call-ID", format!("{}@192.0.2.1", sim.uac.new_tag()))
         .header("CSeq", "1 OPTIONS")
@@ -693,5 +696,8 @@ fn ending_all_calls_hangs_up_at_once_and_keeps_refusing() {
     assert!(sim.log.gateway_byes[0].1.contains("cause=41"));
     assert_eq!(sim.log.uac_statuses.last(), Some(&503));
     assert!(sim.flow.drained());
-    assert_eq!(sim.flow.poll_timeout().is_some(), sim.flow.transaction_count() > 0);
+    assert_eq!(
+        sim.flow.poll_timeout().is_some(),
+        sim.flow.transaction_count() > 0
+    );
 }
