@@ -93,11 +93,19 @@ async fn sigterm_lets_the_live_call_finish_refuses_new_ones_and_exits_0() {
     let live = call_in_background(daemon, "uac_call.xml", Duration::from_secs(6));
     wait_answered(daemon, 1.0).await;
     daemon.signal("TERM");
+    // `kill` returns before the daemon has taken the signal: poll (bounded) for the 503.
     let admin = daemon.admin();
-    let ready = tokio::task::spawn_blocking(move || admin.get("/readyz"))
-        .await
-        .unwrap()
-        .expect("readyz answers while draining");
+    let deadline = Instant::now() + GUARD;
+    let ready = loop {
+        let ready = tokio::task::spawn_blocking(move || admin.get("/readyz"))
+            .await
+            .unwrap()
+            .expect("readyz answers while draining");
+        if ready.status != 200 || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert_eq!(ready.json()["status"], "draining");
     // New calls and dispatcher probes are refused while the live call goes on.
