@@ -468,6 +468,10 @@ fn an_unreachable_agent_turns_the_ringing_call_into_a_503_with_retry_after() {
         0,
         "the 503's ACK ended its transaction"
     );
+    // Counted as ended by the agent side, never answered (no duration).
+    let call = &sim.flow.metrics.call;
+    assert_eq!(call.ended.with_label_values(&["agent"]).get(), 1);
+    assert_eq!(call.duration_seconds.get_sample_count(), 0);
 }
 
 #[test]
