@@ -76,7 +76,7 @@ pub struct Running {
     shutdown: CancellationToken,
     stop: Stop,
     tasks: TaskTracker,
-    /// The SIP engines only: a drain is over when they have all returned.
+    /// One token per SIP engine, dropped once it has drained: the drain is over when all are.
     engines: TaskTracker,
 }
 
@@ -128,7 +128,8 @@ impl Running {
         }
     }
 
-    /// The drain: readiness off, then wait for every SIP engine to see its last call end,
+    /// The drain: readiness off, then wait for every SIP engine to see its last call end (they
+    /// all keep serving until then, since each owns a share of the SIP port's datagrams),
     /// logging the calls left every [`DRAIN_LOG_INTERVAL`].
     async fn drain_calls(&self) {
         self.state.mark_draining();

@@ -90,7 +90,7 @@ async fn sigterm_lets_the_live_call_finish_refuses_new_ones_and_exits_0() {
     }
     let fixture = Fixture::start(FixtureOptions::default()).await;
     let daemon = &fixture.daemon;
-    let live = call_in_background(daemon, "uac_call.xml", Duration::from_secs(6));
+    let live = call_in_background(daemon, "uac_call.xml", Duration::from_secs(8));
     wait_answered(daemon, 1.0).await;
     daemon.signal("TERM");
     // `kill` returns before the daemon has taken the signal: poll (bounded) for the 503.
@@ -108,9 +108,14 @@ async fn sigterm_lets_the_live_call_finish_refuses_new_ones_and_exits_0() {
     };
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert_eq!(ready.json()["status"], "draining");
-    // New calls and dispatcher probes are refused while the live call goes on.
-    expect_sipp_ok(daemon, Sipp::new("uac_reject_503.xml", daemon.sip_udp)).await;
-    expect_sipp_ok(daemon, Sipp::new("uac_options_503.xml", daemon.sip_udp)).await;
+    // New calls and dispatcher probes are refused while the live call goes on. Past the
+    // engines' drain linger (2 s), and ten of each (distinct Call-IDs, so every engine gets
+    // some): an engine without calls keeps serving its share of the port until all are done.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let refused = Sipp::new("uac_reject_503.xml", daemon.sip_udp).calls(10, 10);
+    expect_sipp_ok(daemon, refused).await;
+    let probes = Sipp::new("uac_options_503.xml", daemon.sip_udp).calls(10, 10);
+    expect_sipp_ok(daemon, probes).await;
     let run = live.await.unwrap();
     assert_sipp_ok(&run, &daemon.log());
     let Fixture { daemon, agent, .. } = fixture;

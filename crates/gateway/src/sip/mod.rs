@@ -79,8 +79,9 @@ pub enum SipStartError {
 }
 
 /// Binds the SIP listeners from `[sip] udp/tcp` and spawns the readers and the engine tasks
-/// on `tasks` (the engines also on `engine_tasks`, which the drain waits for); everything stops when
-/// `shutdown` is cancelled (answered calls get BYE). `stop` drains (see [`Stop`]).
+/// on `tasks`; each engine holds a token of `engine_tasks` until it has drained (the gateway
+/// waits for them all, then cancels `shutdown`). Everything stops when `shutdown` is cancelled
+/// (answered calls get BYE); `stop` drains (see [`Stop`]).
 /// Returns the bound addresses (port 0 resolved).
 pub async fn start(
     state: &AppState,
@@ -180,8 +181,9 @@ pub async fn start(
             shutdown.clone(),
             stop.clone(),
             grace,
+            engine_tasks.token(),
         );
-        tasks.spawn(engine_tasks.track_future(run));
+        tasks.spawn(run);
     }
     tracing::info!(%udp, %tcp, engines, "SIP listening");
     Ok(SipAddrs { udp, tcp })

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use switchboard_sip::{Transmit, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use super::call::{self, CallSetup, CoreCommand, CALL_EVENT_QUEUE};
@@ -105,9 +106,12 @@ impl Engine {
         }
     }
 
-    /// Runs until `shutdown` (then ends every call at once: BYE / 503, and returns), or after
-    /// `stop.drain` until its last call has ended (new calls refused, live ones go on for up to
-    /// `grace`); `stop.end_calls` ends the live calls now.
+    /// Runs until `shutdown`, then ends every call at once (BYE / 503) and returns.
+    /// `stop.drain` starts the drain (new calls refused, live ones go on for up to `grace`),
+    /// `stop.end_calls` ends the live calls now; once this engine's last call has ended it
+    /// drops `busy`, and keeps serving (refusing) until every engine has and the gateway cancels
+    /// `shutdown`: its socket takes its share of the port's datagrams until then.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
@@ -115,11 +119,15 @@ impl Engine {
         shutdown: CancellationToken,
         stop: Stop,
         grace: Duration,
+        busy: TaskTrackerToken,
     ) {
         let (mut draining, mut ending) = (false, false);
+        let mut busy = Some(busy);
         let mut drained_at: Option<Instant> = None;
         loop {
-            let linger_until = drained_at.map(|at| at + DRAIN_LINGER);
+            let linger_until = drained_at
+                .filter(|_| busy.is_some())
+                .map(|at| at + DRAIN_LINGER);
             let deadline = match (self.flow.poll_timeout(), linger_until) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -152,10 +160,11 @@ impl Engine {
                 () = sleep => self.flow.handle_timeout(Now::current()),
             }
             self.drain();
-            if self.flow.drained() && self.call_tasks.is_empty() {
+            if busy.is_some() && self.flow.drained() && self.call_tasks.is_empty() {
                 let since = *drained_at.get_or_insert_with(Instant::now);
                 if self.flow.transaction_count() == 0 || since.elapsed() >= DRAIN_LINGER {
-                    return;
+                    busy = None;
+                    tracing::debug!(engine = self.index, "engine drained");
                 }
             } else {
                 drained_at = None;
