@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README's quick start runs it:
 #   tests/run.sh
-# Installs what the suite talks to (SIPp, PostgreSQL, iproute2 for the packet-loss run, openssl,
+# Installs what the suite talks to (SIPp, PostgreSQL, Kamailio for the scale-out test, promtool
+# from Debian's prometheus for the alert rules, iproute2 for the packet-loss run, openssl,
 # Python venvs for SIPVicious, the SRTP caller and wss agent, and the Pipecat check) when
 # missing, starts a throwaway PostgreSQL on loopback, runs every Rust test in the workspace,
 # then the Pipecat compatibility check. Nothing here is mocked.
@@ -15,6 +16,8 @@ command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 # openssl CLI: tests/pg.sh and the SIP TLS tests make throwaway CAs and certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

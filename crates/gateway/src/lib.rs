@@ -10,8 +10,9 @@
 //! - [`tls`]: certificates for the SIP TLS and admin HTTPS listeners, reloaded on SIGHUP.
 //!
 //! [`start`] binds every listener (port 0 allowed) and returns a [`Running`] gateway with the
-//! bound addresses; [`run`] is `start` + wait for the shutdown token + drain. Shutdown is one
-//! [`CancellationToken`]: cancelling it stops accepting, lets in-flight work finish, and returns.
+//! bound addresses; [`run`] is `start` + wait for the shutdown token. Cancelling the shutdown
+//! token stops at once: live calls get BYE, in-flight admin work finishes, and it returns.
+//! [`run_until`] adds the graceful drain the binary uses on SIGTERM (see [`Stop`]).
 
 pub mod admin;
 pub mod config;
@@ -40,6 +41,20 @@ use crate::state::AppState;
 /// Long enough for an admin write to commit; calls are asked to hang up well within it.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the drain logs how many calls are left.
+const DRAIN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How a running gateway is asked to stop gracefully (the binary maps signals onto these).
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// Cancel to drain (SIGTERM): `/readyz` answers 503, new INVITEs a stateless 503 +
+    /// Retry-After, OPTIONS 503; live calls go on until they end or `[shutdown]
+    /// grace_period_secs` passes (then BYE, Q.850 41); the gateway stops once none is left.
+    pub drain: CancellationToken,
+    /// Cancel to end every live call now (a second SIGTERM, or SIGINT), then stop the same way.
+    pub end_calls: CancellationToken,
+}
+
 /// Addresses the SIP service bound (filled in by the SIP side's start hook).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SipAddrs {
@@ -60,13 +75,23 @@ pub struct Running {
     pub sip_tls: Option<SocketAddr>,
     /// Bound admin HTTP address.
     pub admin: SocketAddr,
+    /// Bound `[metrics] listen` address, when configured.
+    pub metrics: Option<SocketAddr>,
     /// The shared state (tests look at `state.routing` directly).
     pub state: AppState,
     shutdown: CancellationToken,
+    stop: Stop,
     tasks: TaskTracker,
+    /// One token per SIP engine, dropped once it has drained: the drain is over when all are.
+    engines: TaskTracker,
 }
 
 impl Running {
+    /// The drain controls of this gateway (see [`Stop`]).
+    pub fn stop_signals(&self) -> Stop {
+        self.stop.clone()
+    }
+
     /// The token that stops this gateway; cancel it (or call [`Running::stop`]) to shut down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -80,18 +105,24 @@ impl Running {
             None => "null".to_owned(),
         };
         format!(
-            r#"{{"event":"listening","sip_udp":{},"sip_tcp":{},"sip_tls":{},"admin":"{}"}}"#,
+            r#"{{"event":"listening","sip_udp":{},"sip_tcp":{},"sip_tls":{},"admin":"{}","metrics":{}}}"#,
             addr(self.sip_udp),
             addr(self.sip_tcp),
             addr(self.sip_tls),
-            self.admin
+            self.admin,
+            addr(self.metrics),
         )
     }
 
-    /// Waits until the shutdown token is cancelled and every task has drained (bounded by
-    /// [`DRAIN_TIMEOUT`]).
+    /// Waits until the shutdown token is cancelled, or a drain (see [`Stop`]) has seen the last
+    /// call end; then stops everything and waits for the tasks (bounded by [`DRAIN_TIMEOUT`]).
     pub async fn wait(self) {
-        self.shutdown.cancelled().await;
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = self.stop.drain.cancelled() => self.drain_calls().await,
+            () = self.stop.end_calls.cancelled() => self.drain_calls().await,
+        }
+        self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.tasks.wait())
             .await
@@ -104,7 +135,31 @@ impl Running {
         }
     }
 
-    /// Cancels the shutdown token and drains.
+    /// The drain: readiness off, then wait for every SIP engine to see its last call end (they
+    /// all keep serving until then, since each owns a share of the SIP port's datagrams),
+    /// logging the calls left every [`DRAIN_LOG_INTERVAL`].
+    async fn drain_calls(&self) {
+        self.state.mark_draining();
+        let grace = self.state.config.shutdown.grace_period_secs;
+        tracing::info!(
+            calls = self.state.calls.len(),
+            grace_period_secs = grace,
+            "draining: new calls refused, live calls go on"
+        );
+        self.engines.close();
+        let mut log = tokio::time::interval(DRAIN_LOG_INTERVAL);
+        log.tick().await;
+        loop {
+            tokio::select! {
+                () = self.engines.wait() => break,
+                () = self.shutdown.cancelled() => return,
+                _ = log.tick() => tracing::info!(calls = self.state.calls.len(), "draining: calls left"),
+            }
+        }
+        tracing::info!("drained: the last call has ended");
+    }
+
+    /// Cancels the shutdown token and stops at once (live calls get BYE).
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.wait().await;
@@ -120,16 +175,22 @@ impl Running {
 /// marked ready only after the snapshot is in place.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
+    let stop = Stop::default();
     let tasks = TaskTracker::new();
-    match start_services(config, shutdown.clone(), tasks.clone()).await {
-        Ok((state, admin, sip_addrs)) => Ok(Running {
+    let engines = TaskTracker::new();
+    let started = start_services(config, shutdown.clone(), &stop, tasks.clone(), &engines).await;
+    match started {
+        Ok((state, Bound { admin, metrics }, sip_addrs)) => Ok(Running {
             sip_udp: sip_addrs.map(|a| a.udp),
             sip_tcp: sip_addrs.map(|a| a.tcp),
             sip_tls: sip_addrs.and_then(|a| a.tls),
             admin,
+            metrics,
             state,
             shutdown,
+            stop,
             tasks,
+            engines,
         }),
         Err(e) => {
             // Stop whatever was already spawned before reporting the failure.
@@ -144,8 +205,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 async fn start_services(
     config: Config,
     shutdown: CancellationToken,
+    stop: &Stop,
     tasks: TaskTracker,
-) -> anyhow::Result<(AppState, SocketAddr, Option<SipAddrs>)> {
+    engines: &TaskTracker,
+) -> anyhow::Result<(AppState, Bound, Option<SipAddrs>)> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let store = Store::open(&config.store.url)
@@ -184,6 +247,22 @@ async fn start_services(
         tasks.clone(),
     ));
 
+    let mut metrics = None;
+    if let Some(listen) = config.metrics.listen {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the metrics listener on {listen}"))?;
+        let bound = listener.local_addr().context("metrics listener address")?;
+        tracing::info!(%bound, "metrics, healthz and readyz listening");
+        metrics = Some(bound);
+        tasks.spawn(admin::listener::serve_probes(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
+
     {
         let _write = state.write_lock().await;
         state
@@ -211,7 +290,7 @@ async fn start_services(
 
     // SIP service hook: the SIP side replaces `None` with its start call, e.g.
     // `Some(sip::start(&state, shutdown.clone(), &tasks).await?)`.
-    let (sip_addrs, sip_cert) = sip::start(&state, shutdown.clone(), &tasks).await?;
+    let (sip_addrs, sip_cert) = sip::start(&state, shutdown.clone(), stop, &tasks, engines).await?;
     reloadable.extend(sip_cert);
     // Always installed, so that SIGHUP (`systemctl reload`) never kills a gateway without TLS.
     match tls::reload_on_sighup(reloadable, shutdown.clone()) {
@@ -226,7 +305,14 @@ async fn start_services(
 
     state.mark_ready();
     tracing::info!(%admin, store = config.store.url.split("://").next().unwrap_or(""), "switchboard started");
-    Ok((state, admin, sip_addrs))
+    Ok((state, Bound { admin, metrics }, sip_addrs))
+}
+
+/// The HTTP listeners' bound addresses.
+#[derive(Debug)]
+struct Bound {
+    admin: SocketAddr,
+    metrics: Option<SocketAddr>,
 }
 
 /// With no `[admin] api_keys`, the admin key generated on first start (kept as a store setting
@@ -257,7 +343,8 @@ async fn generated_admin_key(config: &Config, store: &Store) -> anyhow::Result<O
     Ok(Some(ApiKey::new(kept)))
 }
 
-/// Runs the gateway until `shutdown` is cancelled, then drains. Prints the `listening` line.
+/// Runs the gateway until `shutdown` is cancelled, then stops at once (live calls get BYE).
+/// Prints the `listening` line.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let running = start(config).await?;
     println!("{}", running.listening_line());
@@ -266,6 +353,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         () = shutdown.cancelled() => own.cancel(),
         () = own.cancelled() => {}
     }
+    running.wait().await;
+    Ok(())
+}
+
+/// Runs the gateway until a drain started by `stop` is over (see [`Stop`]). Prints the
+/// `listening` line.
+pub async fn run_until(config: Config, stop: Stop) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    println!("{}", running.listening_line());
+    let own = running.stop_signals();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.drain.cancelled() => own.drain.cancel(),
+            () = stop.end_calls.cancelled() => own.end_calls.cancel(),
+        }
+        // A drain may still be escalated to ending the calls now.
+        stop.end_calls.cancelled().await;
+        own.end_calls.cancel();
+    });
     running.wait().await;
     Ok(())
 }

@@ -1,80 +1,70 @@
-//! The `switchboard` binary: parse arguments, load the config (exit 64 on a bad one), install
-//! signal handlers on one cancellation token, and run the gateway.
+//! The `switchboard` binary: parse arguments (clap), load the config (exit 64 on a bad one),
+//! set up logging from `[log]`, map signals onto the drain controls, and run the gateway.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use switchboard::config::Config;
-use tokio_util::sync::CancellationToken;
+use clap::{Parser, Subcommand};
+use switchboard::config::{Config, LogFormat};
+use switchboard::Stop;
 
 /// BSD sysexits `EX_USAGE`: the command was used incorrectly (bad arguments or config).
 const EXIT_USAGE: u8 = 64;
 /// BSD sysexits `EX_SOFTWARE`: the gateway failed after a valid start request.
 const EXIT_SOFTWARE: u8 = 70;
+/// Exit status when a third signal cuts the shutdown short, by shell convention (128 + 2).
+const EXIT_INTERRUPTED: i32 = 130;
 
-const USAGE: &str = "usage: switchboard [--config FILE] [--check-config]\n\
-    \n  --config FILE    TOML configuration (default: embedded defaults)\
-    \n  --check-config   load and validate the configuration, then exit\
-    \n\nEvery key can be overridden by SWITCHBOARD_<SECTION>_<KEY> (e.g. SWITCHBOARD_ADMIN_LISTEN).";
-
-struct Args {
+/// SIP-to-AI-agent gateway: routes carrier calls to agent runtimes over WebSocket.
+///
+/// Every configuration key can be overridden by SWITCHBOARD_<SECTION>_<KEY>
+/// (e.g. SWITCHBOARD_ADMIN_LISTEN=0.0.0.0:8080).
+///
+/// Signals: SIGTERM drains (new calls refused with 503, live calls go on for up to
+/// [shutdown] grace_period_secs); a second SIGTERM or a SIGINT ends the calls now.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (default: embedded defaults).
+    #[arg(short, long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
-    check_only: bool,
+    /// Load and validate the configuration, then exit (same as `check-config`).
+    #[arg(long, hide = true)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        config: None,
-        check_only: false,
-    };
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => {
-                let path = args.next().ok_or("--config needs a FILE")?;
-                parsed.config = Some(PathBuf::from(path));
-            }
-            "--check-config" => parsed.check_only = true,
-            "--help" | "-h" => return Err(String::new()),
-            other => match other.strip_prefix("--config=") {
-                Some(path) => parsed.config = Some(PathBuf::from(path)),
-                None => return Err(format!("unknown argument {other:?}")),
-            },
-        }
-    }
-    Ok(parsed)
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse and validate the configuration, report every problem, exit 0 (ok) or 64.
+    CheckConfig,
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("switchboard: {msg}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(EXIT_USAGE);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print on stdout and succeed; usage errors go to stderr.
+            let _ = e.print();
+            return match e.use_stderr() {
+                true => ExitCode::from(EXIT_USAGE),
+                false => ExitCode::SUCCESS,
+            };
         }
     };
-    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(errors) => {
             eprint!("switchboard: {errors}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if args.check_only {
+    if cli.check_config || matches!(cli.command, Some(Command::CheckConfig)) {
         eprintln!("switchboard: configuration ok");
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,9 +76,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
-        switchboard::run(config, shutdown).await
+        let stop = Stop::default();
+        tokio::spawn(stop_on_signals(stop.clone()));
+        switchboard::run_until(config, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,16 +89,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// How long SIGINT (an operator's Ctrl-C) waits for the drain before exiting anyway; SIGTERM
-/// (orchestrators) waits for the full drain, bounded by `switchboard::DRAIN_TIMEOUT`.
-const SIGINT_GRACE: Duration = Duration::from_secs(1);
-/// Exit status after SIGINT, by shell convention (128 + 2).
-const EXIT_INTERRUPTED: i32 = 130;
+/// Logs on stderr, filtered by `RUST_LOG` when set, else `[log] level` (validated at load).
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
 
-/// SIGTERM and SIGINT both cancel the one shutdown token, so every service stops accepting and
-/// drains. SIGTERM lets the drain finish; SIGINT gives it [`SIGINT_GRACE`]; a second signal of
-/// either kind exits at once.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// SIGTERM (orchestrators, systemd) drains; a second SIGTERM or a SIGINT (an operator's
+/// Ctrl-C) ends the live calls now; one more signal after that exits at once.
+async fn stop_on_signals(stop: Stop) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -117,21 +116,22 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    let fast = tokio::select! {
+    let end_now = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: draining"); false }
-        _ = int.recv() => { tracing::info!("SIGINT: stopping"); true }
+        _ = int.recv() => { tracing::info!("SIGINT: ending calls now"); true }
     };
-    shutdown.cancel();
-    let grace = async {
-        match fast {
-            true => tokio::time::sleep(SIGINT_GRACE).await,
-            false => std::future::pending::<()>().await,
+    if !end_now {
+        stop.drain.cancel();
+        tokio::select! {
+            _ = term.recv() => tracing::warn!("second SIGTERM: ending calls now"),
+            _ = int.recv() => tracing::warn!("SIGINT: ending calls now"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::warn!("second signal: exiting now"),
-        _ = int.recv() => tracing::warn!("second signal: exiting now"),
-        () = grace => tracing::warn!("SIGINT grace elapsed: exiting"),
     }
+    stop.end_calls.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("another signal: exiting now");
     std::process::exit(EXIT_INTERRUPTED);
 }

@@ -5,8 +5,8 @@
 //! grouped first; the SIP side adds its counters in the marked section below.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets (seconds) for admin requests: sub-millisecond reads up to multi-second
@@ -19,6 +19,9 @@ const ADMIN_LATENCY_BUCKETS: [f64; 12] = [
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` metrics (CPU, memory, file descriptors), kept unprefixed in a
+    /// registry of their own so stock dashboards and alerts find them.
+    process: Registry,
     // --- admin API ---
     /// Admin requests by method, route pattern (never the raw path: bounded cardinality) and status.
     pub admin_requests: IntCounterVec,
@@ -56,6 +59,21 @@ impl Metrics {
     /// Creates and registers every metric. Fails only on a programming error (duplicate name).
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("switchboard".to_owned()), None)?;
+        let process = Registry::new();
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1; the version label says which build runs",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
         let admin_requests = IntCounterVec::new(
             Opts::new(
                 "admin_requests_total",
@@ -132,6 +150,7 @@ impl Metrics {
         registry.register(Box::new(runtime_probes.clone()))?;
         Ok(Self {
             registry,
+            process,
             admin_requests,
             admin_request_seconds,
             admin_connections_open,
@@ -158,7 +177,9 @@ impl Metrics {
         let mut out = String::new();
         // Encoding into a String cannot fail for well-formed families; an error would leave a
         // partial page, which Prometheus reports as a scrape error.
-        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         out
@@ -182,5 +203,13 @@ mod tests {
             text.contains("switchboard_routing_table_version 7"),
             "{text}"
         );
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!(
+                "switchboard_build_info{{version=\"{version}\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
     }
 }

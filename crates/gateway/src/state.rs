@@ -44,6 +44,8 @@ pub struct AppState {
     /// Trust for `wss://` agent runtimes (system roots + `[media] agent_ca_file`), shared by
     /// calls and health probes so both judge a certificate the same way.
     pub agent_tls: AgentTls,
+    /// Set when a drain starts (SIGTERM): `/readyz` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
             write_lock: Arc::new(Mutex::new(())),
             ready: Arc::new(AtomicBool::new(false)),
             agent_tls,
+            draining: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -154,6 +157,16 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Call when the drain starts, so load balancers stop sending (`/readyz` 503).
+    pub fn mark_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the gateway is draining for shutdown (admin writes still work meanwhile).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 

@@ -111,3 +111,47 @@ fn a_bad_config_lists_every_problem_and_exits_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn help_and_version_print_on_stdout_and_exit_0() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for word in ["--config", "check-config", "SIGTERM", "SWITCHBOARD_"] {
+        assert!(text.contains(word), "{word} missing from --help:\n{text}");
+    }
+    let version = run(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("switchboard {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The subcommand checks like the old flag: every problem listed, exit 64; a good file 0.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[log]\nformat = \"xml\"\nlevel = \"[[\"\n[shutdown]\ntypo = 1\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["log.format", "log.level", "shutdown.typo"] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    let example = config_dir().join("switchboard.example.toml");
+    let out = run(&["check-config", "-c", example.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -74,7 +74,28 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let limits = Limits::from_config(&state.config.admin);
-    accept_loop(listener, tls, state, shutdown, tasks, limits).await;
+    accept_loop(listener, tls, state, shutdown, tasks, limits, Surface::Admin).await;
+}
+
+/// `[metrics] listen`: `/metrics`, `/healthz` and `/readyz` only (anything else 404), with
+/// the admin listener's bounds, so Prometheus and load balancers need no admin access.
+pub async fn serve_probes(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let limits = Limits::from_config(&state.config.admin);
+    accept_loop(listener, None, state, shutdown, tasks, limits, Surface::Probes).await;
+}
+
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// The whole admin API.
+    Admin,
+    /// Metrics and health only (`[metrics] listen`).
+    Probes,
 }
 
 /// [`serve`] over plain HTTP with explicit limits.
@@ -85,7 +106,7 @@ pub async fn serve_with(
     tasks: TaskTracker,
     limits: Limits,
 ) {
-    accept_loop(listener, None, state, shutdown, tasks, limits).await;
+    accept_loop(listener, None, state, shutdown, tasks, limits, Surface::Admin).await;
 }
 
 async fn accept_loop(
@@ -95,6 +116,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
     tasks: TaskTracker,
     limits: Limits,
+    surface: Surface,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -122,12 +144,12 @@ async fn accept_loop(
         let slot = Slot::new(permit, state.metrics.admin_connections_open.clone());
         let (state, shutdown) = (state.clone(), shutdown.clone());
         match &tls {
-            None => tasks.spawn(connection(stream, peer, state, shutdown, limits, slot)),
+            None => tasks.spawn(connection(stream, peer, state, shutdown, limits, slot, surface)),
             Some(acceptor) => {
                 let accept = acceptor.accept(stream);
                 tasks.spawn(async move {
                     match tokio::time::timeout(limits.header_read_timeout, accept).await {
-                        Ok(Ok(tls)) => connection(tls, peer, state, shutdown, limits, slot).await,
+                        Ok(Ok(tls)) => connection(tls, peer, state, shutdown, limits, slot, surface).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
                         }
@@ -172,6 +194,7 @@ async fn connection<S>(
     shutdown: CancellationToken,
     limits: Limits,
     _slot: Slot,
+    surface: Surface,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -185,7 +208,12 @@ async fn connection<S>(
         };
         let counter = state.metrics.admin_body_timeouts.clone();
         let req = req.map(|body| TimedBody::new(body, deadline, counter));
-        async move { Ok::<_, Infallible>(super::handle(state, req).await) }
+        async move {
+            Ok::<_, Infallible>(match surface {
+                Surface::Admin => super::handle(state, req).await,
+                Surface::Probes => super::handle_probe(state, req).await,
+            })
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -125,6 +125,14 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     resp
 }
 
+/// A request on the `[metrics] listen` listener: `/metrics`, `/healthz`, `/readyz`, else 404.
+pub async fn handle_probe(state: AppState, req: Request<RequestBody>) -> Response<Body> {
+    match req.uri().path() {
+        "/metrics" | "/healthz" | "/readyz" => handle(state, req).await,
+        _ => ApiError::no_route().into_response(),
+    }
+}
+
 /// Routes, authenticates, dispatches, and records metrics for one request.
 pub async fn handle(state: AppState, req: Request<RequestBody>) -> Response<Body> {
     // SIP side hook: the Twilio-compatible call resource (REST hang-up), own auth and errors.
@@ -178,13 +186,7 @@ async fn dispatch(
             ))
         }
         RouteId::Readyz => {
-            return Ok(match state.is_ready() {
-                true => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
-                false => json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"status": "loading"}),
-                ),
-            })
+            return Ok(readiness(state));
         }
         RouteId::Metrics => {
             return Ok(text(
@@ -241,6 +243,16 @@ async fn dispatch(
             Err(ApiError::no_route())
         }
     }
+}
+
+/// `/readyz`: 200 once the routing table is loaded; 503 while loading and once draining.
+pub fn readiness(state: &AppState) -> Response<Body> {
+    let (status, word) = match (state.is_ready(), state.is_draining()) {
+        (_, true) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        (true, false) => (StatusCode::OK, "ready"),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
+    };
+    json_response(status, &serde_json::json!({ "status": word }))
 }
 
 /// `X-API-Key` (or seed 003's `xi-api-key`) → principal; 401 when missing or unknown.

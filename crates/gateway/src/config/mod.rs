@@ -17,11 +17,16 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
+mod ops;
+pub use ops::{LogConfig, LogFormat, MetricsConfig, ShutdownConfig};
+
 /// Prefix of environment overrides: `SWITCHBOARD_<SECTION>_<KEY>`.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Section names, as written in the file and in environment overrides.
-const SECTIONS: [&str; 5] = ["sip", "admin", "store", "media", "routing"];
+const SECTIONS: [&str; 8] = [
+    "sip", "admin", "store", "media", "routing", "shutdown", "log", "metrics",
+];
 
 /// The whole configuration. Every section and key has a default, so an empty file is valid.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -32,6 +37,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub media: MediaConfig,
     pub routing: RoutingConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// SIP listeners and signalling limits (owned by the SIP side; add fields with a default + doc).
@@ -512,6 +520,22 @@ impl Config {
         if self.admin.max_connections == 0 {
             bad("admin.max_connections", "must be positive".to_owned());
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bad(
+                "log.level",
+                format!("{:?} is not a log filter: {e}", self.log.level),
+            );
+        }
+        if self
+            .metrics
+            .listen
+            .is_some_and(|m| m == self.admin.listen && m.port() != 0)
+        {
+            bad(
+                "metrics.listen",
+                "must differ from admin.listen (leave it unset to serve metrics there)".to_owned(),
+            );
+        }
         if self.admin.body_timeout_secs == 0 {
             bad("admin.body_timeout_secs", "must be positive".to_owned());
         }
@@ -729,6 +753,9 @@ fn check_sections(table: &toml::Table, origins: &Origins, errors: &mut Vec<Confi
         store: section(table, "store", origins, errors),
         media: section(table, "media", origins, errors),
         routing: section(table, "routing", origins, errors),
+        shutdown: section(table, "shutdown", origins, errors),
+        log: section(table, "log", origins, errors),
+        metrics: section(table, "metrics", origins, errors),
     }
 }
 

@@ -7,17 +7,18 @@
 //! task drops the [`RtpPorts`] guard, so the pair returns to the pool whatever ended the call
 //! (reject, CANCEL, BYE, timeout, agent failure, admin hang-up, panic).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec};
 use switchboard_media::{
-    connect_agent, spawn_bridge, AgentTls, BridgeConfig, BridgeStats, EndReason, StartParams,
+    connect_agent, spawn_bridge, AgentTls, BridgeConfig, BridgeStats, EndReason, MediaError, StartParams,
 };
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use super::flow::CallEvent;
+use super::metrics::CallMetrics;
 use super::ports::RtpPorts;
 use super::refusal::Hangup;
 use crate::live_calls::{CallCommand, HangupCause};
@@ -65,48 +66,77 @@ pub struct CallSetup {
     pub bridge: BridgeConfig,
     /// `switchboard_rtp_dropped_total{reason}`: the bridge's strict-RTP drops are added here.
     pub rtp_dropped: IntCounterVec,
+    /// Agent connect failures and RTP packet counts are added here.
+    pub call_metrics: CallMetrics,
     pub ports: RtpPorts,
     pub rtp_socket: std::net::UdpSocket,
     /// Trust for a `wss://` runtime.
     pub agent_tls: AgentTls,
 }
 
-/// Reads one of a bridge's drop counters.
-type DropCounter = fn(&BridgeStats) -> &AtomicU64;
-
-/// The `reason` label of each per-call drop counter a bridge keeps.
-const DROP_REASONS: [(&str, DropCounter); 4] = [
-    ("foreign_source", |s| &s.rtp_dropped_foreign),
-    ("learning", |s| &s.rtp_dropped_learning),
-    ("srtp_auth", |s| &s.rtp_dropped_unauthenticated),
-    ("srtp_replay", |s| &s.rtp_dropped_replayed),
-];
-
-/// Copies a bridge's per-call drop counters into the process-wide Prometheus counter. Call
-/// [`DropExport::flush`] periodically and once after the bridge ended; each call adds only
-/// what was counted since the previous one.
+/// Copies a bridge's per-call drop and packet counters into the process-wide Prometheus
+/// counters. Call [`DropExport::flush`] periodically and once after the bridge ended; each
+/// call adds only what was counted since the previous one.
 #[derive(Debug)]
 struct DropExport {
-    /// Per [`DROP_REASONS`] entry: the Prometheus child and the count already exported.
-    counters: Vec<(IntCounter, u64)>,
+    counters: Vec<Exported>,
+}
+
+/// One process-wide counter following one of the bridge's figures.
+#[derive(Debug)]
+struct Exported {
+    counter: IntCounter,
+    read: fn(&BridgeStats) -> u64,
+    /// The figure when last added.
+    seen: u64,
 }
 
 impl DropExport {
-    fn new(metric: &IntCounterVec) -> DropExport {
-        DropExport {
-            counters: DROP_REASONS
-                .iter()
-                .map(|(label, _)| (metric.with_label_values(&[*label]), 0))
-                .collect(),
-        }
+    fn new(dropped: &IntCounterVec, packets: &IntCounterVec) -> DropExport {
+        let follow = |counter: IntCounter, read: fn(&BridgeStats) -> u64| Exported {
+            counter,
+            read,
+            seen: 0,
+        };
+        let counters = vec![
+            follow(dropped.with_label_values(&["foreign_source"]), |s| {
+                load(&s.rtp_dropped_foreign)
+            }),
+            follow(dropped.with_label_values(&["learning"]), |s| {
+                load(&s.rtp_dropped_learning)
+            }),
+            follow(dropped.with_label_values(&["srtp_auth"]), |s| {
+                load(&s.rtp_dropped_unauthenticated)
+            }),
+            follow(dropped.with_label_values(&["srtp_replay"]), |s| {
+                load(&s.rtp_dropped_replayed)
+            }),
+            follow(packets.with_label_values(&["in"]), |s| {
+                load(&s.rtp_received)
+            }),
+            follow(packets.with_label_values(&["out"]), |s| load(&s.rtp_sent)),
+        ];
+        DropExport { counters }
     }
 
     fn flush(&mut self, stats: &BridgeStats) {
-        for ((counter, seen), (_, field)) in self.counters.iter_mut().zip(DROP_REASONS) {
-            let now = field(stats).load(Ordering::Relaxed);
-            counter.inc_by(now.saturating_sub(*seen));
-            *seen = now;
+        for exported in &mut self.counters {
+            let now = (exported.read)(stats);
+            exported.counter.inc_by(now.saturating_sub(exported.seen));
+            exported.seen = now;
         }
+    }
+}
+
+fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// The `reason` label of `switchboard_agent_connect_failures_total`.
+fn connect_failure_reason(error: &MediaError) -> &'static str {
+    match error {
+        MediaError::AgentTimeout { .. } => "timeout",
+        _ => "connect",
     }
 }
 
@@ -131,6 +161,7 @@ pub async fn run(
         connect_timeout,
         bridge,
         rtp_dropped,
+        call_metrics,
         ports,
         rtp_socket,
         agent_tls,
@@ -149,6 +180,10 @@ pub async fn run(
     let link = match link {
         Ok(link) => link,
         Err(e) => {
+            call_metrics
+                .agent_connect_failures
+                .with_label_values(&[connect_failure_reason(&e)])
+                .inc();
             let _ = core
                 .send(CoreCommand::AgentFailed {
                     call_id,
@@ -203,7 +238,7 @@ pub async fn run(
         }
     };
     let handle = spawn_bridge(socket, media, link, bridge);
-    let mut drops = DropExport::new(&rtp_dropped);
+    let mut drops = DropExport::new(&rtp_dropped, &call_metrics.rtp_packets);
     let mut export = tokio::time::interval(STATS_EXPORT_INTERVAL);
     export.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Why we hang up, if it is our side that ends the call.
@@ -262,8 +297,14 @@ mod tests {
             &["reason"],
         )
         .unwrap();
+        let packets = IntCounterVec::new(
+            prometheus::Opts::new("rtp_packets_total", "test"),
+            &["direction"],
+        )
+        .unwrap();
         let stats = BridgeStats::default();
-        let mut export = DropExport::new(&metric);
+        stats.rtp_received.store(50, Ordering::Relaxed);
+        let mut export = DropExport::new(&metric, &packets);
         stats.rtp_dropped_foreign.store(5, Ordering::Relaxed);
         stats.rtp_dropped_learning.store(3, Ordering::Relaxed);
         stats
@@ -275,7 +316,7 @@ mod tests {
         stats.rtp_dropped_foreign.store(7, Ordering::Relaxed);
         export.flush(&stats);
         // A second call's bridge adds to the same counters.
-        let mut other = DropExport::new(&metric);
+        let mut other = DropExport::new(&metric, &packets);
         stats.rtp_dropped_foreign.store(1, Ordering::Relaxed);
         stats.rtp_dropped_learning.store(0, Ordering::Relaxed);
         other.flush(&stats);
@@ -284,5 +325,7 @@ mod tests {
         assert_eq!(value("learning"), 3);
         assert_eq!(value("srtp_auth"), 8);
         assert_eq!(value("srtp_replay"), 4);
+        // Both calls' bridges read 50 received packets: each adds its own.
+        assert_eq!(packets.with_label_values(&["in"]).get(), 100);
     }
 }

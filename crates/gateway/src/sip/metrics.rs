@@ -3,12 +3,28 @@
 //!
 //! Labels are bounded: status codes, methods from a fixed list, fixed reason words.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use super::refusal::HangupBy;
 
 /// Methods reported by name; anything else counts as `other` so a fuzzing peer cannot blow
 /// up label cardinality.
 const KNOWN_METHODS: [&str; 8] = [
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER",
+];
+
+/// The bounded queues `sip_queue_full_total{queue}` reports (created at 0 on start).
+const QUEUES: [&str; 6] = [
+    "inbound",
+    "udp_send",
+    "tcp_write",
+    "tcp_connections",
+    "call_events",
+    "rtp_ports",
 ];
 
 /// Every SIP counter and gauge.
@@ -53,6 +69,102 @@ pub struct SipMetrics {
     /// TLS connections closed because the handshake failed, by reason: `error` (garbage, a
     /// plain SIP message, a missing or untrusted client certificate) or `timeout`.
     pub tls_handshake_failures: IntCounterVec,
+    /// Per-call figures: setup stages, duration, who hung up, agent failures, RTP packets.
+    pub call: CallMetrics,
+}
+
+/// Setup stages from the 180 (the INVITE taken on): `route` is admission + routing,
+/// `agent_connect` the agent WebSocket, `answer` the whole wait until our 200.
+const SETUP_BUCKETS: [f64; 12] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Call durations: a few seconds (a hang-up at the greeting) to an hour.
+const DURATION_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Per-call metrics (the SIP engine records setup and endings; call tasks add media figures).
+#[derive(Debug, Clone)]
+pub struct CallMetrics {
+    /// `switchboard_call_setup_seconds{stage="route|agent_connect|answer"}`.
+    pub setup_seconds: HistogramVec,
+    /// `switchboard_call_duration_seconds`: answered calls, 200 OK to the end.
+    pub duration_seconds: Histogram,
+    /// `switchboard_calls_ended_total{hangup_by="caller|agent|gateway"}`.
+    pub ended: IntCounterVec,
+    /// `switchboard_agent_connect_failures_total{reason="timeout|connect"}`.
+    pub agent_connect_failures: IntCounterVec,
+    /// `switchboard_rtp_packets_total{direction="in|out"}` (in: from the caller).
+    pub rtp_packets: IntCounterVec,
+}
+
+impl CallMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let setup_seconds = HistogramVec::new(
+            HistogramOpts::new("call_setup_seconds", "Call setup time by stage")
+                .buckets(SETUP_BUCKETS.to_vec()),
+            &["stage"],
+        )?;
+        let duration_seconds = Histogram::with_opts(
+            HistogramOpts::new("call_duration_seconds", "Answered call duration")
+                .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        let ended = IntCounterVec::new(
+            Opts::new("calls_ended_total", "Calls ended, by who hung up"),
+            &["hangup_by"],
+        )?;
+        let agent_connect_failures = IntCounterVec::new(
+            Opts::new(
+                "agent_connect_failures_total",
+                "Agent WebSocket connections that failed, by reason",
+            ),
+            &["reason"],
+        )?;
+        let rtp_packets = IntCounterVec::new(
+            Opts::new("rtp_packets_total", "RTP packets bridged, by direction"),
+            &["direction"],
+        )?;
+        registry.register(Box::new(setup_seconds.clone()))?;
+        registry.register(Box::new(duration_seconds.clone()))?;
+        registry.register(Box::new(ended.clone()))?;
+        registry.register(Box::new(agent_connect_failures.clone()))?;
+        registry.register(Box::new(rtp_packets.clone()))?;
+        // Every label value exists from the start, so dashboards and alerts see 0, not nothing.
+        for by in [HangupBy::Caller, HangupBy::Agent, HangupBy::Gateway] {
+            ended.with_label_values(&[by.as_str()]);
+        }
+        for stage in ["route", "agent_connect", "answer"] {
+            setup_seconds.with_label_values(&[stage]);
+        }
+        for reason in ["timeout", "connect"] {
+            agent_connect_failures.with_label_values(&[reason]);
+        }
+        for direction in ["in", "out"] {
+            rtp_packets.with_label_values(&[direction]);
+        }
+        Ok(Self {
+            setup_seconds,
+            duration_seconds,
+            ended,
+            agent_connect_failures,
+            rtp_packets,
+        })
+    }
+
+    /// Records one setup stage's time.
+    pub fn setup(&self, stage: &str, took: Duration) {
+        self.setup_seconds
+            .with_label_values(&[stage])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a call's end; `answered_for` is `None` for a call never answered.
+    pub fn ended(&self, by: HangupBy, answered_for: Option<Duration>) {
+        self.ended.with_label_values(&[by.as_str()]).inc();
+        if let Some(d) = answered_for {
+            self.duration_seconds.observe(d.as_secs_f64());
+        }
+    }
 }
 
 impl SipMetrics {
@@ -124,6 +236,13 @@ impl SipMetrics {
         registry.register(Box::new(queue_full.clone()))?;
         registry.register(Box::new(auth.clone()))?;
         registry.register(Box::new(route_rejects.clone()))?;
+        // Every reason from the start: a rejects panel or alert sees 0, not an absent series.
+        for reason in switchboard_routing::RejectReason::ALL {
+            route_rejects.with_label_values(&[reason.as_str()]);
+        }
+        for queue in QUEUES {
+            queue_full.with_label_values(&[queue]);
+        }
         let dropped = IntCounterVec::new(
             Opts::new(
                 "sip_dropped_total",
@@ -141,6 +260,9 @@ impl SipMetrics {
         )?;
         let transactions = IntGauge::new("sip_transactions", "Live SIP transactions")?;
         registry.register(Box::new(dropped.clone()))?;
+        for reason in ["untrusted", "banned", "tcp_per_source"] {
+            dropped.with_label_values(&[reason]);
+        }
         registry.register(Box::new(bans.clone()))?;
         registry.register(Box::new(stateless.clone()))?;
         registry.register(Box::new(transactions.clone()))?;
@@ -153,8 +275,13 @@ impl SipMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
+        for reason in ["foreign_source", "learning", "srtp_auth", "srtp_replay"] {
+            rtp_dropped.with_label_values(&[reason]);
+        }
+        let call = CallMetrics::register(registry)?;
         Ok(Self {
             tls_handshake_failures,
+            call,
             dropped,
             bans,
             stateless,

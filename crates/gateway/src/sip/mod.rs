@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::state::AppState;
-use crate::SipAddrs;
+use crate::{SipAddrs, Stop};
 
 /// Why the SIP service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +80,17 @@ pub enum SipStartError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Binds the SIP listeners from `[sip] udp/tcp/tls` and spawns the readers and the endpoint
-/// task on `tasks`; everything stops when `shutdown` is cancelled (answered calls get BYE).
+/// Binds the SIP listeners from `[sip] udp/tcp/tls` and spawns the readers and the engine tasks
+/// on `tasks`; each engine holds a token of `engine_tasks` until it has drained (the gateway
+/// waits for them all, then cancels `shutdown`). Everything stops when `shutdown` is cancelled
+/// (answered calls get BYE); `stop` drains (see [`Stop`]).
 /// Returns the bound addresses (port 0 resolved) and the TLS certificate, for SIGHUP reloads.
 pub async fn start(
     state: &AppState,
     shutdown: CancellationToken,
+    stop: &Stop,
     tasks: &TaskTracker,
+    engine_tasks: &TaskTracker,
 ) -> Result<(SipAddrs, Option<Arc<crate::tls::ReloadingCert>>), SipStartError> {
     let config = &state.config;
     let metrics = metrics::SipMetrics::register(state.metrics.registry())?;
@@ -181,7 +185,16 @@ pub async fn start(
             commands_tx,
             tasks.clone(),
         );
-        tasks.spawn(engine.run(inbound_rx, commands_rx, shutdown.clone()));
+        let grace = std::time::Duration::from_secs(config.shutdown.grace_period_secs);
+        let run = engine.run(
+            inbound_rx,
+            commands_rx,
+            shutdown.clone(),
+            stop.clone(),
+            grace,
+            engine_tasks.token(),
+        );
+        tasks.spawn(run);
     }
     tracing::info!(%udp, %tcp, tls = ?tls, engines, "SIP listening");
     Ok((SipAddrs { udp, tcp, tls }, tls_cert))

@@ -26,6 +26,9 @@ pub const SUPPORTED: &[&str] = &[];
 pub const SERVER: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
 /// `Retry-After` when we are out of RTP ports or not ready: long enough for calls to end.
 pub const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
+/// `Retry-After` while draining: a restart takes about this long; a dispatcher with another
+/// gateway fails over at once anyway.
+pub const DRAINING_RETRY_AFTER_SECS: u32 = 30;
 /// `Retry-After` for a runtime in `error` (routing gives none): a minute lets an operator act.
 pub const RUNTIME_ERROR_RETRY_AFTER_SECS: u32 = 60;
 /// `Retry-After` above a connection's `max_calls_per_second`: its bucket refills within a second.
@@ -166,6 +169,15 @@ impl Refusal {
             .reason(Cause::Q850(41), "gateway starting")
             .warning("routing table not loaded yet")
             .retry_after(OVERLOAD_RETRY_AFTER_SECS)
+    }
+
+    /// 503 for a new call while the gateway drains (after SIGTERM): a proxy in front fails
+    /// over to another gateway; Q.850 41, temporary failure.
+    pub fn draining() -> Self {
+        Refusal::status(503)
+            .reason(Cause::Q850(41), "gateway shutting down")
+            .warning("gateway draining for shutdown; try another")
+            .retry_after(DRAINING_RETRY_AFTER_SECS)
     }
 
     /// 503 above a connection's `max_calls_per_second`; Q.850 42, switching equipment congestion.
@@ -322,7 +334,37 @@ impl Hangup {
             Hangup::MediaError(e) => Reason::new(Cause::Q850(41), format!("media error: {e}")),
             Hangup::NoAck => Reason::new(Cause::Sip(408), "no ACK for the 200 OK"),
             Hangup::BadAnswer(e) => Reason::new(Cause::Q850(88), e),
-            Hangup::Shutdown => Reason::new(Cause::Q850(16), "hung up by gateway shutdown"),
+            // 41, temporary failure: the caller may call again and reach another gateway.
+            Hangup::Shutdown => Reason::new(Cause::Q850(41), "gateway shutdown"),
+        }
+    }
+
+    /// Which side ended the call, for the call summary and `switchboard_calls_ended_total`.
+    pub fn by(&self) -> HangupBy {
+        match self {
+            Hangup::AgentClosed | Hangup::AgentError(_) => HangupBy::Agent,
+            _ => HangupBy::Gateway,
+        }
+    }
+}
+
+/// Who ended a call: the `hangup_by` of the call summary and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangupBy {
+    /// CANCEL or BYE from the caller's side.
+    Caller,
+    /// The agent closed or broke its stream, or could not be reached.
+    Agent,
+    /// We did: media timeout, no ACK, an operator's hang-up, shutdown.
+    Gateway,
+}
+
+impl HangupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangupBy::Caller => "caller",
+            HangupBy::Agent => "agent",
+            HangupBy::Gateway => "gateway",
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use switchboard_sip::{Transmit, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use super::call::{self, CallSetup, CoreCommand, CALL_EVENT_QUEUE};
@@ -25,11 +26,16 @@ use super::ports::{RtpPortAllocator, RtpPorts};
 use super::transport::{owner, Inbound, Outbound, ReaderShared, UdpReader, UDP_BATCH};
 use crate::live_calls::CallHandle;
 use crate::state::AppState;
+use crate::Stop;
 
 /// Commands from call tasks waiting for the engine; a few per call.
 pub const CORE_COMMAND_QUEUE: usize = 4096;
 /// How long shutdown gives BYEs to leave before the task exits.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
+/// After a drain's last call ended, how long the engine may keep serving while transactions
+/// are left: time for our last BYE to be retransmitted twice over UDP (T1 = 500 ms, then 1 s)
+/// and for its 200 to be absorbed. An engine with no transaction left stops at once.
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
 /// RTP port pairs with real sockets: bound at reservation, owned by the call task after.
 #[derive(Debug)]
@@ -100,15 +106,32 @@ impl Engine {
         }
     }
 
-    /// Runs until `shutdown`; then ends every call (BYE / 503) and returns.
+    /// Runs until `shutdown`, then ends every call at once (BYE / 503) and returns.
+    /// `stop.drain` starts the drain (new calls refused, live ones go on for up to `grace`),
+    /// `stop.end_calls` ends the live calls now; once this engine's last call has ended it
+    /// drops `busy`, and keeps serving (refusing) until every engine has and the gateway cancels
+    /// `shutdown`: its socket takes its share of the port's datagrams until then.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut commands: mpsc::Receiver<CoreCommand>,
         shutdown: CancellationToken,
+        stop: Stop,
+        grace: Duration,
+        busy: TaskTrackerToken,
     ) {
+        let (mut draining, mut ending) = (false, false);
+        let mut busy = Some(busy);
+        let mut drained_at: Option<Instant> = None;
         loop {
-            let deadline = self.flow.poll_timeout();
+            let linger_until = drained_at
+                .filter(|_| busy.is_some())
+                .map(|at| at + DRAIN_LINGER);
+            let deadline = match (self.flow.poll_timeout(), linger_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -117,6 +140,14 @@ impl Engine {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = stop.drain.cancelled(), if !draining => {
+                    draining = true;
+                    self.flow.start_drain(Now::current(), grace);
+                }
+                () = stop.end_calls.cancelled(), if !ending => {
+                    ending = true;
+                    self.flow.end_all_calls(Now::current());
+                }
                 readable = self.reader.readable() => {
                     if readable.is_ok() {
                         self.read_datagrams();
@@ -129,8 +160,17 @@ impl Engine {
                 () = sleep => self.flow.handle_timeout(Now::current()),
             }
             self.drain();
+            if busy.is_some() && self.flow.drained() && self.call_tasks.is_empty() {
+                let since = *drained_at.get_or_insert_with(Instant::now);
+                if self.flow.transaction_count() == 0 || since.elapsed() >= DRAIN_LINGER {
+                    busy = None;
+                    tracing::debug!(engine = self.index, "engine drained");
+                }
+            } else {
+                drained_at = None;
+            }
         }
-        self.flow.shutdown(Now::current());
+        self.flow.end_all_calls(Now::current());
         self.drain();
         tokio::time::sleep(SHUTDOWN_FLUSH).await;
     }
@@ -223,6 +263,7 @@ impl Engine {
             connect_timeout: start.connect_timeout,
             bridge: start.bridge,
             rtp_dropped: self.shared.metrics.rtp_dropped.clone(),
+            call_metrics: self.shared.metrics.call.clone(),
             ports,
             rtp_socket,
             agent_tls: self.state.agent_tls.clone(),

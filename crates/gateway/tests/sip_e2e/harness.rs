@@ -111,6 +111,9 @@ pub struct Daemon {
     /// The SIP over TLS listener, when the options' env set `SWITCHBOARD_SIP_TLS`.
     pub sip_tls: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// The `[metrics] listen` address, when configured.
+    #[allow(dead_code)] // ops_e2e
+    pub metrics: Option<SocketAddr>,
     /// The configured `[media] rtp_ports` (with one pair, its first port is every call's).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
     /// Holds the config and database until the daemon is dropped.
@@ -202,6 +205,7 @@ agent_connect_timeout_ms = {connect}
             sip_tcp: addr("sip_tcp")?,
             sip_tls: addr("sip_tls").ok(),
             admin: addr("admin")?,
+            metrics: addr("metrics").ok(),
             rtp_ports,
             child,
             _dir: dir,
@@ -222,6 +226,32 @@ agent_connect_timeout_ms = {connect}
     /// True while the process is running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`) to the daemon.
+    #[allow(dead_code)] // ops_e2e, scale_out
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    /// The daemon's exit status once it has exited, waiting up to `timeout`; `None` if it
+    /// is still running then.
+    #[allow(dead_code)] // ops_e2e, scale_out
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn admin(&self) -> Admin {

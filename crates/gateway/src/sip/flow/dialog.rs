@@ -4,7 +4,7 @@
 
 use switchboard_sip::{DialogId, OwnedMessage, ServerTxnId};
 
-use super::super::refusal::{Hangup, Refusal, ALLOW, SERVER, SUPPORTED};
+use super::super::refusal::{Hangup, HangupBy, Refusal, ALLOW, SERVER, SUPPORTED};
 use super::super::screen;
 use super::{CallEvent, CallFlow, CallState, MediaPorts, Now, Output};
 
@@ -38,6 +38,10 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.metrics.calls_answered.inc();
                 if let Some(call) = self.calls.get_mut(call_id) {
                     call.state = CallState::Answered;
+                    call.record.answered_at = Some(now.instant);
+                    call.record.final_status = Some(200);
+                    let took = now.instant.saturating_duration_since(call.record.rang_at);
+                    self.metrics.call.setup("answer", took);
                 }
             }
             Err(e) => tracing::debug!(error = %e, %call_id, "200 not sent"),
@@ -56,7 +60,7 @@ impl<P: MediaPorts> CallFlow<P> {
         if let Some(hangup) = call.bye_pending.take() {
             // We wanted to hang up while the 200 was unacknowledged (RFC 3261 §15).
             self.send_bye(now, &call_id, &hangup);
-            self.finish(&call_id);
+            self.finish(now, &call_id, hangup.by());
             return;
         }
         if call.awaiting_answer {
@@ -68,13 +72,13 @@ impl<P: MediaPorts> CallFlow<P> {
                 }
                 Some(Err(e)) => {
                     self.send_bye(now, &call_id, &Hangup::BadAnswer(e.to_string()));
-                    self.finish(&call_id);
+                    self.finish(now, &call_id, HangupBy::Gateway);
                     return;
                 }
                 None if call.state == CallState::Answered => {
                     let why = "the ACK carried no SDP answer to our offer".to_owned();
                     self.send_bye(now, &call_id, &Hangup::BadAnswer(why));
-                    self.finish(&call_id);
+                    self.finish(now, &call_id, HangupBy::Gateway);
                     return;
                 }
                 None => {}
@@ -181,7 +185,7 @@ impl<P: MediaPorts> CallFlow<P> {
             }
             (_, Some(_)) => self.send_bye(now, call_id, &hangup),
         }
-        self.finish(call_id);
+        self.finish(now, call_id, hangup.by());
     }
 
     /// Answers the still-ringing INVITE of `call_id` with a final non-2xx response, in its
@@ -194,6 +198,9 @@ impl<P: MediaPorts> CallFlow<P> {
             return;
         }
         let txn = call.invite_txn;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.record.final_status = Some(refusal.status);
+        }
         self.reply(now, txn, refusal);
     }
 
@@ -221,23 +228,5 @@ impl<P: MediaPorts> CallFlow<P> {
             Ok(Ok(_)) => {}
             Ok(Err(e)) | Err(e) => tracing::warn!(%call_id, error = %e, "cannot send BYE"),
         }
-    }
-
-    /// Forgets a call on the SIP side and tells its task (which releases the ports).
-    pub(super) fn finish(&mut self, call_id: &str) {
-        let Some(call) = self.calls.remove(call_id) else {
-            return;
-        };
-        self.by_invite.remove(&call.invite_txn);
-        self.metrics.calls_active.dec();
-        self.outputs.push_back(Output::ToCall {
-            call_id: call_id.to_owned(),
-            event: CallEvent::Ended,
-        });
-        self.outputs.push_back(Output::CallEnded {
-            call_id: call_id.to_owned(),
-            call_sid: call.call_sid.clone(),
-        });
-        tracing::info!(call_sid = %call.call_sid, %call_id, "call ended");
     }
 }

@@ -19,6 +19,7 @@ use super::super::identity;
 use super::super::refusal::Refusal;
 use super::super::screen;
 use super::super::trunk::TrunkVerdict;
+use super::ending::CallRecord;
 use super::{Call, CallFlow, CallStart, CallState, MediaPorts, Now, Output};
 
 /// A connection's `max_calls_per_second` token bucket.
@@ -60,10 +61,14 @@ impl<P: MediaPorts> CallFlow<P> {
     ) {
         self.metrics.invites.inc();
         let snapshot = self.routing.snapshot();
+        // A measurement only (no decision depends on it): admission and routing take
+        // microseconds, which the flow's one `now` per input cannot show.
+        let routing_started = Instant::now();
         let outcome = self
             .admit(now, request, source, &snapshot)
             .and_then(|admitted| {
                 let route = self.route(now, &snapshot, &admitted)?;
+                self.metrics.call.setup("route", routing_started.elapsed());
                 let media =
                     self.prepare_media(request, media_policy(admitted.connection.as_ref()))?;
                 Ok((admitted, route, media))
@@ -142,6 +147,9 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.metrics.auth.with_label_values(&[outcome]).inc();
                 return Err(Refusal::challenge(www_authenticate));
             }
+        }
+        if self.is_draining() {
+            return Err(Refusal::draining());
         }
         if let Some(connection) = connection {
             if let Some(limit) = connection.max_calls_per_second {
@@ -300,6 +308,16 @@ impl<P: MediaPorts> CallFlow<P> {
                 awaiting_answer: media.awaiting_answer,
                 negotiated: media.negotiated,
                 bye_pending: None,
+                record: CallRecord {
+                    deployment_id: route.deployment_id().to_owned(),
+                    app_id: route.app_id().to_owned(),
+                    app_version: route.app_version().to_string(),
+                    from: route.caller().map(|c| c.to_string()).unwrap_or_default(),
+                    to: route.called().to_string(),
+                    rang_at: now.instant,
+                    answered_at: None,
+                    final_status: None,
+                },
             },
         );
         self.by_invite.insert(txn, admitted.call_id);

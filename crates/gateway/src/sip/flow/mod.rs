@@ -6,6 +6,8 @@
 //! flow.agent_ready(now, call_id);           // the call task reached the agent
 //! flow.agent_failed(now, call_id, 503, e);  // ... or could not
 //! flow.hang_up(now, call_id, Hangup::…);    // the call task, REST API or media ended it
+//! flow.start_drain(now, grace);             // SIGTERM: refuse new calls, let live ones end
+//! flow.end_all_calls(now);                  // second signal: BYE every call now
 //! while let Some(t) = flow.poll_transmit() { /* send t.bytes to t.remote */ }
 //! while let Some(o) = flow.poll_output() { /* StartCall, ToCall, CallEnded, Offence */ }
 //! let wake_at = flow.poll_timeout();
@@ -23,6 +25,7 @@
 //! 200 when the agent is up, ACK, re-INVITE/UPDATE, CANCEL, BYE both ways — is in `dialog.rs`.
 
 mod dialog;
+mod ending;
 mod invite;
 pub use invite::{rtp_bind_ip, CallRates};
 #[cfg(test)]
@@ -44,7 +47,7 @@ use switchboard_sip::{
 
 use super::guard::Offence;
 use super::metrics::SipMetrics;
-use super::refusal::{Hangup, Refusal, SERVER};
+use super::refusal::{Hangup, HangupBy, Refusal, SERVER};
 use super::screen;
 use super::transport::{Inbound, Parsed};
 use super::trunk::TrunkAuth;
@@ -182,6 +185,8 @@ struct Call {
     negotiated: Option<NegotiatedMedia>,
     /// We want to hang up but the 200 is not acknowledged yet (RFC 3261 §15: BYE waits).
     bye_pending: Option<Hangup>,
+    /// For the summary line when it ends.
+    record: ending::CallRecord,
 }
 
 /// The call flow. See the module docs for the calling pattern.
@@ -205,6 +210,8 @@ pub struct CallFlow<P: MediaPorts> {
     /// This flow's share of the `sip_transactions` gauge as last exported: every engine adds
     /// its own change, so the gauge is the sum over engines.
     exported_transactions: i64,
+    /// Set by [`CallFlow::start_drain`] (SIGTERM).
+    drain: Option<ending::Drain>,
 }
 
 impl<P: MediaPorts> CallFlow<P> {
@@ -237,6 +244,7 @@ impl<P: MediaPorts> CallFlow<P> {
             outputs: VecDeque::new(),
             exported: StatelessStats::default(),
             exported_transactions: 0,
+            drain: None,
         }
     }
 
@@ -260,11 +268,16 @@ impl<P: MediaPorts> CallFlow<P> {
     /// Call when `now >= poll_timeout()`.
     pub fn handle_timeout(&mut self, now: Now) {
         self.endpoint.handle_timeout(now.instant);
+        self.check_drain_deadline(now);
         self.drive(now);
     }
 
     /// The call's task reached the agent: answer with 200 OK and our SDP.
     pub fn agent_ready(&mut self, now: Now, call_id: &str) {
+        if let Some(call) = self.calls.get(call_id) {
+            let took = now.instant.saturating_duration_since(call.record.rang_at);
+            self.metrics.call.setup("agent_connect", took);
+        }
         self.answer(now, call_id);
         self.drive(now);
     }
@@ -273,7 +286,7 @@ impl<P: MediaPorts> CallFlow<P> {
     pub fn agent_failed(&mut self, now: Now, call_id: &str, status: u16, why: &str) {
         tracing::warn!(%call_id, status, why, "agent unreachable");
         self.refuse_ringing(now, call_id, &Refusal::agent_unreachable(status, why));
-        self.finish(call_id);
+        self.finish(now, call_id, HangupBy::Agent);
         self.drive(now);
     }
 
@@ -281,15 +294,6 @@ impl<P: MediaPorts> CallFlow<P> {
     /// (deferred until the ACK if it has not come yet, RFC 3261 §15).
     pub fn hang_up(&mut self, now: Now, call_id: &str, hangup: Hangup) {
         self.end_call(now, call_id, hangup);
-        self.drive(now);
-    }
-
-    /// Ends every call (BYE or 503) before the process exits.
-    pub fn shutdown(&mut self, now: Now) {
-        let ids: Vec<String> = self.calls.keys().cloned().collect();
-        for call_id in ids {
-            self.end_call(now, &call_id, Hangup::Shutdown);
-        }
         self.drive(now);
     }
 
@@ -307,7 +311,11 @@ impl<P: MediaPorts> CallFlow<P> {
 
     /// When [`CallFlow::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.endpoint.poll_timeout()
+        let endpoint = self.endpoint.poll_timeout();
+        match (endpoint, self.drain_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Calls ringing or answered.
@@ -361,7 +369,7 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.metrics.request("CANCEL");
                 if let Some(call_id) = self.by_invite.get(&invite).cloned() {
                     self.refuse_ringing(now, &call_id, &Refusal::cancelled());
-                    self.finish(&call_id);
+                    self.finish(now, &call_id, HangupBy::Caller);
                 }
             }
             Event::Bye { txn, request, .. } => {
@@ -369,7 +377,7 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.reply(now, txn, &Refusal::status(200));
                 if let Ok(call_id) = request.message().call_id() {
                     let call_id = call_id.to_owned();
-                    self.finish(&call_id);
+                    self.finish(now, &call_id, HangupBy::Caller);
                 }
             }
             Event::Info { txn, .. } => {
@@ -390,7 +398,11 @@ impl<P: MediaPorts> CallFlow<P> {
                 }
                 // Keep-alives from the carriers we serve get 200 (statelessly out of a dialog,
                 // so a carrier pinging every second costs no transaction).
-                let answer = if dialog.is_some() || self.routing.load().admits_source(remote.ip()) {
+                let trusted = dialog.is_some() || self.routing.load().admits_source(remote.ip());
+                let answer = if trusted && dialog.is_none() && self.is_draining() {
+                    // A dispatcher probing with OPTIONS marks us down and sends calls elsewhere.
+                    Refusal::draining()
+                } else if trusted {
                     capabilities(Refusal::status(200))
                 } else {
                     self.metrics.auth.with_label_values(&["forbidden"]).inc();
@@ -425,7 +437,7 @@ impl<P: MediaPorts> CallFlow<P> {
                             call.dialog = Some(dialog);
                         }
                         self.send_bye(now, &call_id, &Hangup::NoAck);
-                        self.finish(&call_id);
+                        self.finish(now, &call_id, HangupBy::Gateway);
                     }
                     None => self.endpoint.remove_dialog(dialog),
                 }
