@@ -14,10 +14,12 @@
 
 pub mod admin;
 pub mod config;
+pub mod events;
 pub mod live_calls;
 pub mod metrics;
 pub mod sip;
 pub mod state;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -104,6 +104,7 @@ pub async fn create(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiEr
             .unwrap_or(ChannelDirection::Inbound),
         status: DeploymentStatus::Active,
         inbound_config: inbound_config.flatten(),
+        webhook_config: None,
         created_by: actor.clone(),
         created_at: stamp.clone(),
         updated_by: actor,

@@ -17,11 +17,16 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
+mod events;
+pub use events::{EventsConfig, WebhooksConfig};
+
 /// Prefix of environment overrides: `SWITCHBOARD_<SECTION>_<KEY>`.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Section names, as written in the file and in environment overrides.
-const SECTIONS: [&str; 5] = ["sip", "admin", "store", "media", "routing"];
+const SECTIONS: [&str; 7] = [
+    "sip", "admin", "store", "media", "routing", "events", "webhooks",
+];
 
 /// The whole configuration. Every section and key has a default, so an empty file is valid.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -32,6 +37,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub media: MediaConfig,
     pub routing: RoutingConfig,
+    pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// SIP listeners and signalling limits (owned by the SIP side; add fields with a default + doc).
@@ -476,6 +483,20 @@ impl Config {
         if self.admin.max_connections == 0 {
             bad("admin.max_connections", "must be positive".to_owned());
         }
+        for (key, value) in [
+            ("events.ring_size", self.events.ring_size as u64),
+            ("events.subscriber_buffer", self.events.subscriber_buffer as u64),
+            ("events.keepalive_secs", self.events.keepalive_secs),
+            ("webhooks.timeout_ms", self.webhooks.timeout_ms),
+            ("webhooks.first_retry_ms", self.webhooks.first_retry_ms),
+            ("webhooks.max_retry_secs", self.webhooks.max_retry_secs),
+            ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
+            ("webhooks.queue", self.webhooks.queue as u64),
+        ] {
+            if value == 0 {
+                bad(key, "must be positive".to_owned());
+            }
+        }
         if self.admin.body_timeout_secs == 0 {
             bad("admin.body_timeout_secs", "must be positive".to_owned());
         }
@@ -626,6 +647,8 @@ fn check_sections(table: &toml::Table, origins: &Origins, errors: &mut Vec<Confi
         store: section(table, "store", origins, errors),
         media: section(table, "media", origins, errors),
         routing: section(table, "routing", origins, errors),
+        events: section(table, "events", origins, errors),
+        webhooks: section(table, "webhooks", origins, errors),
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::flow::CallEvent;
 use super::ports::RtpPorts;
-use super::refusal::Hangup;
+use super::refusal::{Hangup, REST_API_REQUESTER};
 use crate::live_calls::{CallCommand, HangupCause};
 
 /// Events per call from the SIP engine: a handful per call lifetime.
@@ -104,7 +104,7 @@ impl DropExport {
 
 fn requested(cause: &HangupCause) -> Hangup {
     match cause {
-        HangupCause::RestApi => Hangup::Requested("the REST API".to_owned()),
+        HangupCause::RestApi => Hangup::Requested(REST_API_REQUESTER.to_owned()),
         HangupCause::Admin(who) => Hangup::Requested(who.clone()),
     }
 }

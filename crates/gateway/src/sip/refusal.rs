@@ -14,6 +14,8 @@ use switchboard_media::MediaError;
 use switchboard_routing::{Reject, RejectReason};
 use switchboard_sip::MessageBuilder;
 
+use crate::events::HangupBy;
+
 /// Methods we act on. BYE/INFO/UPDATE make sense inside a dialog, OPTIONS anywhere.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 /// Bodies we understand in INVITE, UPDATE and ACK.
@@ -314,7 +316,35 @@ impl Hangup {
             Hangup::Shutdown => Reason::new(Cause::Q850(16), "hung up by gateway shutdown"),
         }
     }
+
+    /// Which side this hang-up counts for in `call.ended` events. A REST API hang-up is the
+    /// agent's (agent frameworks end calls through it); an operator's is the gateway's.
+    pub fn hangup_by(&self) -> HangupBy {
+        match self {
+            Hangup::AgentClosed | Hangup::AgentError(_) => HangupBy::Agent,
+            Hangup::Requested(who) if who == REST_API_REQUESTER => HangupBy::Agent,
+            _ => HangupBy::Gateway,
+        }
+    }
+
+    /// The short cause in events (`reason`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Hangup::AgentClosed => "agent_closed",
+            Hangup::AgentError(_) => "agent_error",
+            Hangup::MediaTimeout => "media_timeout",
+            Hangup::Requested(who) if who == REST_API_REQUESTER => "rest_api_hangup",
+            Hangup::Requested(_) => "operator_hangup",
+            Hangup::MediaError(_) => "media_error",
+            Hangup::NoAck => "no_ack",
+            Hangup::BadAnswer(_) => "bad_sdp_answer",
+            Hangup::Shutdown => "shutdown",
+        }
+    }
 }
+
+/// Who [`Hangup::Requested`] names for the Twilio-compatible REST API.
+pub const REST_API_REQUESTER: &str = "the REST API";
 
 /// Text safe inside a quoted header value: no quotes, backslashes or control characters
 /// (so nothing can end the string or the header), at most 200 characters.

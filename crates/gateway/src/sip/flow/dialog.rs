@@ -6,7 +6,8 @@ use switchboard_sip::{DialogId, OwnedMessage, ServerTxnId};
 
 use super::super::refusal::{Hangup, Refusal, ALLOW, SERVER, SUPPORTED};
 use super::super::screen;
-use super::{CallEvent, CallFlow, CallState, MediaPorts, Now, Output};
+use super::{CallEvent, CallFlow, CallState, Ending, MediaPorts, Now, Output};
+use crate::events::EventKind;
 
 impl<P: MediaPorts> CallFlow<P> {
     /// The agent is connected: 200 OK with our SDP.
@@ -33,6 +34,11 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.metrics.calls_answered.inc();
                 if let Some(call) = self.calls.get_mut(call_id) {
                     call.state = CallState::Answered;
+                    call.record.answered_at = Some(now.wall);
+                    let mut answered = (*call.record).clone();
+                    answered.kind = EventKind::CallAnswered;
+                    answered.at = now.wall;
+                    self.emit(answered);
                 }
             }
             Err(e) => tracing::debug!(error = %e, %call_id, "200 not sent"),
@@ -51,7 +57,7 @@ impl<P: MediaPorts> CallFlow<P> {
         if let Some(hangup) = call.bye_pending.take() {
             // We wanted to hang up while the 200 was unacknowledged (RFC 3261 §15).
             self.send_bye(now, &call_id, &hangup);
-            self.finish(&call_id);
+            self.finish(now, &call_id, Ending::ours(&hangup, 200));
             return;
         }
         if call.awaiting_answer {
@@ -62,14 +68,16 @@ impl<P: MediaPorts> CallFlow<P> {
                     call.awaiting_answer = false;
                 }
                 Some(Err(e)) => {
-                    self.send_bye(now, &call_id, &Hangup::BadAnswer(e.to_string()));
-                    self.finish(&call_id);
+                    let hangup = Hangup::BadAnswer(e.to_string());
+                    self.send_bye(now, &call_id, &hangup);
+                    self.finish(now, &call_id, Ending::ours(&hangup, 200));
                     return;
                 }
                 None if call.state == CallState::Answered => {
                     let why = "the ACK carried no SDP answer to our offer".to_owned();
-                    self.send_bye(now, &call_id, &Hangup::BadAnswer(why));
-                    self.finish(&call_id);
+                    let hangup = Hangup::BadAnswer(why);
+                    self.send_bye(now, &call_id, &hangup);
+                    self.finish(now, &call_id, Ending::ours(&hangup, 200));
                     return;
                 }
                 None => {}
@@ -165,17 +173,22 @@ impl<P: MediaPorts> CallFlow<P> {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        match (call.state, call.dialog) {
+        let sip_status = match (call.state, call.dialog) {
             (CallState::Ringing, _) => {
-                self.refuse_ringing(now, call_id, &Refusal::ended_while_ringing(&hangup));
+                let refusal = Refusal::ended_while_ringing(&hangup);
+                self.refuse_ringing(now, call_id, &refusal);
+                refusal.status
             }
             (_, None) => {
                 call.bye_pending = Some(hangup);
                 return;
             }
-            (_, Some(_)) => self.send_bye(now, call_id, &hangup),
-        }
-        self.finish(call_id);
+            (_, Some(_)) => {
+                self.send_bye(now, call_id, &hangup);
+                200
+            }
+        };
+        self.finish(now, call_id, Ending::ours(&hangup, sip_status));
     }
 
     /// Answers the still-ringing INVITE of `call_id` with a final non-2xx response, in its
@@ -217,11 +230,19 @@ impl<P: MediaPorts> CallFlow<P> {
         }
     }
 
-    /// Forgets a call on the SIP side and tells its task (which releases the ports).
-    pub(super) fn finish(&mut self, call_id: &str) {
+    /// Forgets a call on the SIP side and tells its task (which releases the ports); reports
+    /// how it ended.
+    pub(super) fn finish(&mut self, now: Now, call_id: &str, ending: Ending) {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
+        let mut event = *call.record;
+        event.kind = ending.kind;
+        event.at = now.wall;
+        event.hangup_by = Some(ending.hangup_by);
+        event.reason = Some(ending.reason.to_owned());
+        event.sip_status = Some(ending.sip_status);
+        self.emit(event);
         self.by_invite.remove(&call.invite_txn);
         self.metrics.calls_active.dec();
         self.outputs.push_back(Output::ToCall {

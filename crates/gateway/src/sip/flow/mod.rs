@@ -7,7 +7,7 @@
 //! flow.agent_failed(now, call_id, 503, e);  // ... or could not
 //! flow.hang_up(now, call_id, Hangup::…);    // the call task, REST API or media ended it
 //! while let Some(t) = flow.poll_transmit() { /* send t.bytes to t.remote */ }
-//! while let Some(o) = flow.poll_output() { /* StartCall, ToCall, CallEnded, Offence */ }
+//! while let Some(o) = flow.poll_output() { /* StartCall, ToCall, CallEnded, Offence, Event */ }
 //! let wake_at = flow.poll_timeout();
 //! ```
 //!
@@ -48,6 +48,7 @@ use super::refusal::{Hangup, Refusal, SERVER};
 use super::screen;
 use super::transport::{Inbound, Parsed};
 use super::trunk::TrunkAuth;
+use crate::events::{Event as EventRecord, EventKind, HangupBy};
 use crate::live_calls::CallDetails;
 
 /// The time, as the flow needs it: monotonic for timers, wall clock for schedules and nonces.
@@ -138,6 +139,51 @@ pub enum Output<R> {
     CallEnded { call_id: String, call_sid: String },
     /// Count an offence by a source toward a ban.
     Offence { ip: IpAddr, offence: Offence },
+    /// Publish a call event (offered, rejected, answered, ended): the one place the flow
+    /// reports a call's outcome to the event streams and webhooks.
+    Event(Box<EventRecord>),
+}
+
+/// How a call ended, for its `call.ended` (or, for an agent failure, `call.rejected`) event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Ending {
+    kind: EventKind,
+    hangup_by: HangupBy,
+    reason: &'static str,
+    /// The INVITE's final status (200 once answered).
+    sip_status: u16,
+}
+
+impl Ending {
+    /// The caller ended it (BYE, or CANCEL while ringing).
+    fn caller(reason: &'static str, sip_status: u16) -> Self {
+        Ending {
+            kind: EventKind::CallEnded,
+            hangup_by: HangupBy::Caller,
+            reason,
+            sip_status,
+        }
+    }
+
+    /// We ended it for `hangup`.
+    fn ours(hangup: &Hangup, sip_status: u16) -> Self {
+        Ending {
+            kind: EventKind::CallEnded,
+            hangup_by: hangup.hangup_by(),
+            reason: hangup.label(),
+            sip_status,
+        }
+    }
+
+    /// The agent could not be reached: the call is refused, not ended.
+    fn agent_unreachable(sip_status: u16) -> Self {
+        Ending {
+            kind: EventKind::CallRejected,
+            hangup_by: HangupBy::Gateway,
+            reason: "agent_unreachable",
+            sip_status,
+        }
+    }
 }
 
 /// What the flow tells a call's task.
@@ -165,6 +211,9 @@ enum CallState {
 #[derive(Debug)]
 struct Call {
     call_sid: String,
+    /// The call's facts (ids, numbers, deployment, app, start and answer times): every event
+    /// of this call is a copy with its kind and outcome filled in.
+    record: Box<EventRecord>,
     invite_txn: ServerTxnId,
     transport: Transport,
     state: CallState,
@@ -269,7 +318,7 @@ impl<P: MediaPorts> CallFlow<P> {
     pub fn agent_failed(&mut self, now: Now, call_id: &str, status: u16, why: &str) {
         tracing::warn!(%call_id, status, why, "agent unreachable");
         self.refuse_ringing(now, call_id, &Refusal::agent_unreachable(status, why));
-        self.finish(call_id);
+        self.finish(now, call_id, Ending::agent_unreachable(status));
         self.drive(now);
     }
 
@@ -304,6 +353,11 @@ impl<P: MediaPorts> CallFlow<P> {
     /// When [`CallFlow::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.endpoint.poll_timeout()
+    }
+
+    /// Queues an event for the I/O loop.
+    fn emit(&mut self, event: EventRecord) {
+        self.outputs.push_back(Output::Event(Box::new(event)));
     }
 
     /// Calls ringing or answered.
@@ -356,8 +410,9 @@ impl<P: MediaPorts> CallFlow<P> {
             Event::Cancel { invite, .. } => {
                 self.metrics.request("CANCEL");
                 if let Some(call_id) = self.by_invite.get(&invite).cloned() {
-                    self.refuse_ringing(now, &call_id, &Refusal::cancelled());
-                    self.finish(&call_id);
+                    let cancelled = Refusal::cancelled();
+                    self.refuse_ringing(now, &call_id, &cancelled);
+                    self.finish(now, &call_id, Ending::caller("caller_cancel", cancelled.status));
                 }
             }
             Event::Bye { txn, request, .. } => {
@@ -365,7 +420,7 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.reply(now, txn, &Refusal::status(200));
                 if let Ok(call_id) = request.message().call_id() {
                     let call_id = call_id.to_owned();
-                    self.finish(&call_id);
+                    self.finish(now, &call_id, Ending::caller("caller_bye", 200));
                 }
             }
             Event::Info { txn, .. } => {
@@ -421,7 +476,7 @@ impl<P: MediaPorts> CallFlow<P> {
                             call.dialog = Some(dialog);
                         }
                         self.send_bye(now, &call_id, &Hangup::NoAck);
-                        self.finish(&call_id);
+                        self.finish(now, &call_id, Ending::ours(&Hangup::NoAck, 200));
                     }
                     None => self.endpoint.remove_dialog(dialog),
                 }
