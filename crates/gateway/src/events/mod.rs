@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prometheus::IntCounterVec;
 use switchboard_routing::model::Scope;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 pub use payload::{rfc3339, to_json};
 
@@ -188,6 +189,8 @@ pub struct EventBus {
     webhook_rx: Mutex<Option<mpsc::Receiver<Arc<Published>>>>,
     /// `switchboard_webhook_deliveries_total{outcome}`, for events the queue had no room for.
     deliveries: IntCounterVec,
+    /// Cancelled at shutdown: open streams end so connections can close.
+    closing: CancellationToken,
 }
 
 impl EventBus {
@@ -208,7 +211,18 @@ impl EventBus {
             webhooks,
             webhook_rx: Mutex::new(Some(webhook_rx)),
             deliveries,
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Ends every open stream (at shutdown, so the admin listener can drain).
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Cancelled once [`EventBus::close`] was called.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// Publishes `event`. Never waits: a short lock, a ring push and two non-blocking sends.
