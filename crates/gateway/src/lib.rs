@@ -192,6 +192,8 @@ async fn start_services(
     // SIP service hook: the SIP side replaces `None` with its start call, e.g.
     // `Some(sip::start(&state, shutdown.clone(), &tasks).await?)`.
     let sip_addrs: Option<SipAddrs> = Some(sip::start(&state, shutdown.clone(), &tasks).await?);
+    // Webhooks: pending deliveries in the outbox resume here after a restart.
+    webhooks::spawn(&state, shutdown.clone(), &tasks);
 
     state.mark_ready();
     tracing::info!(%admin, store = config.store.url.split("://").next().unwrap_or(""), "switchboard started");
