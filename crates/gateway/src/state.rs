@@ -16,8 +16,8 @@ use switchboard_store::{Dataset, Store};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::admin::auth::Keyring;
-use crate::events::{BusLimits, Event, EventBus, EventKind};
 use crate::config::Config;
+use crate::events::{BusLimits, Event, EventBus, EventKind};
 use crate::live_calls::CallHandle;
 use crate::metrics::Metrics;
 

@@ -211,7 +211,9 @@ async fn open_stream(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (cx, _) = context(state, params, req)?;
     let for_deployment = route.id == RouteId::DeploymentEvents;
-    Ok(events::stream(&cx, for_deployment).await?.map(Either::Right))
+    Ok(events::stream(&cx, for_deployment)
+        .await?
+        .map(Either::Right))
 }
 
 async fn dispatch(

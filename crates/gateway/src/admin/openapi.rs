@@ -101,8 +101,17 @@ fn sse_op(summary: &str, mut params: Vec<Value>) -> Value {
     params.push(json!({ "name": "Last-Event-ID", "in": "header", "required": false,
         "description": "Resume after this event id; an id older than the kept events replays them all after a `gap` event",
         "schema": { "type": "string" } }));
-    op(summary, params, None, ("200", json!({ "description": "One `id:`/`event:`/`data:` block per event (data: the event JSON, see README); `:` keep-alive comments",
-        "content": { "text/event-stream": { "schema": { "type": "string" } } } })), &[])
+    op(
+        summary,
+        params,
+        None,
+        (
+            "200",
+            json!({ "description": "One `id:`/`event:`/`data:` block per event (data: the event JSON, see README); `:` keep-alive comments",
+        "content": { "text/event-stream": { "schema": { "type": "string" } } } }),
+        ),
+        &[],
+    )
 }
 
 fn no_content(description: &str) -> Value {

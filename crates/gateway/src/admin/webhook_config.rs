@@ -172,7 +172,11 @@ mod tests {
         );
         for bad in ["not a url", "http://", "/relative", "mailto:a@b.c"] {
             let found = problems(json!({"url": bad, "secret": "0123456789abcdef"}));
-            assert_eq!(found, [(loc(&["url".into()]), "url_parsing".to_owned())], "{bad}");
+            assert_eq!(
+                found,
+                [(loc(&["url".into()]), "url_parsing".to_owned())],
+                "{bad}"
+            );
         }
         let found = problems(json!({"url": "http://h/", "secret": "short", "events": [], "x": 1}));
         assert_eq!(found.len(), 3, "{found:?}");

@@ -485,7 +485,10 @@ impl Config {
         }
         for (key, value) in [
             ("events.ring_size", self.events.ring_size as u64),
-            ("events.subscriber_buffer", self.events.subscriber_buffer as u64),
+            (
+                "events.subscriber_buffer",
+                self.events.subscriber_buffer as u64,
+            ),
             ("events.keepalive_secs", self.events.keepalive_secs),
             ("webhooks.timeout_ms", self.webhooks.timeout_ms),
             ("webhooks.first_retry_ms", self.webhooks.first_retry_ms),

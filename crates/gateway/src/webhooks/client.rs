@@ -68,22 +68,27 @@ async fn post_unbounded(attempt: Attempt<'_>) -> Result<u16, AttemptError> {
     let request = Request::post(path)
         .header(HOST, authority)
         .header(CONTENT_TYPE, "application/json")
-        .header(USER_AGENT, concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .header(
+            USER_AGENT,
+            concat!("switchboard/", env!("CARGO_PKG_VERSION")),
+        )
         .header(SIGNATURE_HEADER, attempt.signature)
         .header("x-switchboard-event", attempt.event)
         .header("x-switchboard-event-id", attempt.event_id)
         .body(Full::new(attempt.body))
         .map_err(|e| transport(&e))?;
     let mut conn = std::pin::pin!(conn);
+    let mut response = std::pin::pin!(sender.send_request(request));
     let response = tokio::select! {
-        response = sender.send_request(request) => response.map_err(|e| transport(&e))?,
-        ended = conn.as_mut() => {
-            return Err(AttemptError::Transport(match ended {
-                Ok(()) => "connection closed before the response".to_owned(),
-                Err(e) => e.to_string(),
-            }))
-        }
-    };
+        response = response.as_mut() => response,
+        // With `Connection: close` the connection may finish in the same poll that read the
+        // response: the response is then ready too.
+        ended = conn.as_mut() => match ended {
+            Ok(()) => response.await,
+            Err(e) => return Err(transport(&e)),
+        },
+    }
+    .map_err(|e| transport(&e))?;
     let status = response.status();
     match status.is_success() {
         true => Ok(status.as_u16()),

@@ -96,21 +96,23 @@ impl Deliverer {
                 self.count("delivered");
                 self.store.outbox_remove(row.id).await
             }
-            Err(e) => match self
-                .policy
-                .after_failure(attempts, row.created_ms, now_ms, rand::random())
-            {
-                NextStep::RetryAt(at) => {
-                    self.count("retry");
-                    tracing::debug!(event_id = %row.event_id, attempts, error = %e, "webhook attempt failed; will retry");
-                    self.store.outbox_reschedule(row.id, attempts, at).await
+            Err(e) => {
+                match self
+                    .policy
+                    .after_failure(attempts, row.created_ms, now_ms, rand::random())
+                {
+                    NextStep::RetryAt(at) => {
+                        self.count("retry");
+                        tracing::debug!(event_id = %row.event_id, attempts, error = %e, "webhook attempt failed; will retry");
+                        self.store.outbox_reschedule(row.id, attempts, at).await
+                    }
+                    NextStep::GiveUp => {
+                        self.count("gave_up");
+                        tracing::warn!(event_id = %row.event_id, url = %row.url, attempts, error = %e, "webhook delivery given up");
+                        self.store.outbox_remove(row.id).await
+                    }
                 }
-                NextStep::GiveUp => {
-                    self.count("gave_up");
-                    tracing::warn!(event_id = %row.event_id, url = %row.url, attempts, error = %e, "webhook delivery given up");
-                    self.store.outbox_remove(row.id).await
-                }
-            },
+            }
         };
         if let Err(e) = stored {
             // The row stays as it was; the sweep retries it once its lease runs out.
@@ -184,7 +186,11 @@ async fn run(
 }
 
 /// The delivery `published` calls for, if its deployment has a webhook for its kind.
-fn delivery_for(state: &AppState, published: &Published, lease_until_ms: i64) -> Option<NewDelivery> {
+fn delivery_for(
+    state: &AppState,
+    published: &Published,
+    lease_until_ms: i64,
+) -> Option<NewDelivery> {
     let event = &published.event;
     let snapshot = state.routing.load();
     let config = snapshot

@@ -28,7 +28,13 @@ pub enum NextStep {
 impl RetryPolicy {
     /// After `attempts` failed attempts (1 after the first) of an event that happened at
     /// `created_ms`, at `now_ms`; `jitter` in `[0, 1)` spreads retries (tests pass 0).
-    pub fn after_failure(&self, attempts: u32, created_ms: i64, now_ms: i64, jitter: f64) -> NextStep {
+    pub fn after_failure(
+        &self,
+        attempts: u32,
+        created_ms: i64,
+        now_ms: i64,
+        jitter: f64,
+    ) -> NextStep {
         let exponent = attempts.saturating_sub(1).min(30);
         let base = self
             .first_retry
@@ -37,7 +43,8 @@ impl RetryPolicy {
         let spread = base.mul_f64(jitter.clamp(0.0, 1.0) * 0.2);
         let wait = i64::try_from((base + spread).as_millis()).unwrap_or(i64::MAX);
         let next = now_ms.saturating_add(wait);
-        let deadline = created_ms.saturating_add(i64::try_from(self.give_up.as_millis()).unwrap_or(i64::MAX));
+        let deadline =
+            created_ms.saturating_add(i64::try_from(self.give_up.as_millis()).unwrap_or(i64::MAX));
         match next <= deadline {
             true => NextStep::RetryAt(next),
             false => NextStep::GiveUp,
@@ -65,7 +72,10 @@ mod tests {
             .collect();
         assert_eq!(
             waits,
-            [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000, 600_000, 600_000]
+            [
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000,
+                600_000, 600_000
+            ]
         );
     }
 
@@ -86,7 +96,10 @@ mod tests {
             NextStep::RetryAt(day_ms)
         );
         // ... one past it does not.
-        assert_eq!(POLICY.after_failure(20, 0, day_ms - 599_999, 0.0), NextStep::GiveUp);
+        assert_eq!(
+            POLICY.after_failure(20, 0, day_ms - 599_999, 0.0),
+            NextStep::GiveUp
+        );
     }
 
     #[test]

@@ -412,7 +412,11 @@ impl<P: MediaPorts> CallFlow<P> {
                 if let Some(call_id) = self.by_invite.get(&invite).cloned() {
                     let cancelled = Refusal::cancelled();
                     self.refuse_ringing(now, &call_id, &cancelled);
-                    self.finish(now, &call_id, Ending::caller("caller_cancel", cancelled.status));
+                    self.finish(
+                        now,
+                        &call_id,
+                        Ending::caller("caller_cancel", cancelled.status),
+                    );
                 }
             }
             Event::Bye { txn, request, .. } => {

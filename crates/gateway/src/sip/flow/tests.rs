@@ -140,7 +140,14 @@ struct Log {
 
 impl Log {
     /// (event name, hangup_by, reason, sip_status) of every event.
-    fn outcomes(&self) -> Vec<(&'static str, Option<&'static str>, Option<&str>, Option<u16>)> {
+    fn outcomes(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        Option<&'static str>,
+        Option<&str>,
+        Option<u16>,
+    )> {
         self.events
             .iter()
             .map(|e| {
@@ -407,7 +414,10 @@ fn a_routed_call_rings_answers_when_the_agent_is_up_and_ends_with_bye() {
     );
     let ended = &sim.log.events[2];
     assert_eq!(ended.call_sid, sim.log.events[0].call_sid);
-    assert!(ended.call_sid.as_deref().is_some_and(|s| s.starts_with("CA")));
+    assert!(ended
+        .call_sid
+        .as_deref()
+        .is_some_and(|s| s.starts_with("CA")));
     assert_eq!(ended.deployment_id, "dep-1");
     assert_eq!(ended.to.as_deref(), Some(CALLED));
     assert_eq!(ended.duration_secs(), 5, "answer to BYE");
@@ -534,7 +544,12 @@ fn cancel_while_ringing_is_487_and_ends_the_call() {
         sim.log.outcomes(),
         [
             ("call.offered", None, None, None),
-            ("call.ended", Some("caller"), Some("caller_cancel"), Some(487)),
+            (
+                "call.ended",
+                Some("caller"),
+                Some("caller_cancel"),
+                Some(487)
+            ),
         ]
     );
 }
