@@ -673,9 +673,10 @@ async fn a_pending_delivery_survives_kill_9_and_arrives_after_the_restart() {
     drop(agent);
 }
 
-/// The load figure for issue 12: 1,000 SIPp calls with a webhook receiver counting every
-/// event (offered, answered, ended). Run with
-/// `cargo test --release -p switchboard --test events_e2e -- --ignored --nocapture`.
+/// The load figure for issue 12: 1,000 SIPp calls without webhooks (the baseline), then
+/// 1,000 with a webhook receiver counting every event (offered, answered, ended), on the same
+/// gateway. `LOAD_RATE` sets calls per second (default 50). Run with
+/// `cargo test --release -p switchboard --test events_e2e load -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load run: about a minute; prints the figures"]
 async fn load_1000_calls_every_webhook_event_delivered() {
@@ -683,16 +684,16 @@ async fn load_1000_calls_every_webhook_event_delivered() {
         return;
     }
     const CALLS: u32 = 1_000;
-    const RATE: u32 = 50;
+    let rate: u32 = std::env::var("LOAD_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(50);
     let receiver = Receiver::start(Vec::new());
-    let options = FixtureOptions {
-        daemon: DaemonOptions {
-            rtp_pairs: 100,
-            ..DaemonOptions::default()
-        },
-        ..FixtureOptions::default()
-    };
-    let fixture = Fixture::start(options).await;
+    let fixture = Fixture::start(FixtureOptions::default()).await;
+    let sipp = || Sipp::new("uac_call.xml", fixture.daemon.sip_udp).calls(CALLS, rate);
+    let started = Instant::now();
+    let baseline = expect_sipp_ok(&fixture.daemon, sipp()).await;
+    let baseline_secs = started.elapsed().as_secs_f64();
     set_webhook(
         fixture.daemon.admin(),
         &fixture.deployment_id,
@@ -700,24 +701,21 @@ async fn load_1000_calls_every_webhook_event_delivered() {
         &["call.offered", "call.answered", "call.ended"],
     );
     let started = Instant::now();
-    let run = expect_sipp_ok(
-        &fixture.daemon,
-        Sipp::new("uac_call.xml", fixture.daemon.sip_udp).calls(CALLS, RATE),
-    )
-    .await;
-    let calls_done = started.elapsed();
+    let run = expect_sipp_ok(&fixture.daemon, sipp()).await;
+    let calls_secs = started.elapsed().as_secs_f64();
     let expected = (CALLS * 3) as usize;
+    let distinct_ids = |got: &[Received]| -> HashSet<String> {
+        got.iter()
+            .map(|r| r.json()["event_id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
     let got = blocking({
         let receiver = receiver.clone();
         move || {
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let got = receiver.received();
-                let distinct: HashSet<String> = got
-                    .iter()
-                    .map(|r| r.json()["event_id"].as_str().unwrap_or("").to_owned())
-                    .collect();
-                if distinct.len() >= expected || Instant::now() > deadline {
+                if distinct_ids(&got).len() >= expected || Instant::now() > deadline {
                     return got;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -725,7 +723,7 @@ async fn load_1000_calls_every_webhook_event_delivered() {
         }
     })
     .await;
-    let all_delivered = started.elapsed();
+    let delivered_secs = started.elapsed().as_secs_f64();
     let mut by_id: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     for r in &got {
         assert!(r.signature_is_valid());
@@ -735,9 +733,12 @@ async fn load_1000_calls_every_webhook_event_delivered() {
             .push(r.body.clone());
     }
     let duplicates = got.len() - by_id.len();
-    assert!(by_id
-        .values()
-        .all(|bodies| bodies.iter().all(|b| *b == bodies[0])));
+    assert!(
+        by_id
+            .values()
+            .all(|bodies| bodies.iter().all(|b| *b == bodies[0])),
+        "a duplicate carries the same event"
+    );
     let mut per_kind: HashMap<String, usize> = HashMap::new();
     for bodies in by_id.values() {
         let v: Value = serde_json::from_slice(&bodies[0]).unwrap();
@@ -747,19 +748,24 @@ async fn load_1000_calls_every_webhook_event_delivered() {
     }
     let metrics = fixture.daemon.admin().metrics().unwrap();
     println!(
-        "load: {CALLS} calls at {RATE}/s: sipp success={} in {:.1}s; webhook events distinct={} (expected {expected}) duplicates={duplicates} per kind={per_kind:?}; all delivered after {:.1}s; answered={} delivered={} retry={} dropped={}",
-        run.success,
-        calls_done.as_secs_f64(),
+        "load: {CALLS} calls at {rate}/s without webhooks: success={} in {baseline_secs:.1}s, retransmissions={:?}",
+        baseline.success, baseline.retransmissions
+    );
+    println!(
+        "load: {CALLS} calls at {rate}/s with webhooks:    success={} in {calls_secs:.1}s, retransmissions={:?}",
+        run.success, run.retransmissions
+    );
+    println!(
+        "load: webhook events distinct={} of {expected}, duplicates={duplicates}, per kind={per_kind:?}, all delivered {delivered_secs:.1}s after the first call; answered={} delivered={} retry={} dropped={}",
         by_id.len(),
-        all_delivered.as_secs_f64(),
         metric(&metrics, "switchboard_sip_calls_answered_total", ""),
-        metric(&metrics, "switchboard_webhook_deliveries_total", "outcome=\"delivered\""),
-        metric(&metrics, "switchboard_webhook_deliveries_total", "outcome=\"retry\""),
-        metric(&metrics, "switchboard_webhook_deliveries_total", "outcome=\"dropped\""),
+        deliveries(&metrics, "delivered"),
+        deliveries(&metrics, "retry"),
+        deliveries(&metrics, "dropped"),
     );
     assert_eq!(by_id.len(), expected);
     assert_eq!(
         metric(&metrics, "switchboard_sip_calls_answered_total", ""),
-        f64::from(CALLS)
+        f64::from(2 * CALLS)
     );
 }

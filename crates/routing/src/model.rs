@@ -56,7 +56,7 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://` or `https://` URL.
+    /// An `http://` URL (the admin API refuses others).
     pub url: String,
     pub secret: String,
     /// Event names (`call.ended`, ...).

@@ -204,3 +204,126 @@ async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use prometheus::{IntCounterVec, Opts};
+
+    use super::*;
+    use crate::events::{BusLimits, Event, EventBus, EventKind};
+
+    fn bus(subscriber_buffer: usize) -> EventBus {
+        let counter =
+            IntCounterVec::new(Opts::new("deliveries_total", "test"), &["outcome"]).unwrap();
+        EventBus::new(
+            BusLimits {
+                ring: 16,
+                subscriber_buffer,
+                webhook_queue: 1024,
+            },
+            counter,
+        )
+    }
+
+    fn event(deployment: &str) -> Event {
+        Event::new(
+            EventKind::CallOffered,
+            SystemTime::now(),
+            Scope::new("org", "ws"),
+            deployment.to_owned(),
+        )
+    }
+
+    fn filter(deployment: Option<&str>) -> Filter {
+        Filter {
+            scope: Scope::new("org", "ws"),
+            deployment_id: deployment.map(str::to_owned),
+        }
+    }
+
+    async fn drain(rx: &mut mpsc::Receiver<Bytes>) -> String {
+        let mut text = String::new();
+        while let Some(b) = rx.recv().await {
+            text.push_str(std::str::from_utf8(&b).unwrap());
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off_and_publishing_never_waits() {
+        let bus = bus(1024);
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(forward(
+            bus.subscribe(None),
+            None,
+            filter(None),
+            tx,
+            Duration::from_millis(100),
+            bus.closing(),
+        ));
+        // Nobody reads `rx`: the preamble fills the channel, then the forwarder waits.
+        for _ in 0..100 {
+            bus.publish(event("dep-1"));
+        }
+        // Bounded wait: a regression hangs here and fails instead.
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("cut off after a keep-alive interval without progress")
+            .unwrap();
+        let text = drain(&mut rx).await;
+        assert!(text.starts_with("retry: "), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_client_too_far_behind_is_cut_off_with_a_comment() {
+        let bus = bus(2);
+        let subscription = bus.subscribe(None);
+        for _ in 0..10 {
+            bus.publish(event("dep-1"));
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        forward(
+            subscription,
+            None,
+            filter(None),
+            tx,
+            Duration::from_secs(5),
+            bus.closing(),
+        )
+        .await;
+        let text = drain(&mut rx).await;
+        assert!(text.contains(": cut off: 8 events behind"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn replay_and_live_events_are_filtered_by_deployment_and_close_ends_the_stream() {
+        let bus = bus(16);
+        let first = bus.publish(event("dep-1"));
+        bus.publish(event("dep-2"));
+        bus.publish(event("dep-1"));
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(forward(
+            bus.subscribe(Some(first.id - 1)),
+            Some(first.id - 1),
+            filter(Some("dep-1")),
+            tx,
+            Duration::from_secs(5),
+            bus.closing(),
+        ));
+        tokio::task::yield_now().await;
+        bus.publish(event("dep-2"));
+        let last = bus.publish(event("dep-1"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bus.close();
+        task.await.unwrap();
+        let text = drain(&mut rx).await;
+        let ids: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: ")?.parse().ok())
+            .collect();
+        assert_eq!(ids, [first.id, first.id + 2, last.id], "{text}");
+        assert!(!text.contains("event: gap"), "{text}");
+    }
+}

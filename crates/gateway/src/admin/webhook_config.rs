@@ -1,8 +1,9 @@
 //! A deployment's `webhook_config` (issue 12): validation, and the public view that never
 //! shows the secret.
 //!
-//! `{"url": "https://…", "secret": "…", "events": ["call.ended", …]}`: the URL must be
-//! `http` or `https` with a host; the secret is required (at least [`MIN_SECRET_CHARS`]);
+//! `{"url": "http://…", "secret": "…", "events": ["call.ended", …]}`: the URL must be
+//! `http` with a host (the delivery client speaks plain HTTP; an https receiver sits behind a
+//! TLS-terminating proxy); the secret is required (at least [`MIN_SECRET_CHARS`]);
 //! `events` defaults to `["call.ended"]` (Sarvam's post-call webhook) and must name known
 //! events. GET answers `{"url", "events", "has_secret": true}`.
 
@@ -42,14 +43,13 @@ pub fn parse(v: &Value, loc: Loc, p: &mut Problems) -> Option<WebhookConfig> {
 
 fn url(u: &str, loc: Loc, p: &mut Problems) -> Option<String> {
     let parsed = u.parse::<http::Uri>().ok().filter(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https"))
-            && uri.host().is_some_and(|h| !h.is_empty())
+        uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty())
     });
     if u.len() > MAX_URL_CHARS || parsed.is_none() {
         p.push(
             loc,
             "url_parsing",
-            "Input should be a valid URL with an http or https scheme and a host",
+            "Input should be a valid http:// URL with a host (https receivers: put a TLS-terminating proxy in front)",
         );
         return None;
     }
@@ -150,7 +150,7 @@ mod tests {
     fn a_valid_config_defaults_to_call_ended() {
         let mut p = Problems::default();
         let c = parse(
-            &json!({"url": "https://hooks.example.com/x?y=1", "secret": "0123456789abcdef"}),
+            &json!({"url": "http://hooks.example.com:8080/x?y=1", "secret": "0123456789abcdef"}),
             body_loc(),
             &mut p,
         )
@@ -170,7 +170,13 @@ mod tests {
                 (loc(&["events".into(), 1.into()]), "enum".to_owned()),
             ]
         );
-        for bad in ["not a url", "http://", "/relative", "mailto:a@b.c"] {
+        for bad in [
+            "not a url",
+            "http://",
+            "/relative",
+            "mailto:a@b.c",
+            "https://h/",
+        ] {
             let found = problems(json!({"url": bad, "secret": "0123456789abcdef"}));
             assert_eq!(
                 found,

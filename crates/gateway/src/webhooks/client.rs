@@ -50,8 +50,7 @@ async fn post_unbounded(attempt: Attempt<'_>) -> Result<u16, AttemptError> {
     let uri: Uri = attempt.url.parse().map_err(|e| transport(&e))?;
     if uri.scheme_str() != Some("http") {
         return Err(AttemptError::Transport(
-            "only http:// receivers are supported by this build (put a TLS proxy in front)"
-                .to_owned(),
+            "only http:// receivers are supported (validation refuses others)".to_owned(),
         ));
     }
     let host = uri.host().unwrap_or("").trim_matches(['[', ']']);
