@@ -4,6 +4,8 @@
 //! - [`config`]: TOML + environment configuration, every problem reported at once.
 //! - [`state`]: [`state::AppState`], what every part shares (routing table, store, metrics).
 //! - [`live_calls`]: the registry entry of a call in progress, for the admin side.
+//! - [`events`]: call and deployment events (SSE streams, webhooks) and their bus.
+//! - [`webhooks`]: signed, outbox-backed delivery of events to HTTP receivers.
 //! - [`admin`]: the admin HTTP API (hyper 1) that writes the store and hot-swaps the routing table.
 //! - [`metrics`]: Prometheus metrics, served by the admin listener at `/metrics`.
 //! - [`sip`]: sockets, transactions, trunk auth and the call flow (the SIP side).

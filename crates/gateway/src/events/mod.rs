@@ -228,10 +228,11 @@ impl EventBus {
     /// Publishes `event`. Never waits: a short lock, a ring push and two non-blocking sends.
     pub fn publish(&self, event: Event) -> Arc<Published> {
         let event_id = format!("ev_{:032x}", rand::random::<u128>());
+        // Rendered before the lock: the JSON does not carry the stream id.
+        let json = to_json(&event, &event_id);
         let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         let id = ring.next_id;
         ring.next_id += 1;
-        let json = to_json(&event, &event_id);
         let published = Arc::new(Published {
             id,
             event_id,
