@@ -661,7 +661,7 @@ pub async fn damaged_databases_fail_cleanly(url: &str) -> anyhow::Result<()> {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err}"
