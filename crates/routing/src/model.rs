@@ -44,7 +44,8 @@ pub struct Deployment {
     /// Where call events are POSTed (issue 12). Absent: no webhooks. Its secret is stored
     /// but never shown by the admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook_config: Option<WebhookConfig>,
+    /// Boxed: most deployments have none, and `Deployment` travels inside every `Change`.
+    pub webhook_config: Option<Box<WebhookConfig>>,
     pub created_by: String,
     pub created_at: String,
     pub updated_by: String,

@@ -108,7 +108,7 @@ pub async fn create(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiEr
             .unwrap_or(ChannelDirection::Inbound),
         status: DeploymentStatus::Active,
         inbound_config: inbound_config.flatten(),
-        webhook_config: webhook,
+        webhook_config: webhook.map(Box::new),
         created_by: actor.clone(),
         created_at: stamp.clone(),
         updated_by: actor,
@@ -209,7 +209,7 @@ pub async fn patch(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiErr
         deployment.inbound_config = Some(v);
     }
     if let Some(v) = webhook {
-        deployment.webhook_config = v;
+        deployment.webhook_config = v.map(Box::new);
     }
     commit_update(cx, scope, deployment).await
 }

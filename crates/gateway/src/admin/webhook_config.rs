@@ -197,11 +197,11 @@ mod tests {
         }))
         .unwrap();
         assert!(public(&d).get("webhook_config").is_none());
-        d.webhook_config = Some(WebhookConfig {
+        d.webhook_config = Some(Box::new(WebhookConfig {
             url: "http://h/".into(),
             secret: "0123456789abcdef-secret".into(),
             events: vec!["call.offered".into()],
-        });
+        }));
         let shown = public(&d);
         assert!(!shown.to_string().contains("0123456789abcdef"));
         assert_eq!(

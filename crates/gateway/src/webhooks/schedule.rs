@@ -106,15 +106,10 @@ mod tests {
     fn simulated_outage_retries_for_a_day_then_gives_up() {
         // A receiver down for good: count attempts until the policy gives up.
         let (mut now, mut attempts) = (0i64, 1u32);
-        loop {
-            match POLICY.after_failure(attempts, 0, now, 0.5) {
-                NextStep::RetryAt(at) => {
-                    assert!(at > now);
-                    now = at;
-                    attempts += 1;
-                }
-                NextStep::GiveUp => break,
-            }
+        while let NextStep::RetryAt(at) = POLICY.after_failure(attempts, 0, now, 0.5) {
+            assert!(at > now);
+            now = at;
+            attempts += 1;
         }
         assert!(now <= 24 * 3600 * 1000);
         assert!((140..=170).contains(&attempts), "{attempts}");

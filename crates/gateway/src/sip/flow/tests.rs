@@ -138,16 +138,17 @@ struct Log {
     events: Vec<crate::events::Event>,
 }
 
+/// (event name, hangup_by, reason, sip_status) of one event.
+type Outcome<'a> = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'a str>,
+    Option<u16>,
+);
+
 impl Log {
-    /// (event name, hangup_by, reason, sip_status) of every event.
-    fn outcomes(
-        &self,
-    ) -> Vec<(
-        &'static str,
-        Option<&'static str>,
-        Option<&str>,
-        Option<u16>,
-    )> {
+    /// The outcome of every event, in order.
+    fn outcomes(&self) -> Vec<Outcome<'_>> {
         self.events
             .iter()
             .map(|e| {
