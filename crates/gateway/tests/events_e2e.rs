@@ -332,6 +332,34 @@ async fn deliveries_settle(admin: Admin, n: f64) -> String {
     }
 }
 
+/// A fixture whose deployment sends `call.ended` to a receiver answering `script`, after one
+/// SIPp call; returns once the receiver has `deliveries` requests.
+async fn call_with_webhook(
+    env: &[(&str, &str)],
+    script: Vec<Answer>,
+    deliveries: usize,
+) -> (Fixture, Receiver, Vec<Received>) {
+    let receiver = Receiver::start(script);
+    let fixture = Fixture::start(with_env(env)).await;
+    set_webhook(
+        fixture.daemon.admin(),
+        &fixture.deployment_id,
+        &receiver.url(),
+        &["call.ended"],
+    );
+    expect_sipp_ok(
+        &fixture.daemon,
+        Sipp::new("uac_call.xml", fixture.daemon.sip_udp),
+    )
+    .await;
+    let got = blocking({
+        let receiver = receiver.clone();
+        move || receiver.wait_for(deliveries)
+    })
+    .await;
+    (fixture, receiver, got)
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("thread")
 }
@@ -473,26 +501,15 @@ async fn live_calls_are_listed_inspected_and_hung_up() {
         move || {
             let list = admin.get(&Admin::scoped("/calls")).unwrap();
             let one = admin.get(&Admin::scoped(&format!("/calls/{sid}"))).unwrap();
-            let hung_up = admin
-                .request(
-                    "DELETE",
-                    &Admin::scoped(&format!("/calls/{sid}")),
-                    None,
-                    b"",
-                    &[format!("X-API-Key: {API_KEY}")],
-                )
-                .unwrap();
+            let hang_up = || {
+                let path = Admin::scoped(&format!("/calls/{sid}"));
+                let key = [format!("X-API-Key: {API_KEY}")];
+                admin.request("DELETE", &path, None, b"", &key).unwrap()
+            };
+            let hung_up = hang_up();
             let ended = stream.events_until("call.ended");
             let gone = admin.get(&Admin::scoped(&format!("/calls/{sid}"))).unwrap();
-            let again = admin
-                .request(
-                    "DELETE",
-                    &Admin::scoped(&format!("/calls/{sid}")),
-                    None,
-                    b"",
-                    &[format!("X-API-Key: {API_KEY}")],
-                )
-                .unwrap();
+            let again = hang_up();
             (list, one, (hung_up, ended), gone, again)
         }
     })
@@ -578,28 +595,11 @@ async fn a_hanging_receiver_times_out_and_the_retry_delivers_the_same_signed_eve
     if sipp_missing() {
         return;
     }
-    let receiver = Receiver::start(vec![Answer::Hang]);
-    let fixture = Fixture::start(with_env(&[
+    let env = [
         ("SWITCHBOARD_WEBHOOKS_TIMEOUT_MS", "1000"),
         ("SWITCHBOARD_WEBHOOKS_FIRST_RETRY_MS", "200"),
-    ]))
-    .await;
-    set_webhook(
-        fixture.daemon.admin(),
-        &fixture.deployment_id,
-        &receiver.url(),
-        &["call.ended"],
-    );
-    expect_sipp_ok(
-        &fixture.daemon,
-        Sipp::new("uac_call.xml", fixture.daemon.sip_udp),
-    )
-    .await;
-    let got = blocking({
-        let receiver = receiver.clone();
-        move || receiver.wait_for(2)
-    })
-    .await;
+    ];
+    let (fixture, _receiver, got) = call_with_webhook(&env, vec![Answer::Hang], 2).await;
     assert_eq!(got[0].answered, Answer::Hang);
     assert_eq!(got[0].body, got[1].body, "a retry repeats the same body");
     for delivery in &got {
@@ -622,30 +622,13 @@ async fn a_pending_delivery_survives_kill_9_and_arrives_after_the_restart() {
     // The store lives outside the daemon's temp dir so a second daemon reopens it.
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("shared.db").display());
-    let receiver = Receiver::start(vec![Answer::Fail]);
     let env = [
         ("SWITCHBOARD_STORE_URL", store.as_str()),
         ("SWITCHBOARD_WEBHOOKS_TIMEOUT_MS", "1000"),
         // Long enough that the first process is dead before its own retry.
         ("SWITCHBOARD_WEBHOOKS_FIRST_RETRY_MS", "3000"),
     ];
-    let fixture = Fixture::start(with_env(&env)).await;
-    set_webhook(
-        fixture.daemon.admin(),
-        &fixture.deployment_id,
-        &receiver.url(),
-        &["call.ended"],
-    );
-    expect_sipp_ok(
-        &fixture.daemon,
-        Sipp::new("uac_call.xml", fixture.daemon.sip_udp),
-    )
-    .await;
-    let first = blocking({
-        let receiver = receiver.clone();
-        move || receiver.wait_for(1)
-    })
-    .await;
+    let (fixture, receiver, first) = call_with_webhook(&env, vec![Answer::Fail], 1).await;
     assert_eq!(first[0].answered, Answer::Fail);
     let Fixture { daemon, agent, .. } = fixture;
     drop(daemon); // SIGKILL: no shutdown path runs

@@ -10,7 +10,9 @@
 use serde_json::{json, Value};
 use switchboard_routing::model::{Deployment, WebhookConfig};
 
-use super::request::{array, at, deny_unknown, object, required, string, Loc, Problems};
+use super::request::{
+    at, bounded_string, deny_unknown, non_empty_array, object, required, string, Loc, Problems,
+};
 use crate::events::EVENT_NAMES;
 
 /// Shorter secrets are guessable; 16 characters of a random string is 80+ bits.
@@ -27,9 +29,7 @@ pub fn parse(v: &Value, loc: Loc, p: &mut Problems) -> Option<WebhookConfig> {
     let url = required(map, "url", &loc, p)
         .and_then(|v| string(v, at(&loc, "url"), p))
         .and_then(|u| url(u, at(&loc, "url"), p));
-    let secret = required(map, "secret", &loc, p)
-        .and_then(|v| string(v, at(&loc, "secret"), p))
-        .and_then(|s| secret(s, at(&loc, "secret"), p));
+    let secret = required(map, "secret", &loc, p).and_then(|v| secret(v, at(&loc, "secret"), p));
     let events = match map.get("events").filter(|v| !v.is_null()) {
         None => Some(DEFAULT_EVENTS.iter().map(|e| (*e).to_owned()).collect()),
         Some(v) => events(v, at(&loc, "events"), p),
@@ -56,9 +56,9 @@ fn url(u: &str, loc: Loc, p: &mut Problems) -> Option<String> {
     Some(u.to_owned())
 }
 
-fn secret(s: &str, loc: Loc, p: &mut Problems) -> Option<String> {
-    let n = s.chars().count();
-    if n < MIN_SECRET_CHARS {
+fn secret(v: &Value, loc: Loc, p: &mut Problems) -> Option<String> {
+    let s = bounded_string(v, MAX_SECRET_CHARS, loc.clone(), p)?;
+    if s.chars().count() < MIN_SECRET_CHARS {
         p.push(
             loc,
             "string_too_short",
@@ -66,27 +66,11 @@ fn secret(s: &str, loc: Loc, p: &mut Problems) -> Option<String> {
         );
         return None;
     }
-    if n > MAX_SECRET_CHARS {
-        p.push(
-            loc,
-            "string_too_long",
-            format!("String should have at most {MAX_SECRET_CHARS} characters"),
-        );
-        return None;
-    }
-    Some(s.to_owned())
+    Some(s)
 }
 
 fn events(v: &Value, loc: Loc, p: &mut Problems) -> Option<Vec<String>> {
-    let items = array(v, loc.clone(), p)?;
-    if items.is_empty() {
-        p.push(
-            loc,
-            "too_short",
-            "List should have at least 1 item after validation, not 0",
-        );
-        return None;
-    }
+    let items = non_empty_array(v, loc.clone(), p)?;
     let mut names = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
