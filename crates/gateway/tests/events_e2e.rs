@@ -588,6 +588,32 @@ async fn webhook_config_bad_input_is_422_with_its_loc() {
             json!(["body", "webhook_config", "events", 1]),
         ]
     );
+    // A valid change is a `deployment.updated` on the workspace stream; GET hides the secret.
+    let id = fixture.deployment_id.clone();
+    let (updated, shown) = blocking(move || {
+        let stream = SseStream::open(admin.addr, &Admin::scoped("/events"), None);
+        set_webhook(
+            admin,
+            &id,
+            "http://127.0.0.1:9/hook",
+            &["call.ended", "call.rejected"],
+        );
+        let updated = stream.events_until("deployment.updated");
+        let shown = admin
+            .get(&Admin::scoped(&format!("/deployments/{id}")))
+            .unwrap();
+        (updated, shown)
+    })
+    .await;
+    let data = &updated.last().unwrap().2;
+    assert_eq!(data["deployment_id"], fixture.deployment_id.as_str());
+    assert_eq!(data["status"], "active");
+    assert_eq!(shown.status, 200);
+    assert!(!shown.body.contains(SECRET), "{}", shown.body);
+    assert_eq!(
+        shown.json()["webhook_config"],
+        json!({"url": "http://127.0.0.1:9/hook", "events": ["call.ended", "call.rejected"], "has_secret": true})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
