@@ -360,4 +360,30 @@ mod tests {
         assert!(healthz(&mut normal).await.starts_with("HTTP/1.1 200"));
         h.running.stop().await;
     }
+
+    #[tokio::test]
+    async fn an_open_event_stream_ends_at_shutdown_so_the_listener_drains() {
+        let h = start(limits(8)).await;
+        let mut s = connect(h.admin).await;
+        let request = format!(
+            "GET /v1/orgs/o/workspaces/w/events HTTP/1.1\r\nhost: t\r\nx-api-key: {KEY}\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 256];
+        let n = tokio::time::timeout(GUARD, s.read(&mut head))
+            .await
+            .expect("stream opens")
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/event-stream"), "{head}");
+        let stopping = h.running.shutdown_token();
+        stopping.cancel();
+        // The stream ends and the connection closes well before the drain timeout.
+        let rest = until_closed(&mut s).await.expect("closed at shutdown");
+        assert!(!rest.contains("event: "), "{rest}");
+        tokio::time::timeout(GUARD, h.running.wait())
+            .await
+            .expect("drained");
+    }
 }
