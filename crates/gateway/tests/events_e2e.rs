@@ -298,16 +298,30 @@ async fn webhook_config_bad_input_is_422_with_its_loc() {
     let fixture = Fixture::start(FixtureOptions::default()).await;
     let admin = fixture.daemon.admin();
     let path = Admin::scoped(&format!("/deployments/{}", fixture.deployment_id));
-    let resp = blocking(move || {
-        admin
-            .json(
-                "PATCH",
-                &path,
-                &json!({ "webhook_config": { "url": "ftp://example.com", "events": ["call.ended", "call.exploded"] } }),
-            )
-            .unwrap()
+    let (resp, created) = blocking(move || {
+        let bad = json!({ "url": "ftp://example.com", "events": ["call.ended", "call.exploded"] });
+        let resp = admin
+            .json("PATCH", &path, &json!({ "webhook_config": bad }))
+            .unwrap();
+        // Create takes the same field with the same checks.
+        let create = json!({
+            "name": "With hook", "app_id": APP, "app_version": 1,
+            "connection_configs": [{ "connection_id": CONNECTION, "phone_numbers": ["+918047168001"] }],
+            "webhook_config": { "url": "http://127.0.0.1:9/", "secret": "short" },
+        });
+        let created = admin
+            .json("POST", &Admin::scoped("/deployments"), &create)
+            .unwrap();
+        (resp, created)
     })
     .await;
+    assert_eq!(created.status, 422, "{}", created.body);
+    assert_eq!(
+        created.json()["detail"][0]["loc"],
+        json!(["body", "webhook_config", "secret"]),
+        "{}",
+        created.body
+    );
     assert_eq!(resp.status, 422, "{}", resp.body);
     let locs: Vec<Value> = resp.json()["detail"]
         .as_array()
