@@ -101,6 +101,7 @@ fn make_deployment(
         channel_direction: ChannelDirection::Inbound,
         status,
         inbound_config: schedule_for(d),
+        webhook_config: None,
         created_by: "bench@example.com".into(),
         created_at: "2026-03-01T10:00:00Z".into(),
         updated_by: "bench@example.com".into(),

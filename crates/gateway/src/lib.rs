@@ -4,6 +4,8 @@
 //! - [`config`]: TOML + environment configuration, every problem reported at once.
 //! - [`state`]: [`state::AppState`], what every part shares (routing table, store, metrics).
 //! - [`live_calls`]: the registry entry of a call in progress, for the admin side.
+//! - [`events`]: call and deployment events (SSE streams, webhooks) and their bus.
+//! - [`webhooks`]: signed, outbox-backed delivery of events to HTTP receivers.
 //! - [`admin`]: the admin HTTP API (hyper 1) that writes the store and hot-swaps the routing table.
 //! - [`metrics`]: Prometheus metrics, served by the admin listener at `/metrics`.
 //! - [`sip`]: sockets, transactions, trunk auth and the call flow (the SIP side).
@@ -16,11 +18,13 @@
 
 pub mod admin;
 pub mod config;
+pub mod events;
 pub mod live_calls;
 pub mod metrics;
 pub mod sip;
 pub mod state;
 pub mod tls;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -302,6 +306,8 @@ async fn start_services(
         }
     }
     let sip_addrs = Some(sip_addrs);
+    // Webhooks: pending deliveries in the outbox resume here after a restart.
+    webhooks::spawn(&state, shutdown.clone(), &tasks);
 
     state.mark_ready();
     tracing::info!(%admin, store = config.store.url.split("://").next().unwrap_or(""), "switchboard started");

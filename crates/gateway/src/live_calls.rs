@@ -6,7 +6,7 @@
 //! to report them; the call task owns the other end of the command channel.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use switchboard_routing::model::Scope;
@@ -55,6 +55,9 @@ pub struct CallDetails {
     /// Caller number as presented (E.164 when it could be normalised; empty if withheld).
     pub from: String,
     pub deployment_id: String,
+    /// The agent app and version the call was routed to (after any split).
+    pub app_id: String,
+    pub app_version: u32,
     /// The deployment's scope, for access checks by scoped admin keys.
     pub scope: Scope,
 }
@@ -65,6 +68,8 @@ pub struct CallHandle {
     pub details: Arc<CallDetails>,
     /// Wall-clock start, for listings.
     pub started_at: SystemTime,
+    /// Set once, when the call is answered (the `call.answered` event).
+    answered_at: Arc<OnceLock<SystemTime>>,
     commands: mpsc::Sender<CallCommand>,
 }
 
@@ -75,6 +80,7 @@ impl CallHandle {
         let handle = Self {
             details: Arc::new(details),
             started_at: SystemTime::now(),
+            answered_at: Arc::new(OnceLock::new()),
             commands,
         };
         (handle, rx)
@@ -91,6 +97,16 @@ impl CallHandle {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(CallEnded),
         }
+    }
+
+    /// Records the answer time (the first call wins).
+    pub fn mark_answered(&self, at: SystemTime) {
+        let _ = self.answered_at.set(at);
+    }
+
+    /// When the call was answered; `None` while it rings.
+    pub fn answered_at(&self) -> Option<SystemTime> {
+        self.answered_at.get().copied()
     }
 
     /// True while the call task still listens for commands.
@@ -140,6 +156,8 @@ mod tests {
             to: "+918047168000".into(),
             from: "+919999999999".into(),
             deployment_id: "dep-1".into(),
+            app_id: "app-1".into(),
+            app_version: 1,
             scope,
         }
     }

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use dashmap::DashMap;
 use switchboard_media::AgentTls;
@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::admin::auth::Keyring;
 use crate::config::Config;
+use crate::events::{BusLimits, Event, EventBus, EventKind};
 use crate::live_calls::CallHandle;
 use crate::metrics::Metrics;
 
@@ -34,6 +35,10 @@ pub struct AppState {
     /// Live calls by call SID: the SIP side registers them, the admin side looks them up (e.g.
     /// to hang one up).
     pub calls: Arc<DashMap<String, CallHandle>>,
+    /// Call and deployment events: SSE streams and the webhook dispatcher subscribe here.
+    pub events: Arc<EventBus>,
+    /// `switchboard_webhook_deliveries_total{outcome}`.
+    pub webhook_deliveries: prometheus::IntCounterVec,
     /// Every agent version the routing table knows, for the periodic runtime prober. Kept in
     /// step by [`AppState::apply`] and [`AppState::load_snapshot`], the only ways into the table.
     runtimes: Arc<DashMap<(Scope, String, u32), AppVersion>>,
@@ -56,8 +61,26 @@ impl AppState {
         store: Store,
         keyring: Keyring,
         agent_tls: AgentTls,
-    ) -> Result<Self, switchboard_routing::RoutingError> {
+    ) -> anyhow::Result<Self> {
         let empty = RoutingSnapshot::empty(routing_settings(&config))?;
+        let webhook_deliveries = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts by outcome (delivered, retry, gave_up, dropped)",
+            ),
+            &["outcome"],
+        )?;
+        metrics
+            .registry()
+            .register(Box::new(webhook_deliveries.clone()))?;
+        let events = EventBus::new(
+            BusLimits {
+                ring: config.events.ring_size,
+                subscriber_buffer: config.events.subscriber_buffer,
+                webhook_queue: config.webhooks.queue,
+            },
+            webhook_deliveries.clone(),
+        );
         Ok(Self {
             config,
             metrics,
@@ -66,6 +89,8 @@ impl AppState {
             keyring: Arc::new(keyring),
             runtimes: Arc::new(DashMap::new()),
             calls: Arc::new(DashMap::new()),
+            events: Arc::new(events),
+            webhook_deliveries,
             write_lock: Arc::new(Mutex::new(())),
             ready: Arc::new(AtomicBool::new(false)),
             agent_tls,
@@ -84,6 +109,7 @@ impl AppState {
     pub async fn apply(&self, changes: &[Change]) {
         let started = Instant::now();
         for change in changes {
+            self.publish_deployment_change(change);
             match change {
                 Change::UpsertAppVersion(scope, v) => {
                     self.runtimes
@@ -123,6 +149,51 @@ impl AppState {
         self.routing.store(Arc::new(snapshot));
         self.publish_routing_metrics();
         Ok(())
+    }
+
+    /// Publishes a call event from the SIP side (never waits) and keeps the live-call
+    /// registry's answer time in step.
+    pub fn publish_event(&self, event: Event) {
+        if event.kind == EventKind::CallAnswered {
+            if let (Some(sid), Some(at)) = (&event.call_sid, event.answered_at) {
+                if let Some(call) = self.calls.get(sid) {
+                    call.mark_answered(at);
+                }
+            }
+        }
+        self.events.publish(event);
+    }
+
+    /// `deployment.updated` for a deployment written here or by another gateway.
+    fn publish_deployment_change(&self, change: &Change) {
+        let event = match change {
+            Change::UpsertDeployment(scope, d) => {
+                let mut e = Event::new(
+                    EventKind::DeploymentUpdated,
+                    SystemTime::now(),
+                    scope.clone(),
+                    d.deployment_id.clone(),
+                );
+                e.app_id = Some(d.app_id.clone());
+                e.app_version = Some(d.app_version);
+                e.status = serde_json::to_value(d.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                e
+            }
+            Change::RemoveDeployment(scope, id) => {
+                let mut e = Event::new(
+                    EventKind::DeploymentUpdated,
+                    SystemTime::now(),
+                    scope.clone(),
+                    id.clone(),
+                );
+                e.status = Some("deleted".to_owned());
+                e
+            }
+            _ => return,
+        };
+        self.events.publish(event);
     }
 
     fn publish_routing_metrics(&self) {

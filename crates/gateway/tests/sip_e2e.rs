@@ -11,10 +11,10 @@
 mod harness;
 #[path = "sip_e2e/hostile.rs"]
 mod hostile;
-#[path = "sip_e2e/tls.rs"]
-mod tls;
 #[path = "sip_e2e/srtp.rs"]
 mod srtp;
+#[path = "sip_e2e/tls.rs"]
+mod tls;
 #[path = "sip_e2e/torture.rs"]
 mod torture;
 

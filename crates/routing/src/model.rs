@@ -41,10 +41,27 @@ pub struct Deployment {
     /// Absent means the deployment takes calls 24/7.
     #[serde(default)]
     pub inbound_config: Option<InboundConfig>,
+    /// Where call events are POSTed (issue 12). Absent: no webhooks. Its secret is stored
+    /// but never shown by the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Boxed: most deployments have none, and `Deployment` travels inside every `Change`.
+    pub webhook_config: Option<Box<WebhookConfig>>,
     pub created_by: String,
     pub created_at: String,
     pub updated_by: String,
     pub updated_at: String,
+}
+
+/// A deployment's webhook: each event named in `events` is POSTed to `url`, signed with
+/// HMAC-SHA256 under `secret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// An `http://` URL (the admin API refuses others).
+    pub url: String,
+    pub secret: String,
+    /// Event names (`call.ended`, ...).
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

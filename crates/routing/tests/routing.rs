@@ -51,6 +51,7 @@ fn deployment(
         channel_direction: ChannelDirection::Inbound,
         status: DeploymentStatus::Active,
         inbound_config: None,
+        webhook_config: None,
         created_by: "ops@acme.example".into(),
         created_at: "2026-03-01T10:00:00Z".into(),
         updated_by: "ops@acme.example".into(),

@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         channel_direction: ChannelDirection::Inbound,
         status: DeploymentStatus::Active,
         inbound_config: None,
+        webhook_config: None,
         created_by: "bench".into(),
         created_at: String::new(),
         updated_by: "bench".into(),

@@ -280,6 +280,7 @@ mod tests {
             channel_direction: ChannelDirection::Inbound,
             status: DeploymentStatus::Active,
             inbound_config: None,
+            webhook_config: None,
             created_by: String::new(),
             created_at: String::new(),
             updated_by: String::new(),

@@ -31,6 +31,7 @@
 mod codec;
 mod error;
 mod migrations;
+mod outbox;
 mod pg_tls;
 mod postgres;
 mod sqlite;
@@ -45,6 +46,7 @@ use switchboard_routing::model::{
 use tokio::sync::broadcast;
 
 pub use error::{BackendKind, BoxedError, StoreError};
+pub use outbox::{NewDelivery, PendingDelivery};
 pub use postgres::LISTENER_APPLICATION_NAME;
 
 /// Orders committed writes: every write returns the revision it committed as; a larger
@@ -504,6 +506,61 @@ impl Store {
         value: &str,
     ) -> Result<String, StoreError> {
         dispatch!(self.put_setting_if_absent(key, value))
+    }
+}
+
+/// The webhook outbox (see `outbox.rs`): at-least-once delivery that survives crashes.
+impl Store {
+    /// Writes a delivery before its first attempt; returns its row id. Committed on return.
+    pub async fn outbox_enqueue(&self, delivery: NewDelivery) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => outbox::sqlite_enqueue(b, delivery).await,
+            Backend::Postgres(b) => outbox::pg_enqueue(b, delivery).await,
+        }
+    }
+
+    /// Up to `limit` deliveries due at `now_ms`, each leased until `lease_until_ms` (nobody
+    /// else claims it before then). Call periodically; rows enqueued by a crashed process come
+    /// back here once their lease runs out.
+    pub async fn outbox_claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => outbox::sqlite_claim_due(b, now_ms, lease_until_ms, limit).await,
+            Backend::Postgres(b) => outbox::pg_claim_due(b, now_ms, lease_until_ms, limit).await,
+        }
+    }
+
+    /// Records a failed attempt: `attempts` so far, next try at `next_attempt_ms`.
+    pub async fn outbox_reschedule(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_attempt_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => outbox::sqlite_reschedule(b, id, attempts, next_attempt_ms).await,
+            Backend::Postgres(b) => outbox::pg_reschedule(b, id, attempts, next_attempt_ms).await,
+        }
+    }
+
+    /// Deletes a delivery that was delivered or given up.
+    pub async fn outbox_remove(&self, id: i64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => outbox::sqlite_remove(b, id).await,
+            Backend::Postgres(b) => outbox::pg_remove(b, id).await,
+        }
+    }
+
+    /// How many deliveries are pending.
+    pub async fn outbox_pending(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => outbox::sqlite_pending(b).await,
+            Backend::Postgres(b) => outbox::pg_pending(b).await,
+        }
     }
 }
 

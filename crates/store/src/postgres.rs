@@ -144,6 +144,12 @@ impl PgStore {
         self.inner.notices.subscribe()
     }
 
+    /// A pooled client for queries outside the revision counter and change log (the webhook
+    /// outbox, see `outbox.rs`).
+    pub(crate) async fn client(&self) -> Result<impl DerefMut<Target = Client> + '_, StoreError> {
+        self.inner.pool.get().await
+    }
+
     /// Starts a write transaction and records `change` in it (revision, log, notify).
     async fn begin<'c>(
         &self,

@@ -180,6 +180,17 @@ impl SqliteStore {
             .map(|(revision, ())| revision)
     }
 
+    /// Runs `work` on the writer outside the revision counter and change log: for tables that
+    /// are not routing data (the webhook outbox, see `outbox.rs`).
+    pub(crate) async fn with_writer<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || work(&mut lock(&inner.writer))).await
+    }
+
     /// Runs `apply` on a pooled read-only connection.
     async fn read<T, F>(&self, apply: F) -> Result<T, StoreError>
     where

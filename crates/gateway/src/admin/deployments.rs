@@ -12,10 +12,10 @@ use super::error::{json_response, ApiError};
 use super::request::{
     at, body_loc, deny_unknown, object, optional, read_json, required, uint, Problems,
 };
-use super::{validate, Body, Ctx, RequestBody};
+use super::{validate, webhook_config, Body, Ctx, RequestBody};
 
 /// Fields of a create request (seed 000).
-const CREATE_FIELDS: [&str; 7] = [
+const CREATE_FIELDS: [&str; 8] = [
     "name",
     "app_id",
     "app_version",
@@ -23,14 +23,16 @@ const CREATE_FIELDS: [&str; 7] = [
     "description",
     "inbound_config",
     "channel_direction",
+    "webhook_config",
 ];
 /// Fields of a partial update (seed 001).
-const PATCH_FIELDS: [&str; 5] = [
+const PATCH_FIELDS: [&str; 6] = [
     "name",
     "description",
     "app_version",
     "connection_configs",
     "inbound_config",
+    "webhook_config",
 ];
 
 /// Default page size of `GET /deployments`, and the largest one accepted.
@@ -80,6 +82,8 @@ pub async fn create(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiEr
         .map(|v| validate::inbound_config(v, at(&root, "inbound_config"), &mut p));
     let channel_direction = optional(map, "channel_direction")
         .map(|v| validate::channel_direction(v, at(&root, "channel_direction"), &mut p));
+    let webhook = optional(map, "webhook_config")
+        .and_then(|v| webhook_config::parse(v, at(&root, "webhook_config"), &mut p));
     if let Some(configs) = &connection_configs {
         check_connections_exist(cx, &scope, configs, &mut p).await?;
     }
@@ -104,6 +108,7 @@ pub async fn create(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiEr
             .unwrap_or(ChannelDirection::Inbound),
         status: DeploymentStatus::Active,
         inbound_config: inbound_config.flatten(),
+        webhook_config: webhook.map(Box::new),
         created_by: actor.clone(),
         created_at: stamp.clone(),
         updated_by: actor,
@@ -121,13 +126,19 @@ pub async fn create(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiEr
     cx.state
         .apply(&[Change::UpsertDeployment(scope, deployment.clone())])
         .await;
-    Ok(json_response(StatusCode::CREATED, &deployment))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &webhook_config::public(&deployment),
+    ))
 }
 
 /// `GET /deployments/{id}`.
 pub async fn get(cx: &Ctx) -> Result<Response<Body>, ApiError> {
     let deployment = load(cx, &cx.scope()?).await?;
-    Ok(json_response(StatusCode::OK, &deployment))
+    Ok(json_response(
+        StatusCode::OK,
+        &webhook_config::public(&deployment),
+    ))
 }
 
 /// `GET /deployments?offset=&limit=`: `{"items": [...], "total", "offset", "limit"}`.
@@ -139,6 +150,7 @@ pub async fn list(cx: &Ctx) -> Result<Response<Body>, ApiError> {
         .store
         .list_deployments(&scope, offset, limit)
         .await?;
+    let items: Vec<serde_json::Value> = items.iter().map(webhook_config::public).collect();
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "items": items, "total": total, "offset": offset, "limit": limit }),
@@ -170,6 +182,11 @@ pub async fn patch(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiErr
     });
     let inbound_config = optional(map, "inbound_config")
         .map(|v| validate::inbound_config(v, at(&root, "inbound_config"), &mut p));
+    // Unlike the seed's fields, an explicit null removes the webhook.
+    let webhook = map.get("webhook_config").map(|v| match v.is_null() {
+        true => None,
+        false => webhook_config::parse(v, at(&root, "webhook_config"), &mut p),
+    });
     if let Some(Some(configs)) = &connection_configs {
         check_connections_exist(cx, &scope, configs, &mut p).await?;
     }
@@ -190,6 +207,9 @@ pub async fn patch(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiErr
     }
     if let Some(Some(v)) = inbound_config {
         deployment.inbound_config = Some(v);
+    }
+    if let Some(v) = webhook {
+        deployment.webhook_config = v.map(Box::new);
     }
     commit_update(cx, scope, deployment).await
 }
@@ -261,7 +281,10 @@ async fn commit_update(
     cx.state
         .apply(&[Change::UpsertDeployment(scope, deployment.clone())])
         .await;
-    Ok(json_response(StatusCode::OK, &deployment))
+    Ok(json_response(
+        StatusCode::OK,
+        &webhook_config::public(&deployment),
+    ))
 }
 
 /// The deployment of the path, or 404.

@@ -74,7 +74,16 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let limits = Limits::from_config(&state.config.admin);
-    accept_loop(listener, tls, state, shutdown, tasks, limits, Surface::Admin).await;
+    accept_loop(
+        listener,
+        tls,
+        state,
+        shutdown,
+        tasks,
+        limits,
+        Surface::Admin,
+    )
+    .await;
 }
 
 /// `[metrics] listen`: `/metrics`, `/healthz` and `/readyz` only (anything else 404), with
@@ -86,7 +95,16 @@ pub async fn serve_probes(
     tasks: TaskTracker,
 ) {
     let limits = Limits::from_config(&state.config.admin);
-    accept_loop(listener, None, state, shutdown, tasks, limits, Surface::Probes).await;
+    accept_loop(
+        listener,
+        None,
+        state,
+        shutdown,
+        tasks,
+        limits,
+        Surface::Probes,
+    )
+    .await;
 }
 
 /// What a listener answers.
@@ -106,7 +124,16 @@ pub async fn serve_with(
     tasks: TaskTracker,
     limits: Limits,
 ) {
-    accept_loop(listener, None, state, shutdown, tasks, limits, Surface::Admin).await;
+    accept_loop(
+        listener,
+        None,
+        state,
+        shutdown,
+        tasks,
+        limits,
+        Surface::Admin,
+    )
+    .await;
 }
 
 async fn accept_loop(
@@ -121,7 +148,11 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => {
+                // Open event streams end, so their connections can drain.
+                state.events.close();
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -144,12 +175,16 @@ async fn accept_loop(
         let slot = Slot::new(permit, state.metrics.admin_connections_open.clone());
         let (state, shutdown) = (state.clone(), shutdown.clone());
         match &tls {
-            None => tasks.spawn(connection(stream, peer, state, shutdown, limits, slot, surface)),
+            None => tasks.spawn(connection(
+                stream, peer, state, shutdown, limits, slot, surface,
+            )),
             Some(acceptor) => {
                 let accept = acceptor.accept(stream);
                 tasks.spawn(async move {
                     match tokio::time::timeout(limits.header_read_timeout, accept).await {
-                        Ok(Ok(tls)) => connection(tls, peer, state, shutdown, limits, slot, surface).await,
+                        Ok(Ok(tls)) => {
+                            connection(tls, peer, state, shutdown, limits, slot, surface).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
                         }
@@ -415,5 +450,31 @@ mod tests {
         let mut normal = connect(h.admin).await;
         assert!(healthz(&mut normal).await.starts_with("HTTP/1.1 200"));
         h.running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_open_event_stream_ends_at_shutdown_so_the_listener_drains() {
+        let h = start(limits(8)).await;
+        let mut s = connect(h.admin).await;
+        let request = format!(
+            "GET /v1/orgs/o/workspaces/w/events HTTP/1.1\r\nhost: t\r\nx-api-key: {KEY}\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 256];
+        let n = tokio::time::timeout(GUARD, s.read(&mut head))
+            .await
+            .expect("stream opens")
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/event-stream"), "{head}");
+        let stopping = h.running.shutdown_token();
+        stopping.cancel();
+        // The stream ends and the connection closes well before the drain timeout.
+        let rest = until_closed(&mut s).await.expect("closed at shutdown");
+        assert!(!rest.contains("event: "), "{rest}");
+        tokio::time::timeout(GUARD, h.running.wait())
+            .await
+            .expect("drained");
     }
 }

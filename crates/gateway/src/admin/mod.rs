@@ -3,9 +3,10 @@
 //! Layout: [`listener`] (accept loop, connection cap, header and idle timeouts), [`router`] (the
 //! route table), [`auth`] (API keys), [`request`] (bodies, limits and the field reader),
 //! [`body_timeout`] (slow bodies get 408), [`error`] (FastAPI-shaped errors), [`validate`] (seed
-//! rules), one module per resource ([`deployments`], [`cohorts`] with its streaming [`csv`]
-//! reader, [`connections`], [`apps`] with the runtime [`probe`], [`splits`]), [`openapi`] (the
-//! hand-written spec) and [`sync`] (changes committed by other gateways).
+//! rules), one module per resource ([`deployments`] with its [`webhook_config`], [`cohorts`]
+//! with its streaming [`csv`] reader, [`connections`], [`apps`] with the runtime [`probe`],
+//! [`splits`], live [`calls`]), [`events`] (Server-Sent Events), [`openapi`] (the hand-written
+//! spec) and [`sync`] (changes committed by other gateways).
 //!
 //! Every handler that writes follows one order: validate everything (one 422 listing all
 //! problems), take the write lock, commit to the store, apply the same change to the routing
@@ -14,11 +15,13 @@
 pub mod apps;
 pub mod auth;
 pub mod body_timeout;
+pub mod calls;
 pub mod cohorts;
 pub mod connections;
 pub mod csv;
 pub mod deployments;
 pub mod error;
+pub mod events;
 pub mod listener;
 pub mod openapi;
 pub mod probe;
@@ -28,13 +31,14 @@ pub mod splits;
 pub mod sync;
 pub mod twilio_rest;
 pub mod validate;
+pub mod webhook_config;
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::Request;
 use switchboard_routing::model::Scope;
 
@@ -48,6 +52,9 @@ use crate::state::AppState;
 
 /// Response body type of every admin handler.
 pub type Body = Full<Bytes>;
+
+/// What the listener sends: a whole body, or an event stream ([`events::SseBody`]).
+pub type ResponseBody = Either<Body, events::SseBody>;
 
 /// Everything a handler needs besides the body.
 #[derive(Debug)]
@@ -126,32 +133,42 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 /// A request on the `[metrics] listen` listener: `/metrics`, `/healthz`, `/readyz`, else 404.
-pub async fn handle_probe(state: AppState, req: Request<RequestBody>) -> Response<Body> {
+pub async fn handle_probe(state: AppState, req: Request<RequestBody>) -> Response<ResponseBody> {
     match req.uri().path() {
         "/metrics" | "/healthz" | "/readyz" => handle(state, req).await,
-        _ => ApiError::no_route().into_response(),
+        _ => ApiError::no_route().into_response().map(Either::Left),
     }
 }
 
 /// Routes, authenticates, dispatches, and records metrics for one request.
-pub async fn handle(state: AppState, req: Request<RequestBody>) -> Response<Body> {
+pub async fn handle(state: AppState, req: Request<RequestBody>) -> Response<ResponseBody> {
     // SIP side hook: the Twilio-compatible call resource (REST hang-up), own auth and errors.
     if twilio_rest::matches(req.uri().path()) {
-        return twilio_rest::handle(&state, req).await;
+        return twilio_rest::handle(&state, req).await.map(Either::Left);
     }
     let started = Instant::now();
     let method = req.method().clone();
     let (route_label, resp) = match router::find(&method, req.uri().path()) {
-        Match::NotFound => ("unmatched", ApiError::no_route().into_response()),
+        Match::NotFound => (
+            "unmatched",
+            ApiError::no_route().into_response().map(Either::Left),
+        ),
         Match::WrongMethod(allow) => (
             "unmatched",
-            ApiError::MethodNotAllowed { allow }.into_response(),
+            ApiError::MethodNotAllowed { allow }
+                .into_response()
+                .map(Either::Left),
         ),
         Match::Found(route, params) => {
-            let resp = match dispatch(&state, route, params, req).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
+            let resp = match route.id {
+                RouteId::DeploymentEvents | RouteId::WorkspaceEvents => {
+                    open_stream(&state, route, params, req).await
+                }
+                _ => dispatch(&state, route, params, req)
+                    .await
+                    .map(|r| r.map(Either::Left)),
             };
+            let resp = resp.unwrap_or_else(|e| e.into_response().map(Either::Left));
             (route.pattern, resp)
         }
     };
@@ -170,6 +187,41 @@ pub async fn handle(state: AppState, req: Request<RequestBody>) -> Response<Body
         tracing::warn!(%method, route = route_label, %status, "admin request failed");
     }
     resp
+}
+
+/// Authenticates and builds the [`Ctx`] of an API (non-health) request.
+fn context(
+    state: &AppState,
+    params: Params,
+    req: Request<RequestBody>,
+) -> Result<(Ctx, RequestBody), ApiError> {
+    let principal = authenticate(state, req.headers())?;
+    if !state.is_ready() {
+        return Err(ApiError::NotReady);
+    }
+    let (parts, body) = req.into_parts();
+    let cx = Ctx {
+        state: state.clone(),
+        principal,
+        params,
+        headers: parts.headers,
+        query: parts.uri.query().map(str::to_owned),
+    };
+    Ok((cx, body))
+}
+
+/// The event-stream routes: their body is a stream, not a whole document.
+async fn open_stream(
+    state: &AppState,
+    route: &'static router::Route,
+    params: Params,
+    req: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (cx, _) = context(state, params, req)?;
+    let for_deployment = route.id == RouteId::DeploymentEvents;
+    Ok(events::stream(&cx, for_deployment)
+        .await?
+        .map(Either::Right))
 }
 
 async fn dispatch(
@@ -204,18 +256,7 @@ async fn dispatch(
         }
         _ => {}
     }
-    let principal = authenticate(state, req.headers())?;
-    if !state.is_ready() {
-        return Err(ApiError::NotReady);
-    }
-    let (parts, body) = req.into_parts();
-    let cx = Ctx {
-        state: state.clone(),
-        principal,
-        params,
-        headers: parts.headers,
-        query: parts.uri.query().map(str::to_owned),
-    };
+    let (cx, body) = context(state, params, req)?;
     match route.id {
         RouteId::ListDeployments => deployments::list(&cx).await,
         RouteId::CreateDeployment => deployments::create(&cx, body).await,
@@ -239,9 +280,15 @@ async fn dispatch(
         RouteId::GetSplit => splits::get(&cx, false).await,
         RouteId::SetSplitScoped => splits::set(&cx, body, true).await,
         RouteId::GetSplitScoped => splits::get(&cx, true).await,
-        RouteId::Healthz | RouteId::Readyz | RouteId::Metrics | RouteId::OpenApi => {
-            Err(ApiError::no_route())
-        }
+        RouteId::ListCalls => calls::list(&cx).await,
+        RouteId::GetCall => calls::get(&cx).await,
+        RouteId::HangUpCall => calls::hang_up(&cx).await,
+        RouteId::Healthz
+        | RouteId::Readyz
+        | RouteId::Metrics
+        | RouteId::OpenApi
+        | RouteId::DeploymentEvents
+        | RouteId::WorkspaceEvents => Err(ApiError::no_route()),
     }
 }
 

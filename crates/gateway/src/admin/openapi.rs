@@ -96,6 +96,24 @@ fn op(
     o
 }
 
+/// A `text/event-stream` operation; `Last-Event-ID` resumes.
+fn sse_op(summary: &str, mut params: Vec<Value>) -> Value {
+    params.push(json!({ "name": "Last-Event-ID", "in": "header", "required": false,
+        "description": "Resume after this event id; an id older than the kept events replays them all after a `gap` event",
+        "schema": { "type": "string" } }));
+    op(
+        summary,
+        params,
+        None,
+        (
+            "200",
+            json!({ "description": "One `id:`/`event:`/`data:` block per event (data: the event JSON, see README); `:` keep-alive comments",
+        "content": { "text/event-stream": { "schema": { "type": "string" } } } }),
+        ),
+        &[],
+    )
+}
+
 fn no_content(description: &str) -> Value {
     json!({ "description": description })
 }
@@ -116,6 +134,7 @@ fn spec() -> Value {
         &[("app_id", "Agent (app) id"), ("version", "Version number")],
     );
     let agent = vec![path_param("agent_id", "Agent (app) id")];
+    let call = with(scope_params(), &[("call_sid", "Call SID (CA…)")]);
     let agent_scoped = with(scope_params(), &[("agent_id", "Agent (app) id")]);
     let page = vec![
         json!({ "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } }),
@@ -216,6 +235,20 @@ fn spec() -> Value {
                 "get": op("Get a version and its runtime status", ver.clone(), None, ("200", ok("The version", r("AppVersion"))), &[]),
                 "delete": op("Delete a version (409 while a deployment or split uses it)", ver, None, ("204", no_content("Deleted")), &["409"]),
             },
+            format!("{p}/deployments/{{deployment_id}}/events"): {
+                "get": sse_op("Stream the deployment's call events (Server-Sent Events)", dep.clone()),
+            },
+            format!("{p}/events"): {
+                "get": sse_op("Stream every call and deployment event of the workspace (Server-Sent Events)", scope_params()),
+            },
+            format!("{p}/calls"): {
+                "get": op("List live calls", scope_params(), None, ("200", ok("Live calls", json!({ "type": "object",
+                    "properties": { "total": { "type": "integer" }, "items": { "type": "array", "items": r("LiveCall") } } }))), &[]),
+            },
+            format!("{p}/calls/{{call_sid}}"): {
+                "get": op("Get a live call", call.clone(), None, ("200", ok("The call", r("LiveCall"))), &[]),
+                "delete": op("Hang up a live call: BYE when answered, 480 while ringing", call, None, ("204", no_content("Hang-up sent")), &[]),
+            },
             "/v1/convai/agents/{agent_id}/deployments": split_ops(agent),
             format!("{p}/convai/agents/{{agent_id}}/deployments"): split_ops(agent_scoped),
         }
@@ -259,6 +292,7 @@ fn schemas() -> Value {
                 "app_id": { "type": "string" }, "app_version": { "type": "integer", "minimum": 0 },
                 "connection_configs": { "type": "array", "minItems": 1, "items": r("ConnectionConfig") },
                 "inbound_config": r("InboundConfig"),
+                "webhook_config": r("WebhookConfigInput"),
                 "channel_direction": { "enum": ["inbound", "outbound", "inbound_outbound"], "default": "inbound" }
             } },
         "DeploymentUpdate": { "type": "object", "additionalProperties": false, "properties": {
@@ -266,7 +300,8 @@ fn schemas() -> Value {
                 "description": { "oneOf": [description, { "type": "null" }] },
                 "app_version": { "type": ["integer", "null"], "minimum": 0 },
                 "connection_configs": { "type": ["array", "null"], "minItems": 1, "items": r("ConnectionConfig") },
-                "inbound_config": { "oneOf": [r("InboundConfig"), { "type": "null" }] }
+                "inbound_config": { "oneOf": [r("InboundConfig"), { "type": "null" }] },
+                "webhook_config": { "oneOf": [r("WebhookConfigInput"), { "type": "null" }], "description": "null removes the webhook" }
             } },
         "DeploymentStatusUpdate": { "type": "object", "additionalProperties": false, "required": ["action"],
             "properties": { "action": { "enum": ["pause", "resume"] } } },
@@ -280,9 +315,24 @@ fn schemas() -> Value {
                 "channel_direction": { "enum": ["inbound", "outbound", "inbound_outbound"] },
                 "status": { "enum": ["active", "paused"] },
                 "inbound_config": { "oneOf": [r("InboundConfig"), { "type": "null" }] },
+                "webhook_config": r("WebhookConfig"),
                 "created_by": { "type": "string" }, "created_at": { "type": "string", "format": "date-time" },
                 "updated_by": { "type": "string" }, "updated_at": { "type": "string", "format": "date-time" }
             } },
+        "WebhookConfigInput": { "type": "object", "additionalProperties": false, "required": ["url", "secret"], "properties": {
+            "url": { "type": "string", "format": "uri", "description": "http:// receiver (https: behind a TLS-terminating proxy)" },
+            "secret": { "type": "string", "minLength": 16, "writeOnly": true, "description": "HMAC-SHA256 key for X-Switchboard-Signature; never returned" },
+            "events": { "type": "array", "items": { "enum": crate::events::EVENT_NAMES }, "default": ["call.ended"] } } },
+        "WebhookConfig": { "type": "object", "properties": {
+            "url": { "type": "string" }, "has_secret": { "type": "boolean" },
+            "events": { "type": "array", "items": { "type": "string" } } } },
+        "LiveCall": { "type": "object", "properties": {
+            "call_sid": { "type": "string" }, "deployment_id": { "type": "string" },
+            "app_id": { "type": "string" }, "app_version": { "type": "integer" },
+            "from": { "type": "string" }, "to": { "type": "string" },
+            "state": { "enum": ["ringing", "answered"] },
+            "started_at": { "type": "string", "format": "date-time" },
+            "answered_at": { "type": ["string", "null"], "format": "date-time" } } },
         "DeploymentPage": { "type": "object", "required": ["items", "total", "offset", "limit"], "properties": {
             "items": { "type": "array", "items": r("Deployment") }, "total": { "type": "integer" },
             "offset": { "type": "integer" }, "limit": { "type": "integer" } } },

@@ -258,6 +258,20 @@ pub fn array<'v>(v: &'v Value, loc: Loc, p: &mut Problems) -> Option<&'v Vec<Val
     a
 }
 
+/// A list with at least one item (`list_type`, `too_short`).
+pub fn non_empty_array<'v>(v: &'v Value, loc: Loc, p: &mut Problems) -> Option<&'v Vec<Value>> {
+    let items = array(v, loc.clone(), p)?;
+    if items.is_empty() {
+        p.push(
+            loc,
+            "too_short",
+            "List should have at least 1 item after validation, not 0",
+        );
+        return None;
+    }
+    Some(items)
+}
+
 /// A string with at most `max` characters (`string_too_long`).
 pub fn bounded_string(v: &Value, max: usize, loc: Loc, p: &mut Problems) -> Option<String> {
     let s = string(v, loc.clone(), p)?;

@@ -32,6 +32,11 @@ pub enum RouteId {
     GetSplit,
     SetSplitScoped,
     GetSplitScoped,
+    ListCalls,
+    GetCall,
+    HangUpCall,
+    DeploymentEvents,
+    WorkspaceEvents,
 }
 
 /// One routed method + path pattern (`{name}` segments capture).
@@ -79,6 +84,11 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/orgs/{org_id}/workspaces/{workspace_id}/deployments/{deployment_id}/cohorts/stream", RouteId::StreamCohort),
     route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/deployments/{deployment_id}/cohorts", RouteId::ListCohorts),
     route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/deployments/{deployment_id}/cohorts/{cohort_id}", RouteId::GetCohort),
+    route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/deployments/{deployment_id}/events", RouteId::DeploymentEvents),
+    route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/events", RouteId::WorkspaceEvents),
+    route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/calls", RouteId::ListCalls),
+    route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/calls/{call_sid}", RouteId::GetCall),
+    route(Method::DELETE, "/v1/orgs/{org_id}/workspaces/{workspace_id}/calls/{call_sid}", RouteId::HangUpCall),
     route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/connections", RouteId::ListConnections),
     route(Method::PUT, "/v1/orgs/{org_id}/workspaces/{workspace_id}/connections/{connection_id}", RouteId::PutConnection),
     route(Method::GET, "/v1/orgs/{org_id}/workspaces/{workspace_id}/connections/{connection_id}", RouteId::GetConnection),

@@ -11,7 +11,9 @@ use switchboard_routing::model::{
 };
 use switchboard_routing::{normalize_number, RoutingError, Schedule};
 
-use super::request::{array, at, deny_unknown, object, required, string, Loc, Problems};
+use super::request::{
+    array, at, deny_unknown, non_empty_array, object, required, string, Loc, Problems,
+};
 
 /// Seed 000: name max 50 characters.
 pub const MAX_NAME_CHARS: usize = 50;
@@ -137,15 +139,7 @@ pub fn connection_configs(
     loc: Loc,
     p: &mut Problems,
 ) -> Option<Vec<ConnectionConfig>> {
-    let items = array(v, loc.clone(), p)?;
-    if items.is_empty() {
-        p.push(
-            loc,
-            "too_short",
-            "List should have at least 1 item after validation, not 0",
-        );
-        return None;
-    }
+    let items = non_empty_array(v, loc.clone(), p)?;
     if items.len() > MAX_CONNECTION_CONFIGS {
         p.push(
             loc,
@@ -191,15 +185,7 @@ fn phone_numbers(
     loc: Loc,
     p: &mut Problems,
 ) -> Option<Vec<String>> {
-    let items = array(v, loc.clone(), p)?;
-    if items.is_empty() {
-        p.push(
-            loc,
-            "too_short",
-            "List should have at least 1 item after validation, not 0",
-        );
-        return None;
-    }
+    let items = non_empty_array(v, loc.clone(), p)?;
     let before = p.len();
     let mut out = Vec::with_capacity(items.len());
     for (j, item) in items.iter().enumerate() {

@@ -19,13 +19,15 @@ use serde::{Deserialize, Serialize, Serializer};
 
 mod ops;
 pub use ops::{LogConfig, LogFormat, MetricsConfig, ShutdownConfig};
+mod events;
+pub use events::{EventsConfig, WebhooksConfig};
 
 /// Prefix of environment overrides: `SWITCHBOARD_<SECTION>_<KEY>`.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Section names, as written in the file and in environment overrides.
-const SECTIONS: [&str; 8] = [
-    "sip", "admin", "store", "media", "routing", "shutdown", "log", "metrics",
+const SECTIONS: [&str; 10] = [
+    "sip", "admin", "store", "media", "routing", "shutdown", "log", "metrics", "events", "webhooks",
 ];
 
 /// The whole configuration. Every section and key has a default, so an empty file is valid.
@@ -40,6 +42,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// SIP listeners and signalling limits (owned by the SIP side; add fields with a default + doc).
@@ -536,6 +540,23 @@ impl Config {
                 "must differ from admin.listen (leave it unset to serve metrics there)".to_owned(),
             );
         }
+        for (key, value) in [
+            ("events.ring_size", self.events.ring_size as u64),
+            (
+                "events.subscriber_buffer",
+                self.events.subscriber_buffer as u64,
+            ),
+            ("events.keepalive_secs", self.events.keepalive_secs),
+            ("webhooks.timeout_ms", self.webhooks.timeout_ms),
+            ("webhooks.first_retry_ms", self.webhooks.first_retry_ms),
+            ("webhooks.max_retry_secs", self.webhooks.max_retry_secs),
+            ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
+            ("webhooks.queue", self.webhooks.queue as u64),
+        ] {
+            if value == 0 {
+                bad(key, "must be positive".to_owned());
+            }
+        }
         if self.admin.body_timeout_secs == 0 {
             bad("admin.body_timeout_secs", "must be positive".to_owned());
         }
@@ -756,6 +777,8 @@ fn check_sections(table: &toml::Table, origins: &Origins, errors: &mut Vec<Confi
         shutdown: section(table, "shutdown", origins, errors),
         log: section(table, "log", origins, errors),
         metrics: section(table, "metrics", origins, errors),
+        events: section(table, "events", origins, errors),
+        webhooks: section(table, "webhooks", origins, errors),
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec};
 use switchboard_media::{
-    connect_agent, spawn_bridge, AgentTls, BridgeConfig, BridgeStats, EndReason, MediaError, StartParams,
+    connect_agent, spawn_bridge, AgentTls, BridgeConfig, BridgeStats, EndReason, MediaError,
+    StartParams,
 };
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -20,7 +21,7 @@ use tokio::time::MissedTickBehavior;
 use super::flow::CallEvent;
 use super::metrics::CallMetrics;
 use super::ports::RtpPorts;
-use super::refusal::Hangup;
+use super::refusal::{Hangup, REST_API_REQUESTER};
 use crate::live_calls::{CallCommand, HangupCause};
 
 /// Events per call from the SIP engine: a handful per call lifetime.
@@ -142,7 +143,7 @@ fn connect_failure_reason(error: &MediaError) -> &'static str {
 
 fn requested(cause: &HangupCause) -> Hangup {
     match cause {
-        HangupCause::RestApi => Hangup::Requested("the REST API".to_owned()),
+        HangupCause::RestApi => Hangup::Requested(REST_API_REQUESTER.to_owned()),
         HangupCause::Admin(who) => Hangup::Requested(who.clone()),
     }
 }

@@ -9,7 +9,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-use super::refusal::HangupBy;
+use crate::events::HangupBy;
 
 /// Methods reported by name; anything else counts as `other` so a fuzzing peer cannot blow
 /// up label cardinality.

@@ -14,6 +14,8 @@ use switchboard_media::MediaError;
 use switchboard_routing::{Reject, RejectReason};
 use switchboard_sip::MessageBuilder;
 
+use crate::events::HangupBy;
+
 /// Methods we act on. BYE/INFO/UPDATE make sense inside a dialog, OPTIONS anywhere.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 /// Bodies we understand in INVITE, UPDATE and ACK.
@@ -339,35 +341,34 @@ impl Hangup {
         }
     }
 
-    /// Which side ended the call, for the call summary and `switchboard_calls_ended_total`.
-    pub fn by(&self) -> HangupBy {
+    /// Which side this hang-up counts for in `call.ended` events. A REST API hang-up is the
+    /// agent's (agent frameworks end calls through it); an operator's is the gateway's.
+    pub fn hangup_by(&self) -> HangupBy {
         match self {
             Hangup::AgentClosed | Hangup::AgentError(_) => HangupBy::Agent,
+            Hangup::Requested(who) if who == REST_API_REQUESTER => HangupBy::Agent,
             _ => HangupBy::Gateway,
         }
     }
-}
 
-/// Who ended a call: the `hangup_by` of the call summary and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HangupBy {
-    /// CANCEL or BYE from the caller's side.
-    Caller,
-    /// The agent closed or broke its stream, or could not be reached.
-    Agent,
-    /// We did: media timeout, no ACK, an operator's hang-up, shutdown.
-    Gateway,
-}
-
-impl HangupBy {
-    pub fn as_str(self) -> &'static str {
+    /// The short cause in events (`reason`).
+    pub fn label(&self) -> &'static str {
         match self {
-            HangupBy::Caller => "caller",
-            HangupBy::Agent => "agent",
-            HangupBy::Gateway => "gateway",
+            Hangup::AgentClosed => "agent_closed",
+            Hangup::AgentError(_) => "agent_error",
+            Hangup::MediaTimeout => "media_timeout",
+            Hangup::Requested(who) if who == REST_API_REQUESTER => "rest_api_hangup",
+            Hangup::Requested(_) => "operator_hangup",
+            Hangup::MediaError(_) => "media_error",
+            Hangup::NoAck => "no_ack",
+            Hangup::BadAnswer(_) => "bad_sdp_answer",
+            Hangup::Shutdown => "shutdown",
         }
     }
 }
+
+/// Who [`Hangup::Requested`] names for the Twilio-compatible REST API.
+pub const REST_API_REQUESTER: &str = "the REST API";
 
 /// Text safe inside a quoted header value: no quotes, backslashes or control characters
 /// (so nothing can end the string or the header), at most 200 characters.

@@ -244,6 +244,7 @@ impl Engine {
                 Output::Offence { ip, offence } => {
                     self.shared.guard.offence(Instant::now(), ip, offence);
                 }
+                Output::Event(event) => self.state.publish_event(*event),
             }
         }
     }

@@ -13,17 +13,31 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("sqlite/0001_initial.sql"),
-}];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "webhook_outbox",
+        sql: include_str!("sqlite/0002_webhook_outbox.sql"),
+    },
+];
 
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("postgres/0001_initial.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "webhook_outbox",
+        sql: include_str!("postgres/0002_webhook_outbox.sql"),
+    },
+];
 
 /// The table recording applied versions; the same statement works in both dialects.
 pub(crate) const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS schema_version (

@@ -51,4 +51,5 @@ backend_suite!(
     reopen_persists_and_migrations_are_idempotent,
     own_writes_are_not_echoed,
     damaged_databases_fail_cleanly,
+    outbox_survives_reopen_and_leases_rows,
 );

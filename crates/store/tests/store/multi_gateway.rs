@@ -177,7 +177,7 @@ async fn instances_starting_together_migrate_once_and_agree_on_a_generated_setti
     let (a, b) = (a?, b?);
     assert_eq!(
         (a.schema_version().await?, b.schema_version().await?),
-        (1, 1)
+        (2, 2)
     );
     let (from_a, from_b) = tokio::join!(
         a.put_setting_if_absent("admin_api_key", "key-a"),

@@ -559,7 +559,7 @@ pub async fn reopen_persists_and_migrations_are_idempotent(url: &str) -> anyhow:
     let s = scope("org-a");
     let written = {
         let store = Store::open(url).await?;
-        assert_eq!(store.schema_version().await?, 1);
+        assert_eq!(store.schema_version().await?, 2);
         store
             .insert_deployment(&s, &deployment("dep-1", &["+1001"]))
             .await?;
@@ -572,7 +572,7 @@ pub async fn reopen_persists_and_migrations_are_idempotent(url: &str) -> anyhow:
         let store = Store::open(url).await?;
         assert_eq!(
             store.schema_version().await?,
-            1,
+            2,
             "reopening applies nothing twice"
         );
         assert_eq!(store.revision().await?, written);
@@ -661,10 +661,57 @@ pub async fn damaged_databases_fail_cleanly(url: &str) -> anyhow::Result<()> {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err}"
     );
+    Ok(())
+}
+
+pub async fn outbox_survives_reopen_and_leases_rows(url: &str) -> anyhow::Result<()> {
+    use switchboard_store::NewDelivery;
+    let delivery = |event_id: &str, next_attempt_ms: i64| NewDelivery {
+        event_id: event_id.to_owned(),
+        url: "http://127.0.0.1:9/hook".to_owned(),
+        secret: "s3cret".to_owned(),
+        body: format!(r#"{{"event_id":"{event_id}"}}"#),
+        created_ms: 1_000,
+        next_attempt_ms,
+    };
+    let (first, second) = {
+        let store = Store::open(url).await?;
+        let revision = store.revision().await?;
+        let first = store.outbox_enqueue(delivery("ev-1", 5_000)).await?;
+        let second = store.outbox_enqueue(delivery("ev-2", 1_000)).await?;
+        assert_eq!(
+            store.revision().await?,
+            revision,
+            "outbox writes are not routing changes"
+        );
+        (first, second)
+    };
+    // A new process (the store reopened) finds both rows.
+    let store = Store::open(url).await?;
+    assert_eq!(store.outbox_pending().await?, 2);
+    // Only the due row is claimed, and the claim leases it.
+    let due = store.outbox_claim_due(2_000, 60_000, 10).await?;
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, second);
+    assert_eq!(due[0].event_id, "ev-2");
+    assert_eq!(due[0].body, r#"{"event_id":"ev-2"}"#);
+    assert_eq!(due[0].secret, "s3cret");
+    assert!(store.outbox_claim_due(2_000, 60_000, 10).await?.is_empty());
+    // A failed attempt reschedules; the attempt count persists.
+    store.outbox_reschedule(second, 3, 6_000).await?;
+    let due = store.outbox_claim_due(6_000, 70_000, 10).await?;
+    let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&first) && ids.contains(&second));
+    let retried = due.iter().find(|d| d.id == second).unwrap();
+    assert_eq!((retried.attempts, retried.next_attempt_ms), (3, 70_000));
+    store.outbox_remove(first).await?;
+    store.outbox_remove(second).await?;
+    assert_eq!(store.outbox_pending().await?, 0);
     Ok(())
 }

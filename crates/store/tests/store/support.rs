@@ -159,6 +159,7 @@ pub fn deployment(id: &str, numbers: &[&str]) -> Deployment {
             allowed_days: vec!["Monday".into(), "Friday".into()],
             timezone: "Asia/Kolkata".into(),
         }),
+        webhook_config: None,
         created_by: "tester".into(),
         created_at: "2025-01-01T00:00:00Z".into(),
         updated_by: "tester".into(),

@@ -4,9 +4,10 @@
 
 use switchboard_sip::{DialogId, OwnedMessage, ServerTxnId};
 
-use super::super::refusal::{Hangup, HangupBy, Refusal, ALLOW, SERVER, SUPPORTED};
+use super::super::refusal::{Hangup, Refusal, ALLOW, SERVER, SUPPORTED};
 use super::super::screen;
-use super::{CallEvent, CallFlow, CallState, MediaPorts, Now, Output};
+use super::{CallEvent, CallFlow, CallState, Ending, MediaPorts, Now, Output};
+use crate::events::EventKind;
 
 impl<P: MediaPorts> CallFlow<P> {
     /// The agent is connected: 200 OK with our SDP.
@@ -38,10 +39,14 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.metrics.calls_answered.inc();
                 if let Some(call) = self.calls.get_mut(call_id) {
                     call.state = CallState::Answered;
-                    call.record.answered_at = Some(now.instant);
-                    call.record.final_status = Some(200);
-                    let took = now.instant.saturating_duration_since(call.record.rang_at);
+                    call.summary.answered_at = Some(now.instant);
+                    let took = now.instant.saturating_duration_since(call.summary.rang_at);
                     self.metrics.call.setup("answer", took);
+                    call.record.answered_at = Some(now.wall);
+                    let mut answered = (*call.record).clone();
+                    answered.kind = EventKind::CallAnswered;
+                    answered.at = now.wall;
+                    self.emit(answered);
                 }
             }
             Err(e) => tracing::debug!(error = %e, %call_id, "200 not sent"),
@@ -60,7 +65,7 @@ impl<P: MediaPorts> CallFlow<P> {
         if let Some(hangup) = call.bye_pending.take() {
             // We wanted to hang up while the 200 was unacknowledged (RFC 3261 §15).
             self.send_bye(now, &call_id, &hangup);
-            self.finish(now, &call_id, hangup.by());
+            self.finish(now, &call_id, Ending::ours(&hangup, 200));
             return;
         }
         if call.awaiting_answer {
@@ -71,14 +76,16 @@ impl<P: MediaPorts> CallFlow<P> {
                     call.awaiting_answer = false;
                 }
                 Some(Err(e)) => {
-                    self.send_bye(now, &call_id, &Hangup::BadAnswer(e.to_string()));
-                    self.finish(now, &call_id, HangupBy::Gateway);
+                    let hangup = Hangup::BadAnswer(e.to_string());
+                    self.send_bye(now, &call_id, &hangup);
+                    self.finish(now, &call_id, Ending::ours(&hangup, 200));
                     return;
                 }
                 None if call.state == CallState::Answered => {
                     let why = "the ACK carried no SDP answer to our offer".to_owned();
-                    self.send_bye(now, &call_id, &Hangup::BadAnswer(why));
-                    self.finish(now, &call_id, HangupBy::Gateway);
+                    let hangup = Hangup::BadAnswer(why);
+                    self.send_bye(now, &call_id, &hangup);
+                    self.finish(now, &call_id, Ending::ours(&hangup, 200));
                     return;
                 }
                 None => {}
@@ -175,17 +182,22 @@ impl<P: MediaPorts> CallFlow<P> {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        match (call.state, call.dialog) {
+        let sip_status = match (call.state, call.dialog) {
             (CallState::Ringing, _) => {
-                self.refuse_ringing(now, call_id, &Refusal::ended_while_ringing(&hangup));
+                let refusal = Refusal::ended_while_ringing(&hangup);
+                self.refuse_ringing(now, call_id, &refusal);
+                refusal.status
             }
             (_, None) => {
                 call.bye_pending = Some(hangup);
                 return;
             }
-            (_, Some(_)) => self.send_bye(now, call_id, &hangup),
-        }
-        self.finish(now, call_id, hangup.by());
+            (_, Some(_)) => {
+                self.send_bye(now, call_id, &hangup);
+                200
+            }
+        };
+        self.finish(now, call_id, Ending::ours(&hangup, sip_status));
     }
 
     /// Answers the still-ringing INVITE of `call_id` with a final non-2xx response, in its
@@ -198,9 +210,6 @@ impl<P: MediaPorts> CallFlow<P> {
             return;
         }
         let txn = call.invite_txn;
-        if let Some(call) = self.calls.get_mut(call_id) {
-            call.record.final_status = Some(refusal.status);
-        }
         self.reply(now, txn, refusal);
     }
 

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::super::refusal::{Hangup, HangupBy};
-use super::{CallEvent, CallFlow, MediaPorts, Now, Output};
+use super::super::refusal::Hangup;
+use super::{CallEvent, CallFlow, Ending, MediaPorts, Now, Output};
 
 /// What a call's summary line and ended metrics report, filled in as the call goes.
 #[derive(Debug, Clone)]
@@ -18,8 +18,6 @@ pub(super) struct CallRecord {
     /// When its INVITE was taken on (the 180).
     pub rang_at: Instant,
     pub answered_at: Option<Instant>,
-    /// The final response to its INVITE, once sent (200, or 487/503/480 while ringing).
-    pub final_status: Option<u16>,
 }
 
 /// The drain after SIGTERM.
@@ -91,9 +89,9 @@ impl<P: MediaPorts> CallFlow<P> {
         }
     }
 
-    /// Forgets a call on the SIP side, tells its task (which releases the ports), and writes
-    /// its summary line and metrics. `by` is who ended it.
-    pub(super) fn finish(&mut self, now: Now, call_id: &str, by: HangupBy) {
+    /// Forgets a call on the SIP side, tells its task (which releases the ports), and reports
+    /// how it ended: its `call.ended` (or `call.rejected`) event, summary line and metrics.
+    pub(super) fn finish(&mut self, now: Now, call_id: &str, ending: Ending) {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
@@ -112,9 +110,16 @@ impl<P: MediaPorts> CallFlow<P> {
             now,
             &call.call_sid,
             call_id,
-            &call.record,
-            by,
+            &call.summary,
+            &ending,
         );
+        let mut event = *call.record;
+        event.kind = ending.kind;
+        event.at = now.wall;
+        event.hangup_by = Some(ending.hangup_by);
+        event.reason = Some(ending.reason.to_owned());
+        event.sip_status = Some(ending.sip_status);
+        self.emit(event);
     }
 }
 
@@ -126,8 +131,9 @@ fn log_call_summary(
     call_sid: &str,
     sip_call_id: &str,
     record: &CallRecord,
-    by: HangupBy,
+    ending: &Ending,
 ) {
+    let by = ending.hangup_by;
     let duration = record.answered_at.map_or(Duration::ZERO, |at| {
         now.instant.saturating_duration_since(at)
     });
@@ -142,7 +148,8 @@ fn log_call_summary(
         to = %record.to,
         duration = duration.as_secs_f64(),
         hangup_by = by.as_str(),
-        sip_status = record.final_status.unwrap_or(0),
+        sip_status = ending.sip_status,
+        reason = ending.reason,
         "call ended"
     );
 }

@@ -28,6 +28,7 @@ struct CallRate {
     tokens: f64,
     refilled_at: Instant,
 }
+use crate::events::{Event, EventKind};
 use crate::live_calls::{account_sid_for, CallDetails};
 
 /// What admission learnt about an INVITE.
@@ -69,8 +70,15 @@ impl<P: MediaPorts> CallFlow<P> {
             .and_then(|admitted| {
                 let route = self.route(now, &snapshot, &admitted)?;
                 self.metrics.call.setup("route", routing_started.elapsed());
-                let media =
-                    self.prepare_media(request, media_policy(admitted.connection.as_ref()))?;
+                let media = self
+                    .prepare_media(request, media_policy(admitted.connection.as_ref()))
+                    .inspect_err(|refusal| {
+                        let mut event =
+                            routed_event(EventKind::CallRejected, now, &admitted, &route);
+                        event.reason = Some("media_unavailable".to_owned());
+                        event.sip_status = Some(refusal.status);
+                        self.emit(event);
+                    })?;
                 Ok((admitted, route, media))
             });
         match outcome {
@@ -194,6 +202,22 @@ impl<P: MediaPorts> CallFlow<P> {
                     .inc();
                 // Counted; a log line per refused call would cost more than the refusal.
                 tracing::debug!(reason = reason.as_str(), "INVITE rejected by routing");
+                if let (Some(scope), Some(deployment_id)) = (reject.scope(), reject.deployment_id())
+                {
+                    let mut event = Event::new(
+                        EventKind::CallRejected,
+                        now.wall,
+                        scope.clone(),
+                        deployment_id.to_owned(),
+                    );
+                    event.app_version = reject.app_version();
+                    event.sip_call_id = Some(admitted.call_id.clone());
+                    event.from = Some(admitted.caller.clone()).filter(|c| !c.is_empty());
+                    event.to = Some(admitted.called.clone());
+                    event.reason = Some(reason.as_str().to_owned());
+                    event.sip_status = Some(reject.sip_status());
+                    self.emit(event);
+                }
                 Err(Refusal::route(&reject))
             }
         }
@@ -266,9 +290,14 @@ impl<P: MediaPorts> CallFlow<P> {
             to: route.called().to_string(),
             from: route.caller().map(|c| c.to_string()).unwrap_or_default(),
             deployment_id: route.deployment_id().to_owned(),
+            app_id: route.app_id().to_owned(),
+            app_version: route.app_version(),
             scope: route.scope().clone(),
         };
         let call_sid = ids.call_sid.clone();
+        let mut record = routed_event(EventKind::CallOffered, now, &admitted, route);
+        record.call_sid = Some(call_sid.clone());
+        record.started_at = Some(now.wall);
         let start = CallStart {
             call_id: admitted.call_id.clone(),
             details,
@@ -297,6 +326,7 @@ impl<P: MediaPorts> CallFlow<P> {
         self.calls.insert(
             admitted.call_id.clone(),
             Call {
+                record: Box::new(record.clone()),
                 call_sid,
                 invite_txn: txn,
                 transport,
@@ -308,7 +338,7 @@ impl<P: MediaPorts> CallFlow<P> {
                 awaiting_answer: media.awaiting_answer,
                 negotiated: media.negotiated,
                 bye_pending: None,
-                record: CallRecord {
+                summary: CallRecord {
                     deployment_id: route.deployment_id().to_owned(),
                     app_id: route.app_id().to_owned(),
                     app_version: route.app_version().to_string(),
@@ -316,7 +346,6 @@ impl<P: MediaPorts> CallFlow<P> {
                     to: route.called().to_string(),
                     rang_at: now.instant,
                     answered_at: None,
-                    final_status: None,
                 },
             },
         );
@@ -326,6 +355,7 @@ impl<P: MediaPorts> CallFlow<P> {
             Refusal::status(180).with("Contact", self.contact(transport, admitted.secure));
         self.reply(now, txn, &ringing);
         self.outputs.push_back(Output::StartCall(Box::new(start)));
+        self.emit(record);
     }
 
     fn take_call_token(&mut self, now: Instant, id: &str, limit: u32) -> bool {
@@ -372,6 +402,22 @@ pub fn rtp_bind_ip(advertised: IpAddr) -> IpAddr {
     } else {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     }
+}
+
+/// An event about a routed INVITE: the deployment, app and numbers the route chose.
+fn routed_event(kind: EventKind, now: Now, admitted: &Admitted, route: &Route) -> Event {
+    let mut event = Event::new(
+        kind,
+        now.wall,
+        route.scope().clone(),
+        route.deployment_id().to_owned(),
+    );
+    event.app_id = Some(route.app_id().to_owned());
+    event.app_version = Some(route.app_version());
+    event.sip_call_id = Some(admitted.call_id.clone());
+    event.from = route.caller().map(|c| c.to_string());
+    event.to = Some(route.called().to_string());
+    event
 }
 
 /// `start.customParameters` for a routed call.

@@ -9,7 +9,7 @@
 //! flow.start_drain(now, grace);             // SIGTERM: refuse new calls, let live ones end
 //! flow.end_all_calls(now);                  // second signal: BYE every call now
 //! while let Some(t) = flow.poll_transmit() { /* send t.bytes to t.remote */ }
-//! while let Some(o) = flow.poll_output() { /* StartCall, ToCall, CallEnded, Offence */ }
+//! while let Some(o) = flow.poll_output() { /* StartCall, ToCall, CallEnded, Offence, Event */ }
 //! let wake_at = flow.poll_timeout();
 //! ```
 //!
@@ -47,10 +47,11 @@ use switchboard_sip::{
 
 use super::guard::Offence;
 use super::metrics::SipMetrics;
-use super::refusal::{Hangup, HangupBy, Refusal, SERVER};
+use super::refusal::{Hangup, Refusal, SERVER};
 use super::screen;
 use super::transport::{Inbound, Parsed};
 use super::trunk::TrunkAuth;
+use crate::events::{Event as EventRecord, EventKind, HangupBy};
 use crate::live_calls::CallDetails;
 
 /// The time, as the flow needs it: monotonic for timers, wall clock for schedules and nonces.
@@ -143,6 +144,51 @@ pub enum Output<R> {
     CallEnded { call_id: String, call_sid: String },
     /// Count an offence by a source toward a ban.
     Offence { ip: IpAddr, offence: Offence },
+    /// Publish a call event (offered, rejected, answered, ended): the one place the flow
+    /// reports a call's outcome to the event streams and webhooks.
+    Event(Box<EventRecord>),
+}
+
+/// How a call ended, for its `call.ended` (or, for an agent failure, `call.rejected`) event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Ending {
+    pub(super) kind: EventKind,
+    pub(super) hangup_by: HangupBy,
+    pub(super) reason: &'static str,
+    /// The INVITE's final status (200 once answered).
+    pub(super) sip_status: u16,
+}
+
+impl Ending {
+    /// The caller ended it (BYE, or CANCEL while ringing).
+    fn caller(reason: &'static str, sip_status: u16) -> Self {
+        Ending {
+            kind: EventKind::CallEnded,
+            hangup_by: HangupBy::Caller,
+            reason,
+            sip_status,
+        }
+    }
+
+    /// We ended it for `hangup`.
+    fn ours(hangup: &Hangup, sip_status: u16) -> Self {
+        Ending {
+            kind: EventKind::CallEnded,
+            hangup_by: hangup.hangup_by(),
+            reason: hangup.label(),
+            sip_status,
+        }
+    }
+
+    /// The agent could not be reached: the call is refused, not ended.
+    fn agent_unreachable(sip_status: u16) -> Self {
+        Ending {
+            kind: EventKind::CallRejected,
+            hangup_by: HangupBy::Gateway,
+            reason: "agent_unreachable",
+            sip_status,
+        }
+    }
 }
 
 /// What the flow tells a call's task.
@@ -170,6 +216,9 @@ enum CallState {
 #[derive(Debug)]
 struct Call {
     call_sid: String,
+    /// The call's facts (ids, numbers, deployment, app, start and answer times): every event
+    /// of this call is a copy with its kind and outcome filled in.
+    record: Box<EventRecord>,
     invite_txn: ServerTxnId,
     transport: Transport,
     /// The INVITE's Request-URI was `sips:`: our Contact is `sips:` too.
@@ -186,7 +235,7 @@ struct Call {
     /// We want to hang up but the 200 is not acknowledged yet (RFC 3261 §15: BYE waits).
     bye_pending: Option<Hangup>,
     /// For the summary line when it ends.
-    record: ending::CallRecord,
+    summary: ending::CallRecord,
 }
 
 /// The call flow. See the module docs for the calling pattern.
@@ -275,7 +324,7 @@ impl<P: MediaPorts> CallFlow<P> {
     /// The call's task reached the agent: answer with 200 OK and our SDP.
     pub fn agent_ready(&mut self, now: Now, call_id: &str) {
         if let Some(call) = self.calls.get(call_id) {
-            let took = now.instant.saturating_duration_since(call.record.rang_at);
+            let took = now.instant.saturating_duration_since(call.summary.rang_at);
             self.metrics.call.setup("agent_connect", took);
         }
         self.answer(now, call_id);
@@ -286,7 +335,7 @@ impl<P: MediaPorts> CallFlow<P> {
     pub fn agent_failed(&mut self, now: Now, call_id: &str, status: u16, why: &str) {
         tracing::warn!(%call_id, status, why, "agent unreachable");
         self.refuse_ringing(now, call_id, &Refusal::agent_unreachable(status, why));
-        self.finish(now, call_id, HangupBy::Agent);
+        self.finish(now, call_id, Ending::agent_unreachable(status));
         self.drive(now);
     }
 
@@ -316,6 +365,11 @@ impl<P: MediaPorts> CallFlow<P> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Queues an event for the I/O loop.
+    fn emit(&mut self, event: EventRecord) {
+        self.outputs.push_back(Output::Event(Box::new(event)));
     }
 
     /// Calls ringing or answered.
@@ -368,8 +422,13 @@ impl<P: MediaPorts> CallFlow<P> {
             Event::Cancel { invite, .. } => {
                 self.metrics.request("CANCEL");
                 if let Some(call_id) = self.by_invite.get(&invite).cloned() {
-                    self.refuse_ringing(now, &call_id, &Refusal::cancelled());
-                    self.finish(now, &call_id, HangupBy::Caller);
+                    let cancelled = Refusal::cancelled();
+                    self.refuse_ringing(now, &call_id, &cancelled);
+                    self.finish(
+                        now,
+                        &call_id,
+                        Ending::caller("caller_cancel", cancelled.status),
+                    );
                 }
             }
             Event::Bye { txn, request, .. } => {
@@ -377,7 +436,7 @@ impl<P: MediaPorts> CallFlow<P> {
                 self.reply(now, txn, &Refusal::status(200));
                 if let Ok(call_id) = request.message().call_id() {
                     let call_id = call_id.to_owned();
-                    self.finish(now, &call_id, HangupBy::Caller);
+                    self.finish(now, &call_id, Ending::caller("caller_bye", 200));
                 }
             }
             Event::Info { txn, .. } => {
@@ -437,7 +496,7 @@ impl<P: MediaPorts> CallFlow<P> {
                             call.dialog = Some(dialog);
                         }
                         self.send_bye(now, &call_id, &Hangup::NoAck);
-                        self.finish(now, &call_id, HangupBy::Gateway);
+                        self.finish(now, &call_id, Ending::ours(&Hangup::NoAck, 200));
                     }
                     None => self.endpoint.remove_dialog(dialog),
                 }

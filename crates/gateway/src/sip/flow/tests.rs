@@ -92,6 +92,7 @@ fn routing_with(paused: bool, digest: bool, encryption: MediaEncryption) -> Arc<
             DeploymentStatus::Active
         },
         inbound_config: None,
+        webhook_config: None,
         created_by: "ops".into(),
         created_at: "2026-01-01T00:00:00Z".into(),
         updated_by: "ops".into(),
@@ -140,6 +141,33 @@ struct Log {
     uac_byes: usize,
     /// The Reason header of each BYE the gateway sent, with when it arrived.
     gateway_byes: Vec<(Instant, String)>,
+    /// The flow's call events, in order.
+    events: Vec<crate::events::Event>,
+}
+
+/// (event name, hangup_by, reason, sip_status) of one event.
+type Outcome<'a> = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'a str>,
+    Option<u16>,
+);
+
+impl Log {
+    /// The outcome of every event, in order.
+    fn outcomes(&self) -> Vec<Outcome<'_>> {
+        self.events
+            .iter()
+            .map(|e| {
+                (
+                    e.kind.as_str(),
+                    e.hangup_by.map(|h| h.as_str()),
+                    e.reason.as_deref(),
+                    e.sip_status,
+                )
+            })
+            .collect()
+    }
 }
 
 struct Sim {
@@ -244,6 +272,7 @@ impl Sim {
                 },
                 Output::CallEnded { call_id, .. } => self.log.ended.push(call_id),
                 Output::Offence { offence, .. } => self.log.offences.push(offence),
+                Output::Event(event) => self.log.events.push(*event),
             }
         }
     }
@@ -395,6 +424,23 @@ fn a_routed_call_rings_answers_when_the_agent_is_up_and_ends_with_bye() {
     assert_eq!(sim.log.task_events_ended, 1);
     assert_eq!(sim.flow.call_count(), 0);
     assert_eq!(sim.flow.transaction_count(), 0, "every transaction drained");
+    assert_eq!(
+        sim.log.outcomes(),
+        [
+            ("call.offered", None, None, None),
+            ("call.answered", None, None, None),
+            ("call.ended", Some("caller"), Some("caller_bye"), Some(200)),
+        ]
+    );
+    let ended = &sim.log.events[2];
+    assert_eq!(ended.call_sid, sim.log.events[0].call_sid);
+    assert!(ended
+        .call_sid
+        .as_deref()
+        .is_some_and(|s| s.starts_with("CA")));
+    assert_eq!(ended.deployment_id, "dep-1");
+    assert_eq!(ended.to.as_deref(), Some(CALLED));
+    assert_eq!(ended.duration_secs(), 5, "answer to BYE");
     assert!(
         sim.log.uac_responses[0].contains("Contact: <sip:switchboard@192.0.2.9:5060"),
         "{}",
@@ -439,6 +485,7 @@ fn an_unknown_number_is_refused_statelessly_with_its_cause() {
     assert!(response.contains("Reason: Q.850;cause=1;"), "{response}");
     assert!(response.contains("Warning: 399 switchboard"), "{response}");
     assert!(sim.log.started.is_empty());
+    assert!(sim.log.events.is_empty(), "no deployment, no event");
 }
 
 #[test]
@@ -463,6 +510,11 @@ fn a_paused_deployment_is_480_subscriber_absent() {
     sim.run_call(5.0, None);
     assert_eq!(sim.log.uac_statuses, [480]);
     assert!(sim.log.uac_responses[0].contains("Reason: Q.850;cause=20;"));
+    assert_eq!(
+        sim.log.outcomes(),
+        [("call.rejected", None, Some("paused"), Some(480))]
+    );
+    assert_eq!(sim.log.events[0].deployment_id, "dep-1");
 }
 
 #[test]
@@ -489,10 +541,22 @@ fn an_unreachable_agent_turns_the_ringing_call_into_a_503_with_retry_after() {
         0,
         "the 503's ACK ended its transaction"
     );
-    // Counted as ended by the agent side, never answered (no duration).
+    // Counted as ended by the gateway (it refused the call), never answered (no duration).
     let call = &sim.flow.metrics.call;
-    assert_eq!(call.ended.with_label_values(&["agent"]).get(), 1);
+    assert_eq!(call.ended.with_label_values(&["gateway"]).get(), 1);
     assert_eq!(call.duration_seconds.get_sample_count(), 0);
+    assert_eq!(
+        sim.log.outcomes(),
+        [
+            ("call.offered", None, None, None),
+            (
+                "call.rejected",
+                Some("gateway"),
+                Some("agent_unreachable"),
+                Some(503)
+            ),
+        ]
+    );
 }
 
 #[test]
@@ -515,6 +579,18 @@ fn cancel_while_ringing_is_487_and_ends_the_call() {
     assert_eq!(sim.log.ended.len(), 1);
     assert_eq!(sim.log.task_events_ended, 1, "the call task is told");
     assert_eq!(sim.flow.transaction_count(), 0);
+    assert_eq!(
+        sim.log.outcomes(),
+        [
+            ("call.offered", None, None, None),
+            (
+                "call.ended",
+                Some("caller"),
+                Some("caller_cancel"),
+                Some(487)
+            ),
+        ]
+    );
 }
 
 #[test]
@@ -569,6 +645,14 @@ fn our_hang_up_before_the_ack_waits_for_it_then_sends_bye_with_reason() {
     assert_eq!(sim.log.ended.len(), 1);
     assert_eq!(sim.log.confirmed, 0, "media never started");
     assert_eq!(sim.flow.transaction_count(), 0);
+    assert_eq!(
+        sim.log.outcomes(),
+        [
+            ("call.offered", None, None, None),
+            ("call.answered", None, None, None),
+            ("call.ended", Some("agent"), Some("agent_closed"), Some(200)),
+        ]
+    );
 }
 
 #[test]
