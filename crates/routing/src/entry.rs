@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::model::{AppVersion, CohortMember, Deployment, RuntimeStatus, Scope};
-use crate::persist::ShardedMap;
+use crate::cohort::CohortTable;
+use crate::model::{AppVersion, Deployment, RuntimeStatus, Scope};
 use crate::schedule::Schedule;
 use crate::split::{CompiledSplit, ReadyBranches};
 
@@ -31,8 +31,8 @@ pub(crate) struct DeploymentEntry {
     pub(crate) connections: Arc<[ConnectionRef]>,
     /// Sorted keys of this deployment's numbers (to unlink them on change).
     pub(crate) numbers: Arc<[u64]>,
-    /// Caller key → cohort row (`None` only in empty table slots).
-    pub(crate) cohort: ShardedMap<Option<Arc<CohortMember>>>,
+    /// Caller key → compact cohort row.
+    pub(crate) cohort: CohortTable,
     /// `channel_direction` allows inbound calls (copied out of `record`: the lookup reads
     /// only this entry, not the record behind another pointer).
     pub(crate) takes_inbound: bool,

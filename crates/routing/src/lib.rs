@@ -67,6 +67,7 @@ pub mod number;
 pub mod schedule;
 pub mod split;
 
+mod cohort;
 mod decision;
 mod entry;
 mod error;

@@ -56,6 +56,7 @@ fn table_slots_for(entries: usize) -> usize {
 
 impl<V: Clone + Default> ShardedMap<V> {
     /// An empty map of `2^bits` shards.
+    #[cfg(test)]
     pub(crate) fn new(bits: u32) -> Self {
         let empty: Table<V> = Arc::from(Vec::new());
         Self {
@@ -189,10 +190,7 @@ impl<V: Clone + Default> ShardedMap<V> {
         self.len
     }
 
-    pub(crate) fn bits(&self) -> u32 {
-        self.bits
-    }
-
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
         self.shards.iter().flat_map(|shard| {
             shard
