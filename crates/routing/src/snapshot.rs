@@ -304,7 +304,7 @@ impl RoutingSnapshot {
                 rejected.app_version = Some(version);
                 return RouteDecision::Reject(rejected);
             }
-            Some(index) if app.versions[index].status != RuntimeStatus::Ready => {
+            Some(index) if !app.index[index].1 => {
                 let runtime = &app.versions[index];
                 let mut rejected = reject(RejectReason::RuntimeNotReady, Some(entry));
                 rejected.app_version = Some(version);
