@@ -59,14 +59,11 @@ pub(crate) struct AppSplit {
 
 impl AppEntry {
     pub(crate) fn version_index(&self, version: u32) -> Option<usize> {
-        self.index
-            .binary_search_by_key(&version, |&(v, _)| v)
-            .ok()
+        self.index.binary_search_by_key(&version, |&(v, _)| v).ok()
     }
 
     pub(crate) fn is_ready(&self, version: u32) -> bool {
-        self.version_index(version)
-            .is_some_and(|i| self.index[i].1)
+        self.version_index(version).is_some_and(|i| self.index[i].1)
     }
 
     /// Call after every change to `versions` or `split`: rebuilds the inline index and the
