@@ -6,7 +6,7 @@ use super::*;
 
 /// The batch queue into the writer task, and the task (which returns the first store error).
 pub(super) type Writer = (
-    mpsc::Sender<Vec<CohortMember>>,
+    mpsc::Sender<(Vec<CohortMember>, Cohort)>,
     JoinHandle<Result<(), ApiError>>,
 );
 
@@ -145,7 +145,7 @@ impl Ingest {
         let Some((tx, _)) = &self.writer else {
             return Ok(());
         };
-        if tx.send(batch).await.is_err() {
+        if tx.send((batch, self.cohort.clone())).await.is_err() {
             // The writer stopped on an error: collect it.
             if let Some((_, handle)) = self.writer.take() {
                 if let Ok(Err(e)) = handle.await {
@@ -172,32 +172,63 @@ impl Ingest {
     }
 }
 
-/// The writer task: commit each batch, then apply it to the routing table.
+/// The writer task: commit each batch together with the cohort's counts as of that batch (so
+/// `GET …/cohorts/{id}` shows progress while the upload streams), then apply the rows to the
+/// routing table.
+///
+/// Routing is applied in growing steps ([`routing_step`]): each apply copies the cohort shards
+/// the rows touch, so applying every 10k-row batch of a 10M-row upload would copy the whole
+/// cohort a thousand times. Rows already committed but not yet applied are applied when the
+/// upload ends, however it ends.
 pub(super) async fn write_batches(
     state: AppState,
     scope: Scope,
     deployment_id: String,
-    mut rx: mpsc::Receiver<Vec<CohortMember>>,
+    mut rx: mpsc::Receiver<(Vec<CohortMember>, Cohort)>,
 ) -> Result<(), ApiError> {
-    while let Some(batch) = rx.recv().await {
+    let mut pending: Vec<CohortMember> = Vec::new();
+    let mut applied = 0usize;
+    let apply = |rows: Vec<CohortMember>| {
+        Change::UpsertCohortMembers(scope.clone(), deployment_id.clone(), rows)
+    };
+    let mut outcome = Ok(());
+    while let Some((batch, progress)) = rx.recv().await {
         let _write = state.write_lock().await;
-        state
-            .store
-            .insert_cohort_members(&scope, &deployment_id, &batch)
-            .await?;
-        let rows = batch.len() as u64;
-        state
-            .apply(&[Change::UpsertCohortMembers(
-                scope.clone(),
-                deployment_id.clone(),
-                batch,
-            )])
-            .await;
+        let committed = async {
+            state
+                .store
+                .insert_cohort_members(&scope, &deployment_id, &batch)
+                .await?;
+            state.store.put_cohort(&scope, &progress).await
+        }
+        .await;
+        if let Err(e) = committed {
+            outcome = Err(e.into());
+            break;
+        }
         state
             .metrics
             .cohort_rows
             .with_label_values(&["valid"])
-            .inc_by(rows);
+            .inc_by(batch.len() as u64);
+        pending.extend(batch);
+        if pending.len() >= routing_step(applied) {
+            applied += pending.len();
+            state.apply(&[apply(std::mem::take(&mut pending))]).await;
+        }
     }
-    Ok(())
+    if !pending.is_empty() {
+        let _write = state.write_lock().await;
+        state.apply(&[apply(pending)]).await;
+    }
+    outcome
+}
+
+/// Rows to collect before the next routing apply, given the rows applied so far: a batch at
+/// first (small uploads are live batch by batch), then a quarter of what is applied (the total
+/// copying stays a small multiple of the cohort), capped so the rows waiting stay a few
+/// hundred MB at most.
+pub(super) fn routing_step(applied: usize) -> usize {
+    const MAX_PENDING_ROWS: usize = 250_000;
+    (applied / 4).clamp(BATCH_ROWS, MAX_PENDING_ROWS)
 }

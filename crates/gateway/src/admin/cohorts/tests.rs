@@ -80,3 +80,26 @@ fn without_a_mapping_the_header_names_the_fields() {
         Some("gold")
     );
 }
+
+#[test]
+fn routing_applies_grow_with_the_cohort_but_stay_bounded() {
+    use super::ingest::routing_step;
+    assert_eq!(
+        routing_step(0),
+        BATCH_ROWS,
+        "small uploads go live batch by batch"
+    );
+    assert_eq!(routing_step(400_000), 100_000);
+    assert_eq!(
+        routing_step(10_000_000),
+        250_000,
+        "rows waiting stay bounded"
+    );
+    // A 10M-row upload: far fewer applies than its thousand batches.
+    let (mut applied, mut applies) = (0usize, 0);
+    while applied < 10_000_000 {
+        applied += routing_step(applied);
+        applies += 1;
+    }
+    assert!(applies < 100, "{applies} applies");
+}
