@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::model::{AppOverrides, CohortMember};
 use crate::number::E164;
+use crate::persist::probe;
 
 /// Target rows per shard: a shard (table + arena) stays around 64 KiB, cheap to copy when an
 /// upload batch touches it.
@@ -75,15 +76,6 @@ impl fmt::Debug for CohortShard {
     }
 }
 
-/// splitmix64's finaliser (independent of the bits that picked the shard).
-#[inline]
-fn slot_hash(key: u64) -> usize {
-    let mut z = key;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as usize
-}
-
 fn slots_for(rows: usize) -> usize {
     (rows * MAX_LOAD_DENOMINATOR / MAX_LOAD_NUMERATOR + 1)
         .next_power_of_two()
@@ -101,26 +93,12 @@ impl CohortShard {
         }
     }
 
-    /// Slot of `key`: `Ok` if present, `Err(first empty slot)` if not (table non-empty).
-    #[inline]
-    fn probe(slots: &[(u64, u32)], key: u64) -> Result<usize, usize> {
-        let mask = slots.len() - 1;
-        let mut index = slot_hash(key) & mask;
-        loop {
-            match slots[index].0 {
-                k if k == key => return Ok(index),
-                EMPTY => return Err(index),
-                _ => index = (index + 1) & mask,
-            }
-        }
-    }
-
     #[inline]
     fn find(&self, key: u64) -> Option<u32> {
         if self.slots.is_empty() || key == EMPTY {
             return None;
         }
-        Self::probe(&self.slots, key)
+        probe(&self.slots, key)
             .ok()
             .map(|index| self.slots[index].1)
     }
@@ -132,7 +110,7 @@ impl CohortShard {
         }
         let offset = self.arena.len() as u32;
         self.arena.extend_from_slice(row);
-        match Self::probe(&self.slots, key) {
+        match probe(&self.slots, key) {
             Ok(index) => {
                 let old = self.slots[index].1;
                 self.dead += row_len(&self.arena[old as usize..]);
@@ -151,7 +129,7 @@ impl CohortShard {
     fn grow_slots(&mut self, slots: usize) {
         let mut grown = vec![(EMPTY, 0u32); slots].into_boxed_slice();
         for &(key, offset) in self.slots.iter().filter(|(k, _)| *k != EMPTY) {
-            if let Err(index) = Self::probe(&grown, key) {
+            if let Err(index) = probe(&grown, key) {
                 grown[index] = (key, offset);
             }
         }
