@@ -1,8 +1,13 @@
-//! Routing table benchmarks (issue 4): lookup latency at 1M numbers / 10k deployments / 1M
-//! cohort rows, build + swap, one-deployment changes, memory per number, and the worst lookup
-//! latency seen while another thread swaps snapshots.
+//! Routing table benchmarks (issues 4 and 16): lookup latency at 1M numbers / 10k deployments /
+//! 1M cohort rows (three variables each), build + swap, one-deployment changes, memory per
+//! number and per cohort row, and the worst lookup latency seen while another thread swaps.
 //!
 //! `cargo bench -p switchboard-benches --bench routing -- --warm-up-time 1 --measurement-time 3`
+//!
+//! `SWITCHBOARD_BENCH_NUMBERS=10000000` runs the same at 10M numbers (100k deployments);
+//! `SWITCHBOARD_BENCH_COHORT_ROWS` sets the cohort rows (default: as many as numbers). Cohort
+//! rows are applied in per-deployment batches, as uploads do, so their input never sits in
+//! memory all at once.
 //!
 //! Criterion measures the timings; the memory and stall figures are printed as `REPORT` lines
 //! after the criterion groups (a counting global allocator gives live heap bytes).
@@ -28,13 +33,36 @@ use switchboard_routing::{
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-const DEPLOYMENTS: usize = 10_000;
 const NUMBERS_PER_DEPLOYMENT: usize = 100;
-const COHORT_PER_DEPLOYMENT: usize = 100;
 const APPS: usize = 100;
 /// Distinct lookups cycled through by the lookup benchmark: far more than fit in cache
 /// together with their table entries, so most probes miss like real traffic would.
 const LOOKUP_SET: usize = 1 << 16;
+
+/// "1M", "10M": the table size in bench names.
+fn scale_label() -> String {
+    format!("{}M", deployments() * NUMBERS_PER_DEPLOYMENT / 1_000_000)
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Deployments in the table: numbers / 100 (10k at the default 1M numbers).
+fn deployments() -> usize {
+    env_count("SWITCHBOARD_BENCH_NUMBERS", 1_000_000) / NUMBERS_PER_DEPLOYMENT
+}
+
+/// Cohort rows per deployment (100 at the defaults).
+fn cohort_per_deployment() -> usize {
+    env_count(
+        "SWITCHBOARD_BENCH_COHORT_ROWS",
+        deployments() * NUMBERS_PER_DEPLOYMENT,
+    ) / deployments().max(1)
+}
 
 fn scope_of(deployment: usize) -> Scope {
     Scope::new(format!("org-{}", deployment % 50), "main")
@@ -45,7 +73,7 @@ fn called_number(deployment: usize, index: usize) -> String {
 }
 
 fn caller_number(deployment: usize, index: usize) -> String {
-    format!("+9198{:08}", deployment * COHORT_PER_DEPLOYMENT + index)
+    format!("+9198{:08}", deployment * cohort_per_deployment() + index)
 }
 
 /// Three kinds of schedule, all open at [`bench_now`] (so lookups exercise the zone
@@ -109,8 +137,8 @@ fn make_deployment(
     }
 }
 
-fn dataset(with_cohorts: bool) -> RoutingData {
-    let deployments = (0..DEPLOYMENTS)
+fn dataset() -> RoutingData {
+    let records: Vec<(Scope, Deployment)> = (0..deployments())
         .map(|d| {
             let numbers = (0..NUMBERS_PER_DEPLOYMENT).map(|i| called_number(d, i));
             (
@@ -119,7 +147,7 @@ fn dataset(with_cohorts: bool) -> RoutingData {
             )
         })
         .collect();
-    let connections = (0..DEPLOYMENTS.min(50))
+    let connections = (0..deployments().min(50))
         .map(|c| {
             let connection = Connection {
                 connection_id: format!("conn-{c}"),
@@ -163,36 +191,47 @@ fn dataset(with_cohorts: bool) -> RoutingData {
             }
         }
     }
-    let cohort_members = if with_cohorts {
-        (0..DEPLOYMENTS)
-            .flat_map(|d| {
-                (0..COHORT_PER_DEPLOYMENT).map(move |i| {
-                    let member = CohortMember {
-                        phone_number: caller_number(d, i),
-                        user_identifier: format!("user-{d}-{i}"),
-                        app_variables: BTreeMap::from([
-                            ("name".to_string(), format!("Customer {i}")),
-                            ("balance".to_string(), format!("{}", i * 17)),
-                        ]),
-                        app_overrides: AppOverrides::default(),
-                    };
-                    (scope_of(d), format!("dep-{d:05}"), member)
-                })
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     RoutingData {
-        deployments,
+        deployments: records,
         connections,
         app_versions,
         splits,
-        cohort_members,
+        cohort_members: Vec::new(),
         settings: RoutingSettings {
             default_country_code: Some("91".into()),
         },
     }
+}
+
+/// One deployment's cohort rows as an upload batch: a user id and three variables per row.
+fn cohort_batch(d: usize) -> Change {
+    let members = (0..cohort_per_deployment())
+        .map(|i| CohortMember {
+            phone_number: caller_number(d, i),
+            user_identifier: format!("user-{d}-{i}"),
+            app_variables: BTreeMap::from([
+                ("name".to_string(), format!("Customer {i}")),
+                ("balance".to_string(), format!("{}", i * 17)),
+                (
+                    "plan".to_string(),
+                    ["gold", "silver", "basic"][i % 3].to_string(),
+                ),
+            ]),
+            app_overrides: AppOverrides::default(),
+        })
+        .collect();
+    Change::UpsertCohortMembers(scope_of(d), format!("dep-{d:05}"), members)
+}
+
+/// Adds every deployment's cohort, a batch (one `apply`) per 100 deployments.
+fn with_cohorts(snapshot: RoutingSnapshot) -> RoutingSnapshot {
+    let batches: Vec<usize> = (0..deployments()).step_by(100).collect();
+    batches.into_iter().fold(snapshot, |snapshot, first| {
+        let changes: Vec<Change> = (first..(first + 100).min(deployments()))
+            .map(cohort_batch)
+            .collect();
+        snapshot.apply(&changes).expect("valid cohort rows")
+    })
 }
 
 struct Fixture {
@@ -206,8 +245,10 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let data = dataset(true);
-        let snapshot = Arc::new(RoutingSnapshot::build(data.clone()).expect("bench data is valid"));
+        let data = dataset();
+        let snapshot = Arc::new(with_cohorts(
+            RoutingSnapshot::build(data.clone()).expect("bench data is valid"),
+        ));
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
             // xorshift64*: a fixed, dependency-free sequence.
@@ -219,12 +260,15 @@ fn fixture() -> &'static Fixture {
         let lookups = (0..LOOKUP_SET)
             .map(|i| {
                 let r = next();
-                let d = (r % DEPLOYMENTS as u64) as usize;
+                let d = (r % deployments() as u64) as usize;
                 let n = ((r >> 20) % NUMBERS_PER_DEPLOYMENT as u64) as usize;
                 let caller = if (r >> 40) % 5 == 0 {
                     "+14155550100".to_string()
                 } else {
-                    caller_number(d, ((r >> 48) % COHORT_PER_DEPLOYMENT as u64) as usize)
+                    caller_number(
+                        d,
+                        ((r >> 48) % cohort_per_deployment().max(1) as u64) as usize,
+                    )
                 };
                 (
                     called_number(d, n),
@@ -255,7 +299,7 @@ fn bench_lookup(c: &mut Criterion) {
     );
 
     let mut i = 0usize;
-    group.bench_function("route_1M_numbers_random", |b| {
+    group.bench_function(format!("route_{}_numbers_random", scale_label()), |b| {
         b.iter(|| {
             let (called, caller, call_id) = &fx.lookups[i & (LOOKUP_SET - 1)];
             i = i.wrapping_add(1);
@@ -324,21 +368,10 @@ fn bench_lookup(c: &mut Criterion) {
 
 fn bench_build(c: &mut Criterion) {
     let fx = fixture();
-    let numbers_only = RoutingData {
-        cohort_members: Vec::new(),
-        ..fx.data.clone()
-    };
     let mut group = c.benchmark_group("build");
     group.sample_size(10);
     let table = RoutingTable::new((*fx.snapshot).clone());
-    group.bench_function("build_and_swap_1M_numbers", |b| {
-        b.iter_batched(
-            || numbers_only.clone(),
-            |data| table.store(Arc::new(RoutingSnapshot::build(data).expect("valid"))),
-            BatchSize::PerIteration,
-        )
-    });
-    group.bench_function("build_and_swap_1M_numbers_1M_cohort", |b| {
+    group.bench_function(format!("build_and_swap_{}_numbers", scale_label()), |b| {
         b.iter_batched(
             || fx.data.clone(),
             |data| table.store(Arc::new(RoutingSnapshot::build(data).expect("valid"))),
@@ -426,36 +459,32 @@ fn live_heap_bytes() -> i128 {
 /// Live heap held by a snapshot built from consumed input (records the snapshot keeps, such as
 /// the deployments' phone-number strings, count as its memory).
 fn memory_report() {
-    let mut numbers_only_bytes = 0i128;
-    for (label, with_cohorts) in [("numbers only", false), ("numbers + 1M cohort rows", true)] {
-        let before = live_heap_bytes();
-        let data = dataset(with_cohorts);
-        let snapshot = RoutingSnapshot::build(data).expect("valid");
-        let held = live_heap_bytes() - before;
-        let numbers = snapshot.number_count();
-        let members = snapshot.cohort_member_count();
-        println!(
-            "REPORT memory [{label}]: {numbers} numbers, {} deployments, {members} cohort rows: {:.1} MiB live heap = {:.1} bytes/number",
-            snapshot.deployment_count(),
-            held as f64 / (1024.0 * 1024.0),
-            held as f64 / numbers as f64
-        );
-        if with_cohorts {
-            println!(
-                "REPORT memory [cohorts]: {:.1} bytes/cohort row on top of the numbers (a user id and 2 variables per row)",
-                (held - numbers_only_bytes) as f64 / members.max(1) as f64
-            );
-        } else {
-            numbers_only_bytes = held;
-        }
-        let before_change = live_heap_bytes();
-        let next = snapshot.apply(&renumbering_changes()[0]).expect("valid");
-        println!(
-            "REPORT memory [one-deployment change]: the next snapshot adds {:.1} KiB of unshared data",
-            (live_heap_bytes() - before_change) as f64 / 1024.0
-        );
-        drop(next);
-    }
+    let before = live_heap_bytes();
+    let snapshot = RoutingSnapshot::build(dataset()).expect("valid");
+    let numbers_bytes = live_heap_bytes() - before;
+    let numbers = snapshot.number_count();
+    println!(
+        "REPORT memory [numbers only]: {numbers} numbers, {} deployments: {:.1} MiB live heap = {:.1} bytes/number",
+        snapshot.deployment_count(),
+        numbers_bytes as f64 / (1024.0 * 1024.0),
+        numbers_bytes as f64 / numbers as f64
+    );
+    let before_change = live_heap_bytes();
+    let next = snapshot.apply(&renumbering_changes()[0]).expect("valid");
+    println!(
+        "REPORT memory [one-deployment change]: the next snapshot adds {:.1} KiB of unshared data",
+        (live_heap_bytes() - before_change) as f64 / 1024.0
+    );
+    drop(next);
+    let before_cohorts = live_heap_bytes();
+    let snapshot = with_cohorts(snapshot);
+    let cohort_bytes = live_heap_bytes() - before_cohorts;
+    let members = snapshot.cohort_member_count();
+    println!(
+        "REPORT memory [cohorts]: {members} cohort rows (a user id and 3 variables each): {:.1} MiB = {:.1} bytes/cohort row",
+        cohort_bytes as f64 / (1024.0 * 1024.0),
+        cohort_bytes as f64 / members.max(1) as f64
+    );
 }
 
 /// Involuntary context switches of the calling thread (Linux), to tell preemption by other

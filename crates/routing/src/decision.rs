@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use crate::cohort::CohortRow;
 use crate::entry::DeploymentEntry;
 use crate::model::{AppVersion, CohortMember, Deployment, RuntimeStatus, Scope};
 use crate::number::{NumberError, E164};
@@ -68,7 +69,7 @@ pub struct Route {
     pub(crate) runtime: u16,
     pub(crate) connection: u16,
     pub(crate) split: Option<SplitChoice>,
-    pub(crate) cohort: Option<Arc<CohortMember>>,
+    pub(crate) cohort: Option<CohortRow>,
     pub(crate) called: E164,
     pub(crate) caller: Option<E164>,
 }
@@ -121,8 +122,9 @@ impl Route {
 
     /// The caller's cohort row (variables, overrides), if the caller is in this deployment's
     /// cohort. No row means no variables; the call is routed all the same.
+    /// Decoded from the compact row on first use (lookups themselves never allocate).
     pub fn cohort(&self) -> Option<&Arc<CohortMember>> {
-        self.cohort.as_ref()
+        self.cohort.as_ref().map(CohortRow::member)
     }
 
     pub fn called(&self) -> &E164 {
@@ -172,7 +174,7 @@ impl Route {
                 }
             }
         }
-        match (&self.caller, &self.cohort) {
+        match (&self.caller, self.cohort()) {
             (Some(caller), Some(member)) => {
                 let _ = write!(
                     out,
@@ -198,7 +200,7 @@ impl PartialEq for Route {
             && self.runtime() == other.runtime()
             && self.connection_id() == other.connection_id()
             && self.split == other.split
-            && self.cohort.as_deref() == other.cohort.as_deref()
+            && self.cohort().map(|m| &**m) == other.cohort().map(|m| &**m)
             && self.called == other.called
             && self.caller == other.caller
     }

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::model::{AppVersion, CohortMember, Deployment, RuntimeStatus, Scope};
-use crate::persist::ShardedMap;
+use crate::cohort::CohortTable;
+use crate::model::{AppVersion, Deployment, RuntimeStatus, Scope};
 use crate::schedule::Schedule;
 use crate::split::{CompiledSplit, ReadyBranches};
 
@@ -31,8 +31,8 @@ pub(crate) struct DeploymentEntry {
     pub(crate) connections: Arc<[ConnectionRef]>,
     /// Sorted keys of this deployment's numbers (to unlink them on change).
     pub(crate) numbers: Arc<[u64]>,
-    /// Caller key → cohort row (`None` only in empty table slots).
-    pub(crate) cohort: ShardedMap<Option<Arc<CohortMember>>>,
+    /// Caller key → compact cohort row.
+    pub(crate) cohort: CohortTable,
     /// `channel_direction` allows inbound calls (copied out of `record`: the lookup reads
     /// only this entry, not the record behind another pointer).
     pub(crate) takes_inbound: bool,
@@ -44,6 +44,9 @@ pub(crate) struct DeploymentEntry {
 pub(crate) struct AppEntry {
     /// Sorted by version.
     pub(crate) versions: Vec<Arc<AppVersion>>,
+    /// `(version, ready)` per entry of `versions`, inline so that a lookup's binary search and
+    /// status check read one small array instead of following a pointer per version.
+    pub(crate) index: Vec<(u32, bool)>,
     pub(crate) split: Option<AppSplit>,
 }
 
@@ -56,21 +59,21 @@ pub(crate) struct AppSplit {
 
 impl AppEntry {
     pub(crate) fn version_index(&self, version: u32) -> Option<usize> {
-        self.versions
-            .binary_search_by_key(&version, |v| v.version)
-            .ok()
-    }
-
-    fn version(&self, version: u32) -> Option<&Arc<AppVersion>> {
-        self.version_index(version).map(|i| &self.versions[i])
+        self.index.binary_search_by_key(&version, |&(v, _)| v).ok()
     }
 
     pub(crate) fn is_ready(&self, version: u32) -> bool {
-        self.version(version)
-            .is_some_and(|v| v.status == RuntimeStatus::Ready)
+        self.version_index(version).is_some_and(|i| self.index[i].1)
     }
 
+    /// Call after every change to `versions` or `split`: rebuilds the inline index and the
+    /// split's ready branches.
     pub(crate) fn refresh_ready(&mut self) {
+        self.index = self
+            .versions
+            .iter()
+            .map(|v| (v.version, v.status == RuntimeStatus::Ready))
+            .collect();
         if let Some(split) = &self.split {
             let ready = ReadyBranches::new(&split.compiled, |v| self.is_ready(v));
             if let Some(split) = &mut self.split {

@@ -14,6 +14,8 @@
 //! * `decision` — [`RouteDecision`], [`Route`], [`Reject`] and [`RejectReason`] (→ SIP status).
 //! * `entry` — the compiled deployment and app entries that snapshots share and routes point
 //!   into; `snapshot` builds them, `decision` reads them, and neither imports the other back.
+//! * `cohort` — compact cohort rows (integer caller keys, one arena per shard, interned
+//!   variable names), decoded into a `CohortMember` only when a route asks.
 //! * `table` — [`RoutingTable`]: one `ArcSwap<RoutingSnapshot>`.
 //! * `persist`, `sources` — the structurally shared containers and the source-address filter.
 //!
@@ -67,6 +69,7 @@ pub mod number;
 pub mod schedule;
 pub mod split;
 
+mod cohort;
 mod decision;
 mod entry;
 mod error;

@@ -37,11 +37,26 @@ pub(crate) struct ShardedMap<V> {
 /// splitmix64's finaliser: all 64 bits depend on all key bits, so the low bits that pick a slot
 /// are independent of the high bits that picked the shard.
 #[inline]
-fn slot_hash(key: u64) -> usize {
+pub(crate) fn slot_hash(key: u64) -> usize {
     let mut z = key;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (z ^ (z >> 31)) as usize
+}
+
+/// Slot index of `key` in a non-empty power-of-two `table` probed linearly from its hash:
+/// `Ok` if present, `Err(first empty slot)` if not.
+#[inline]
+pub(crate) fn probe<V>(table: &[(u64, V)], key: u64) -> Result<usize, usize> {
+    let mask = table.len() - 1;
+    let mut index = slot_hash(key) & mask;
+    loop {
+        match table[index].0 {
+            k if k == key => return Ok(index),
+            EMPTY => return Err(index),
+            _ => index = (index + 1) & mask,
+        }
+    }
 }
 
 fn table_slots_for(entries: usize) -> usize {
@@ -56,6 +71,7 @@ fn table_slots_for(entries: usize) -> usize {
 
 impl<V: Clone + Default> ShardedMap<V> {
     /// An empty map of `2^bits` shards.
+    #[cfg(test)]
     pub(crate) fn new(bits: u32) -> Self {
         let empty: Table<V> = Arc::from(Vec::new());
         Self {
@@ -97,18 +113,9 @@ impl<V: Clone + Default> ShardedMap<V> {
         }
     }
 
-    /// Slot index of `key` in `table`: `Ok` if present, `Err(first empty slot)` if not.
     #[inline]
     fn probe(table: &[(u64, V)], key: u64) -> Result<usize, usize> {
-        let mask = table.len() - 1;
-        let mut index = slot_hash(key) & mask;
-        loop {
-            match table[index].0 {
-                k if k == key => return Ok(index),
-                EMPTY => return Err(index),
-                _ => index = (index + 1) & mask,
-            }
-        }
+        probe(table, key)
     }
 
     #[inline]
@@ -189,10 +196,7 @@ impl<V: Clone + Default> ShardedMap<V> {
         self.len
     }
 
-    pub(crate) fn bits(&self) -> u32 {
-        self.bits
-    }
-
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
         self.shards.iter().flat_map(|shard| {
             shard

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rpds::{HashTrieMapSync, HashTrieSetSync};
 
+use crate::cohort::CohortTable;
 use crate::decision::{
     Reject, RejectReason, Route, RouteDecision, SplitChoice, RUNTIME_PROVISIONING_RETRY_AFTER_SECS,
 };
@@ -27,15 +28,6 @@ use crate::split::{call_hash, CompiledSplit, ReadyBranches, SPLIT_BUCKETS};
 /// numbers copies ~100 small tables on change (well under a millisecond), and the shard
 /// pointer array (32 KiB) stays in L1/L2 for lookups.
 const NUMBER_SHARD_BITS: u32 = 12;
-
-/// Target cohort rows per cohort shard; a deployment's cohort map gains shards as it grows so
-/// an upload batch copies only the shards it touches.
-const COHORT_ROWS_PER_SHARD: usize = 1024;
-/// Upper bound on cohort shards per deployment (1024 shards ≈ 1M rows at the target size).
-const MAX_COHORT_SHARD_BITS: u32 = 10;
-/// A cohort map is resharded only once it holds this many times its target size, so growth by
-/// upload batches costs amortised O(1) per row.
-const COHORT_RESHARD_FACTOR: usize = 4;
 
 /// Snapshot-wide settings that affect how numbers are read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -312,7 +304,7 @@ impl RoutingSnapshot {
                 rejected.app_version = Some(version);
                 return RouteDecision::Reject(rejected);
             }
-            Some(index) if app.versions[index].status != RuntimeStatus::Ready => {
+            Some(index) if !app.index[index].1 => {
                 let runtime = &app.versions[index];
                 let mut rejected = reject(RejectReason::RuntimeNotReady, Some(entry));
                 rejected.app_version = Some(version);
@@ -324,9 +316,7 @@ impl RoutingSnapshot {
             Some(index) => index as u16,
         };
         let caller = normalize_with(caller, self.country_code).ok();
-        let cohort = caller
-            .and_then(|c| entry.cohort.get(c.key()))
-            .and_then(Option::clone);
+        let cohort = caller.and_then(|c| entry.cohort.get(c.key()));
         RouteDecision::Accept(Route {
             deployment: Arc::clone(entry),
             runtime,
@@ -534,7 +524,7 @@ impl RoutingSnapshot {
                 }
                 previous.cohort.clone()
             }
-            None => ShardedMap::new(0),
+            None => CohortTable::default(),
         };
         for &(number, connection) in &numbers {
             let target = NumberTarget { slot, connection };
@@ -714,48 +704,24 @@ impl RoutingSnapshot {
             .ok_or_else(unknown)?;
         let entry = self.deployments.get(slot).ok_or_else(unknown)?;
         let mut entry = (**entry).clone();
-        let expected = entry.cohort.len() + members.size_hint().0;
-        if expected
-            > (1usize << entry.cohort.bits()) * COHORT_ROWS_PER_SHARD * COHORT_RESHARD_FACTOR
-        {
-            entry.cohort = reshard(&entry.cohort, expected);
-        }
-        for member in members {
-            let number =
-                normalize_with(&member.phone_number, self.country_code).map_err(|reason| {
-                    RoutingError::InDeployment {
-                        deployment_id: deployment_id.to_string(),
-                        source: Box::new(RoutingError::InvalidNumber {
-                            what: "cohort phone number",
-                            number: member.phone_number.clone(),
-                            reason,
-                        }),
-                    }
-                })?;
-            entry.cohort.insert(number.key(), Some(Arc::new(member)));
-        }
-        if entry.cohort.len()
-            > (1usize << entry.cohort.bits()) * COHORT_ROWS_PER_SHARD * COHORT_RESHARD_FACTOR
-        {
-            entry.cohort = reshard(&entry.cohort, entry.cohort.len());
-        }
+        let rows = members
+            .map(|member| {
+                let number =
+                    normalize_with(&member.phone_number, self.country_code).map_err(|reason| {
+                        RoutingError::InDeployment {
+                            deployment_id: deployment_id.to_string(),
+                            source: Box::new(RoutingError::InvalidNumber {
+                                what: "cohort phone number",
+                                number: member.phone_number.clone(),
+                                reason,
+                            }),
+                        }
+                    })?;
+                Ok((number.key(), member))
+            })
+            .collect::<Result<Vec<_>, RoutingError>>()?;
+        entry.cohort.upsert(rows);
         self.deployments.set(slot, Some(Arc::new(entry)));
         Ok(())
     }
-}
-
-/// Rebuilds a cohort map with enough shards for `expected` rows.
-fn reshard(
-    map: &ShardedMap<Option<Arc<CohortMember>>>,
-    expected: usize,
-) -> ShardedMap<Option<Arc<CohortMember>>> {
-    let wanted_shards = (expected / COHORT_ROWS_PER_SHARD)
-        .max(1)
-        .next_power_of_two();
-    let bits = wanted_shards.trailing_zeros().min(MAX_COHORT_SHARD_BITS);
-    let mut resharded = ShardedMap::with_capacity(bits, expected);
-    for (key, member) in map.iter() {
-        resharded.insert(key, member.clone());
-    }
-    resharded
 }
