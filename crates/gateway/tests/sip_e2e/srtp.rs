@@ -174,9 +174,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// A fixture whose daemon trusts the Python agent's test CA, with a deployment of the agent's
 /// trusted `wss://localhost` listener on [`SECURE_NUMBER`].
 async fn secure_fixture(agent: &PyAgent) -> Fixture {
+    secure_fixture_with(agent, Vec::new()).await
+}
+
+/// [`secure_fixture`] with more daemon environment (e.g. the SIP TLS listener's).
+async fn secure_fixture_with(agent: &PyAgent, mut env: Vec<(String, String)>) -> Fixture {
+    env.push(("SWITCHBOARD_MEDIA_AGENT_CA_FILE".into(), agent.ca_file()));
     let fixture = Fixture::start(FixtureOptions {
         daemon: DaemonOptions {
-            env: vec![("SWITCHBOARD_MEDIA_AGENT_CA_FILE".into(), agent.ca_file())],
+            env,
             ..Default::default()
         },
         ..Default::default()
@@ -314,6 +320,59 @@ async fn srtp_caller_reaches_a_wss_agent_bit_exact_and_hears_it_back_encrypted()
         "{report}"
     );
     assert_eq!(report["undecryptable"], 0, "{report}");
+}
+
+/// Issue 11's whole path at once: SIP over TLS from Python's `ssl` module (verifying our
+/// certificate), SRTP media through libsrtp, and a `wss://` agent trusted through
+/// `agent_ca_file`: audio bit-exact both ways and nothing in the clear on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_signalling_with_srtp_media_reaches_a_wss_agent_bit_exact() {
+    let Some(python) = python() else { return };
+    let pki = super::tls::Pki::new().expect("test PKI");
+    let agent = PyAgent::start(&python);
+    let fixture = secure_fixture_with(&agent, pki.sip_env()).await;
+    let target = fixture.daemon.sip_tls.expect("TLS listener");
+    let ca = pki.path("ca.pem").display().to_string();
+
+    let py = python.clone();
+    let (report, sent) = blocking(move || {
+        call_with_audio(
+            &py,
+            target,
+            "tls",
+            &[
+                "--number",
+                SECURE_NUMBER,
+                "--ca",
+                &ca,
+                "--server-name",
+                "localhost",
+            ],
+        )
+    })
+    .await;
+    let log = || tail(&fixture.daemon.log(), 60);
+    assert_eq!(report["status"], 200, "{report}\n{}", log());
+    assert_eq!(report["answer_proto"], "RTP/SAVP", "{report}");
+    assert_eq!(report["bye_status"], 200, "{report}");
+    let back = report["agent_frames_back"].as_array().map(Vec::len);
+    assert_eq!(back, Some(AGENT_FRAMES as usize), "{report}");
+    assert_eq!(report["undecryptable"], 0, "{report}");
+    assert_eq!(report["clear_agent_audio_on_wire"], false, "{report}");
+
+    let events = agent.events_after_stops(1);
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "start")
+        .expect("start");
+    let stream_sid = start["streamSid"].as_str().expect("streamSid");
+    let heard = media_payloads(&events, stream_sid);
+    assert!(
+        !heard.is_empty() && heard == sent,
+        "the wss agent heard {} bytes, the caller sent {}",
+        heard.len(),
+        sent.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
