@@ -38,8 +38,15 @@ fn fresh_postgres() -> Option<String> {
         .status()
         .expect("psql runs");
     assert!(status.success(), "CREATE DATABASE {name} failed");
-    let (base, _) = admin_url.rsplit_once('/').expect("URL names a database");
-    Some(format!("{base}/{name}"))
+    // Keep the query (sslmode, sslrootcert): only the database name changes.
+    let (path, query) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
+    let (base, _) = path.rsplit_once('/').expect("URL names a database");
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    Some(format!("{base}/{name}{query}"))
 }
 
 fn rand_suffix() -> u64 {
