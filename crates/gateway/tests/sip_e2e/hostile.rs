@@ -134,10 +134,18 @@ async fn a_trunk_bursting_thousands_of_invites_to_unknown_numbers_gets_a_404_for
     expect_sipp_ok(&fixture.daemon, burst(10_000)).await;
     let after = rss_kib(pid);
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
+    // SIPp counted a 404 for each of its 12,000 calls (expect_sipp_ok). On a loaded machine
+    // SIPp also retransmits INVITEs whose 404 it has not read yet; each retransmission is
+    // answered again, statelessly, so the count may exceed the calls but never fall short.
+    let not_found = metric(&metrics, "switchboard_sip_responses_total", "code=\"404\"");
+    assert!(
+        not_found >= 12_000.0,
+        "every INVITE answered 404\n{metrics}"
+    );
     assert_eq!(
-        metric(&metrics, "switchboard_sip_responses_total", "code=\"404\""),
-        12_000.0,
-        "every INVITE answered 404 (none 503)\n{metrics}"
+        metric(&metrics, "switchboard_sip_responses_total", "code=\"503\""),
+        0.0,
+        "none shed with 503\n{metrics}"
     );
     assert_eq!(
         metric(&metrics, "switchboard_sip_transactions", ""),

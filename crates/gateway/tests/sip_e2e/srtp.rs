@@ -214,6 +214,28 @@ fn set_media_encryption(admin: Admin, policy: &str) {
     assert_eq!(stored["media_encryption"], policy, "{stored}");
 }
 
+/// The agent's audio came back to the caller: every frame in order, decryptable with the key
+/// in our answer, and none of it in the clear on the wire.
+fn assert_agent_audio_came_back(report: &Value) {
+    let back: Vec<u64> = report["agent_frames_back"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(back, (0..AGENT_FRAMES).collect::<Vec<_>>(), "{report}");
+    assert_eq!(report["undecryptable"], 0, "{report}");
+    assert_eq!(report["clear_agent_audio_on_wire"], false, "{report}");
+}
+
+/// The first call's `start` event.
+fn first_start(events: &[Value]) -> &Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "start")
+        .expect("start")
+}
+
 fn media_payloads(events: &[Value], stream_sid: &str) -> Vec<u8> {
     events
         .iter()
@@ -251,23 +273,12 @@ async fn srtp_caller_reaches_a_wss_agent_bit_exact_and_hears_it_back_encrypted()
     assert_eq!(report["bye_status"], 200, "{report}");
     // The agent's audio came back, every frame in order, decryptable with the answer's key;
     // nothing on the wire was undecryptable or in the clear.
-    let back: Vec<u64> = report["agent_frames_back"]
-        .as_array()
-        .expect("frames")
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
-    assert_eq!(back, (0..AGENT_FRAMES).collect::<Vec<_>>(), "{report}");
-    assert_eq!(report["undecryptable"], 0, "{report}");
-    assert_eq!(report["clear_agent_audio_on_wire"], false, "{report}");
+    assert_agent_audio_came_back(&report);
 
     // The caller's audio reached the agent bit-exact: the replayed and the forged packet
     // were dropped, not delivered.
     let events = agent.events_after_stops(1);
-    let start = events
-        .iter()
-        .find(|e| e["event"] == "start")
-        .expect("start");
+    let start = first_start(&events);
     assert_eq!(
         start["start"]["customParameters"]["to_number"],
         SECURE_NUMBER
@@ -355,16 +366,10 @@ async fn tls_signalling_with_srtp_media_reaches_a_wss_agent_bit_exact() {
     assert_eq!(report["status"], 200, "{report}\n{}", log());
     assert_eq!(report["answer_proto"], "RTP/SAVP", "{report}");
     assert_eq!(report["bye_status"], 200, "{report}");
-    let back = report["agent_frames_back"].as_array().map(Vec::len);
-    assert_eq!(back, Some(AGENT_FRAMES as usize), "{report}");
-    assert_eq!(report["undecryptable"], 0, "{report}");
-    assert_eq!(report["clear_agent_audio_on_wire"], false, "{report}");
+    assert_agent_audio_came_back(&report);
 
     let events = agent.events_after_stops(1);
-    let start = events
-        .iter()
-        .find(|e| e["event"] == "start")
-        .expect("start");
+    let start = first_start(&events);
     let stream_sid = start["streamSid"].as_str().expect("streamSid");
     let heard = media_payloads(&events, stream_sid);
     assert!(
