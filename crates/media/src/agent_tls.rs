@@ -86,6 +86,12 @@ impl AgentTls {
         self.anchors
     }
 
+    /// The rustls client configuration itself, for other HTTPS clients that should trust what
+    /// agents are trusted with (webhook deliveries).
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
+    }
+
     /// The connector for `connect_async_tls_with_config` (ignored for `ws://` URLs).
     pub fn connector(&self) -> Connector {
         Connector::Rustls(Arc::clone(&self.config))

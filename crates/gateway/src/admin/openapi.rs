@@ -320,7 +320,7 @@ fn schemas() -> Value {
                 "updated_by": { "type": "string" }, "updated_at": { "type": "string", "format": "date-time" }
             } },
         "WebhookConfigInput": { "type": "object", "additionalProperties": false, "required": ["url", "secret"], "properties": {
-            "url": { "type": "string", "format": "uri", "description": "http:// receiver (https: behind a TLS-terminating proxy)" },
+            "url": { "type": "string", "format": "uri", "description": "http:// or https:// receiver (certificate verified against the system roots plus media.agent_ca_file)" },
             "secret": { "type": "string", "minLength": 16, "writeOnly": true, "description": "HMAC-SHA256 key for X-Switchboard-Signature; never returned" },
             "events": { "type": "array", "items": { "enum": crate::events::EVENT_NAMES }, "default": ["call.ended"] } } },
         "WebhookConfig": { "type": "object", "properties": {

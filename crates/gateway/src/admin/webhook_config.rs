@@ -2,8 +2,8 @@
 //! shows the secret.
 //!
 //! `{"url": "http://…", "secret": "…", "events": ["call.ended", …]}`: the URL must be
-//! `http` with a host (the delivery client speaks plain HTTP; an https receiver sits behind a
-//! TLS-terminating proxy); the secret is required (at least [`MIN_SECRET_CHARS`]);
+//! `http` or `https` with a host (https receivers are verified against the system roots plus
+//! `[media] agent_ca_file`); the secret is required (at least [`MIN_SECRET_CHARS`]);
 //! `events` defaults to `["call.ended"]` (Sarvam's post-call webhook) and must name known
 //! events. GET answers `{"url", "events", "has_secret": true}`.
 
@@ -43,13 +43,14 @@ pub fn parse(v: &Value, loc: Loc, p: &mut Problems) -> Option<WebhookConfig> {
 
 fn url(u: &str, loc: Loc, p: &mut Problems) -> Option<String> {
     let parsed = u.parse::<http::Uri>().ok().filter(|uri| {
-        uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty())
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
     });
     if u.len() > MAX_URL_CHARS || parsed.is_none() {
         p.push(
             loc,
             "url_parsing",
-            "Input should be a valid http:// URL with a host (https receivers: put a TLS-terminating proxy in front)",
+            "Input should be a valid http:// or https:// URL with a host",
         );
         return None;
     }
@@ -159,7 +160,7 @@ mod tests {
             "http://",
             "/relative",
             "mailto:a@b.c",
-            "https://h/",
+            "ftp://h/",
         ] {
             let found = problems(json!({"url": bad, "secret": "0123456789abcdef"}));
             assert_eq!(

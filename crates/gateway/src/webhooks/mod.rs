@@ -49,6 +49,8 @@ struct Deliverer {
     policy: RetryPolicy,
     timeout: Duration,
     slots: Arc<Semaphore>,
+    /// Verifies `https://` receivers: the same trust as `wss://` agents.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Deliverer {
@@ -134,7 +136,7 @@ impl Deliverer {
             event: &event,
             event_id: &row.event_id,
         };
-        post(attempt, self.timeout).await
+        post(attempt, self.timeout, &self.tls).await
     }
 }
 
@@ -155,6 +157,7 @@ pub fn spawn(state: &AppState, shutdown: CancellationToken, tasks: &TaskTracker)
         },
         timeout: Duration::from_millis(config.timeout_ms),
         slots: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+        tls: state.agent_tls.client_config(),
     });
     tasks.spawn(run(state.clone(), queue, deliverer, shutdown));
 }
