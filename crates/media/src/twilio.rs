@@ -55,6 +55,21 @@ impl StreamIds {
     }
 }
 
+/// The keys [`CustomParameters::for_call`] may set. Keys chosen by users (cohort variables,
+/// SIP headers mapped by a connection) never replace them, even when the call lacks one
+/// (a header cannot pose as `split_variant`).
+pub const RESERVED_PARAMETERS: [&str; 9] = [
+    "from_number",
+    "to_number",
+    "deployment_id",
+    "app_id",
+    "app_version",
+    "split_variant",
+    "user_identifier",
+    "app_variables",
+    "app_overrides",
+];
+
 /// `start.customParameters`: a flat string → string map, serialised in insertion order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CustomParameters {
@@ -81,6 +96,16 @@ impl CustomParameters {
         if self.get(key).is_none() {
             self.entries.push((key.to_owned(), value.to_owned()));
         }
+    }
+
+    /// Sets a user-chosen `key` unless it is reserved ([`RESERVED_PARAMETERS`]) or already
+    /// set; returns whether it was added.
+    pub fn insert_user(&mut self, key: &str, value: &str) -> bool {
+        if RESERVED_PARAMETERS.contains(&key) || self.get(key).is_some() {
+            return false;
+        }
+        self.entries.push((key.to_owned(), value.to_owned()));
+        true
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

@@ -66,6 +66,8 @@ fn routing_with(paused: bool, digest: bool, encryption: MediaEncryption) -> Arc<
         provider: None,
         max_calls_per_second: None,
         media_encryption: encryption,
+        headers_to_parameters: Default::default(),
+        include_headers: Default::default(),
     };
     let version = AppVersion {
         app_id: "agent".into(),
