@@ -19,7 +19,7 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 256;
 pub const HEADER_KEY_PREFIX: &str = "sip.h.";
 
 /// The `(key, value)` pairs `connection` asks for from `invite`: mapped headers first (the
-/// operator named them), then `include_headers` in message order. A header present several
+/// operator named them; in the map's order), then `include_headers` in message order. A header present several
 /// times gives one value, its occurrences joined with `", "` (RFC 3261 §7.3.1).
 pub fn header_parameters(invite: &Message<'_>, connection: &Connection) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -172,8 +172,8 @@ mod tests {
         assert_eq!(
             params("X-Customer-Id: 42\r\nX-Other: no\r\n", &c),
             pairs(&[
-                ("customer_id", "42"),
-                ("from_header", "<sip:+15550001111@carrier>;tag=1")
+                ("from_header", "<sip:+15550001111@carrier>;tag=1"),
+                ("customer_id", "42")
             ])
         );
     }
