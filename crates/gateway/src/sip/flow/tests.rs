@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use switchboard_routing::model::{
     AppVersion, ChannelDirection, Connection, ConnectionConfig, Deployment, DeploymentStatus,
-    DigestCredentials, MediaEncryption, RuntimeStatus, Scope,
+    DigestCredentials, IncludeHeaders, MediaEncryption, RuntimeStatus, Scope,
 };
 use switchboard_routing::{Change, RoutingSettings, RoutingSnapshot, RoutingTable};
 use switchboard_sip::{
@@ -19,7 +19,7 @@ use switchboard_sip::{
 
 use super::super::guard::Offence;
 use super::super::metrics::SipMetrics;
-use super::super::refusal::Hangup;
+use super::super::refusal::{Hangup, TWIML_REQUESTER};
 use super::super::transport::{Inbound, Parsed};
 use super::super::trunk::TrunkAuth;
 use super::{CallEvent, CallFlow, FlowConfig, LocalAddrs, MediaPorts, Now, Output};
@@ -53,9 +53,18 @@ fn routing(paused: bool, digest: bool) -> Arc<RoutingTable> {
 }
 
 fn routing_with(paused: bool, digest: bool, encryption: MediaEncryption) -> Arc<RoutingTable> {
+    routing_trunk(paused, digest, |c| c.media_encryption = encryption)
+}
+
+/// The test line with its trunk changed by `trunk`.
+fn routing_trunk(
+    paused: bool,
+    digest: bool,
+    trunk: impl FnOnce(&mut Connection),
+) -> Arc<RoutingTable> {
     let table = RoutingTable::new(RoutingSnapshot::empty(RoutingSettings::default()).unwrap());
     let scope = Scope::new("org", "ws");
-    let connection = Connection {
+    let mut connection = Connection {
         connection_id: "trunk".into(),
         allowed_addresses: vec!["192.0.2.0/24".parse().unwrap()],
         media_addresses: Vec::new(),
@@ -65,10 +74,11 @@ fn routing_with(paused: bool, digest: bool, encryption: MediaEncryption) -> Arc<
         }),
         provider: None,
         max_calls_per_second: None,
-        media_encryption: encryption,
+        media_encryption: MediaEncryption::Allow,
         headers_to_parameters: Default::default(),
         include_headers: Default::default(),
     };
+    trunk(&mut connection);
     let version = AppVersion {
         app_id: "agent".into(),
         version: 1,
@@ -136,6 +146,8 @@ struct Log {
     uac_statuses: Vec<u16>,
     uac_responses: Vec<String>,
     started: Vec<String>,
+    /// `start.customParameters` of each started call.
+    start_params: Vec<switchboard_media::CustomParameters>,
     confirmed: usize,
     ended: Vec<String>,
     task_events_ended: usize,
@@ -264,6 +276,9 @@ impl Sim {
                     assert_eq!(start.reservation % 2, 0, "RTP ports are even");
                     assert_eq!(start.start.custom_parameters.get("to_number"), Some(CALLED));
                     self.log.started.push(start.call_id.clone());
+                    self.log
+                        .start_params
+                        .push(start.start.custom_parameters.clone());
                     self.agent_up_at
                         .push((self.now + self.agent_delay, start.call_id));
                 }
@@ -340,6 +355,16 @@ impl Sim {
     }
 
     fn invite(&mut self, number: &str, authorization: Option<String>) -> ClientTxnId {
+        self.invite_with(number, authorization, &[])
+    }
+
+    /// An INVITE carrying `extra` headers too.
+    fn invite_with(
+        &mut self,
+        number: &str,
+        authorization: Option<String>,
+        extra: &[(&str, &str)],
+    ) -> ClientTxnId {
         let tag = self.uac.new_tag();
         let call_id = format!("{}@192.0.2.1", self.uac.new_tag());
         let mut b = MessageBuilder::request("INVITE", &format!("sip:{number}@192.0.2.9"))
@@ -352,6 +377,9 @@ impl Sim {
             .header("Contact", "<sip:carrier@192.0.2.1:5060>");
         if let Some(auth) = authorization {
             b = b.header("Authorization", auth);
+        }
+        for (name, value) in extra {
+            b = b.header(name, *value);
         }
         let invite = b.body("application/sdp", OFFER).build().unwrap();
         self.uac
@@ -810,5 +838,55 @@ fn ending_all_calls_hangs_up_at_once_and_keeps_refusing() {
     assert_eq!(
         sim.flow.poll_timeout().is_some(),
         sim.flow.transaction_count() > 0
+    );
+}
+
+#[test]
+fn trunk_headers_reach_the_agent_sanitised_and_never_over_reserved_keys() {
+    let table = routing_trunk(false, false, |c| {
+        c.include_headers = IncludeHeaders::XHeaders;
+        c.headers_to_parameters = [
+            ("X-Customer-Id".to_owned(), "customer_id".to_owned()),
+            // Refused by the admin API; a record that has it still cannot spoof the caller.
+            ("X-Spoof".to_owned(), "from_number".to_owned()),
+        ]
+        .into();
+    });
+    let mut sim = Sim::new(41, 0, table);
+    sim.invite_with(
+        CALLED,
+        None,
+        &[
+            ("X-Customer-Id", "42"),
+            ("X-Spoof", "+15550009999"),
+            ("X-Note", "a\u{7}b"),
+        ],
+    );
+    sim.run_call(2.0, None);
+    let params = &sim.log.start_params[0];
+    assert_eq!(params.get("customer_id"), Some("42"));
+    assert_eq!(params.get("from_number"), Some("+919812345678"));
+    assert_eq!(params.get("sip.h.x-customer-id"), Some("42"));
+    assert_eq!(params.get("sip.h.x-spoof"), Some("+15550009999"));
+    assert_eq!(params.get("sip.h.x-note"), Some("ab"));
+    assert_eq!(params.get("sip.h.from"), None, "x-headers only");
+}
+
+#[test]
+fn a_twiml_hang_up_sends_bye_saying_the_agent_asked_and_ends_as_the_agents() {
+    let (mut sim, _dialog) = answered_call(42);
+    let call_id = sim.log.started[0].clone();
+    let now = sim.time();
+    sim.flow
+        .hang_up(now, &call_id, Hangup::Requested(TWIML_REQUESTER.to_owned()));
+    sim.run_call(6.0, None);
+    assert_eq!(sim.log.gateway_byes.len(), 1, "{:?}", sim.log);
+    assert_eq!(
+        sim.log.gateway_byes[0].1,
+        "Reason: Q.850;cause=16;text=\"hung up by the agent (TwiML <Hangup/>)\""
+    );
+    assert_eq!(
+        sim.log.outcomes().last(),
+        Some(&("call.ended", Some("agent"), Some("twiml_hangup"), Some(200)))
     );
 }
