@@ -492,6 +492,21 @@ mod tests {
     }
 
     #[test]
+    fn user_keys_never_take_a_reserved_key_or_replace_one_already_set() {
+        let mut params = CustomParameters::new();
+        params.insert("from_number", "+15550001111");
+        for reserved in RESERVED_PARAMETERS {
+            assert!(!params.insert_user(reserved, "spoof"), "{reserved}");
+        }
+        assert!(params.insert_user("customer_id", "42"));
+        assert!(!params.insert_user("customer_id", "43"));
+        assert_eq!(params.get("from_number"), Some("+15550001111"));
+        assert_eq!(params.get("split_variant"), None);
+        assert_eq!(params.get("customer_id"), Some("42"));
+        assert_eq!(params.len(), 2);
+    }
+
+    #[test]
     fn connected_and_start_byte_for_byte() {
         let mut out = Outbound::new(ids());
         assert_eq!(
