@@ -159,6 +159,8 @@ fn dataset() -> RoutingData {
                 provider: None,
                 max_calls_per_second: None,
                 media_encryption: Default::default(),
+                headers_to_parameters: Default::default(),
+                include_headers: Default::default(),
             };
             (scope_of(c), connection)
         })

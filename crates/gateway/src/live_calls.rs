@@ -23,6 +23,8 @@ pub const CALL_COMMAND_QUEUE: usize = 4;
 pub enum HangupCause {
     /// `POST …/Calls/{CallSid}.json` with `Status=completed`.
     RestApi,
+    /// The same call update with `Twiml=<Response><Hangup/></Response>`.
+    Twiml,
     /// An operator action or shutdown.
     Admin(String),
 }

@@ -7,6 +7,8 @@
 //! The packet-loss run needs root and iproute2 (`tests/netem.sh`): it re-runs this test binary
 //! inside a private network namespace whose loopback drops 10 % of packets.
 
+#[path = "sip_e2e/control.rs"]
+mod control;
 #[path = "sip_e2e/harness.rs"]
 mod harness;
 #[path = "sip_e2e/hostile.rs"]

@@ -55,6 +55,21 @@ impl StreamIds {
     }
 }
 
+/// The keys [`CustomParameters::for_call`] may set. Keys chosen by users (cohort variables,
+/// SIP headers mapped by a connection) never replace them, even when the call lacks one
+/// (a header cannot pose as `split_variant`).
+pub const RESERVED_PARAMETERS: [&str; 9] = [
+    "from_number",
+    "to_number",
+    "deployment_id",
+    "app_id",
+    "app_version",
+    "split_variant",
+    "user_identifier",
+    "app_variables",
+    "app_overrides",
+];
+
 /// `start.customParameters`: a flat string → string map, serialised in insertion order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CustomParameters {
@@ -81,6 +96,16 @@ impl CustomParameters {
         if self.get(key).is_none() {
             self.entries.push((key.to_owned(), value.to_owned()));
         }
+    }
+
+    /// Sets a user-chosen `key` unless it is reserved ([`RESERVED_PARAMETERS`]) or already
+    /// set; returns whether it was added.
+    pub fn insert_user(&mut self, key: &str, value: &str) -> bool {
+        if RESERVED_PARAMETERS.contains(&key) || self.get(key).is_some() {
+            return false;
+        }
+        self.entries.push((key.to_owned(), value.to_owned()));
+        true
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -464,6 +489,21 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
         assert_ne!(new_sid("MZ"), new_sid("MZ"));
+    }
+
+    #[test]
+    fn user_keys_never_take_a_reserved_key_or_replace_one_already_set() {
+        let mut params = CustomParameters::new();
+        params.insert("from_number", "+15550001111");
+        for reserved in RESERVED_PARAMETERS {
+            assert!(!params.insert_user(reserved, "spoof"), "{reserved}");
+        }
+        assert!(params.insert_user("customer_id", "42"));
+        assert!(!params.insert_user("customer_id", "43"));
+        assert_eq!(params.get("from_number"), Some("+15550001111"));
+        assert_eq!(params.get("split_variant"), None);
+        assert_eq!(params.get("customer_id"), Some("42"));
+        assert_eq!(params.len(), 2);
     }
 
     #[test]

@@ -124,6 +124,50 @@ pub struct Connection {
     /// to `allow` so records stored before the field still load and behave as before.
     #[serde(default)]
     pub media_encryption: MediaEncryption,
+    /// SIP header name -> `start.customParameters` key (`X-Customer-Id` -> `customer_id`).
+    /// Defaults to empty so records stored before the field still load.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_to_parameters: BTreeMap<String, String>,
+    /// Which other INVITE headers reach the agent as `sip.h.<lower-case name>`. Defaults to
+    /// none: a carrier's headers are the caller's data, passed on only when asked for.
+    #[serde(default)]
+    pub include_headers: IncludeHeaders,
+}
+
+/// A connection's `include_headers`: which INVITE headers the agent gets as
+/// `sip.h.<lower-case name>` parameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IncludeHeaders {
+    /// Only the headers named in `headers_to_parameters`.
+    #[default]
+    None,
+    /// Every `X-` header.
+    XHeaders,
+    /// Every header except credentials (`Authorization`, `Proxy-Authorization`).
+    All,
+}
+
+impl IncludeHeaders {
+    /// Every value, as the API spells it.
+    pub const NAMES: [&'static str; 3] = ["none", "x-headers", "all"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncludeHeaders::None => "none",
+            IncludeHeaders::XHeaders => "x-headers",
+            IncludeHeaders::All => "all",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<IncludeHeaders> {
+        match name {
+            "none" => Some(IncludeHeaders::None),
+            "x-headers" => Some(IncludeHeaders::XHeaders),
+            "all" => Some(IncludeHeaders::All),
+            _ => None,
+        }
+    }
 }
 
 /// A connection's media protection policy (`media_encryption`).

@@ -90,6 +90,8 @@ fn connection(id: &str, nets: &[&str]) -> Connection {
         provider: Some("exotel".into()),
         max_calls_per_second: None,
         media_encryption: Default::default(),
+        headers_to_parameters: Default::default(),
+        include_headers: Default::default(),
     }
 }
 

@@ -302,6 +302,8 @@ mod tests {
             old.media_encryption,
             switchboard_routing::model::MediaEncryption::Allow
         );
+        assert!(old.headers_to_parameters.is_empty());
+        assert_eq!(old.include_headers, Default::default());
         assert_eq!(
             old.allowed_addresses,
             vec!["203.0.113.0/24".parse().unwrap()]
@@ -311,6 +313,8 @@ mod tests {
             media_addresses: vec!["198.51.100.0/25".parse().unwrap()],
             max_calls_per_second: Some(20),
             media_encryption: switchboard_routing::model::MediaEncryption::Require,
+            headers_to_parameters: [("X-Customer-Id".to_owned(), "customer_id".to_owned())].into(),
+            include_headers: switchboard_routing::model::IncludeHeaders::XHeaders,
             ..old
         };
         let text = encode(RecordKind::Connection, "trunk", &new).unwrap();

@@ -1,6 +1,7 @@
 //! Connections (trunks): where a carrier's INVITEs may come from and how they authenticate,
 //! (`media_addresses`) which other hosts its RTP may come from (strict RTP), and
-//! (`media_encryption`) whether its media must, may or must not be SRTP.
+//! (`media_encryption`) whether its media must, may or must not be SRTP, and
+//! (`headers_to_parameters`, `include_headers`) which INVITE headers reach the agent.
 //!
 //! `PUT /connections/{id}` creates or replaces; the digest password is write-only (responses
 //! show `"password": "***"`), so listing trunks never exposes credentials.
@@ -34,6 +35,8 @@ pub fn redacted(c: &Connection) -> Value {
         "provider": c.provider,
         "max_calls_per_second": c.max_calls_per_second,
         "media_encryption": c.media_encryption.as_str(),
+        "headers_to_parameters": c.headers_to_parameters,
+        "include_headers": c.include_headers.as_str(),
     })
 }
 
@@ -60,6 +63,8 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
                 "provider",
                 "max_calls_per_second",
                 "media_encryption",
+                "headers_to_parameters",
+                "include_headers",
             ],
             &root,
             &mut p,
@@ -86,12 +91,31 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
         let encryption = optional(map, "media_encryption")
             .filter(|v| !v.is_null())
             .map(|v| validate::media_encryption(v, at(&root, "media_encryption"), &mut p));
-        parsed = Some((addresses, media, digest, provider, max_cps, encryption));
+        let headers = optional(map, "headers_to_parameters")
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                validate::headers_to_parameters(v, at(&root, "headers_to_parameters"), &mut p)
+            });
+        let include = optional(map, "include_headers")
+            .filter(|v| !v.is_null())
+            .map(|v| validate::include_headers(v, at(&root, "include_headers"), &mut p));
+        parsed = Some((
+            addresses, media, digest, provider, max_cps, encryption, headers, include,
+        ));
     }
     p.finish()?;
     let (
         Some(connection_id),
-        Some((Some(allowed_addresses), media, digest, provider, max_calls_per_second, encryption)),
+        Some((
+            Some(allowed_addresses),
+            media,
+            digest,
+            provider,
+            max_calls_per_second,
+            encryption,
+            headers,
+            include,
+        )),
     ) = (id, parsed)
     else {
         return Err(ApiError::invalid(root, "missing", "Field required"));
@@ -104,6 +128,8 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
         provider: provider.flatten(),
         max_calls_per_second,
         media_encryption: encryption.flatten().unwrap_or_default(),
+        headers_to_parameters: headers.flatten().unwrap_or_default(),
+        include_headers: include.flatten().unwrap_or_default(),
     };
     let _write = cx.state.write_lock().await;
     cx.state.store.put_connection(&scope, &connection).await?;

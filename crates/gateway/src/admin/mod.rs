@@ -30,6 +30,7 @@ pub mod router;
 pub mod splits;
 pub mod sync;
 pub mod twilio_rest;
+pub mod twiml;
 pub mod validate;
 pub mod webhook_config;
 

@@ -4,6 +4,9 @@
 //! * `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json` with the form body
 //!   `Status=completed` (or `canceled`) ends the call: BYE when answered, a final response
 //!   when still ringing. Answers the call resource as JSON.
+//! * The same update with `Twiml=<Response><Hangup/></Response>` does the same; the BYE's
+//!   Reason and the call's summary line say the agent hung up through TwiML. Other TwiML
+//!   (`<Dial>`, `<Refer>`, malformed documents) gets 400 in Twilio's error shape ([`super::twiml`]).
 //! * `GET` on the same path returns the resource of a live call.
 //!
 //! Authentication is HTTP Basic as Twilio's SDKs send it: the user name is the account SID
@@ -97,15 +100,24 @@ pub async fn handle(state: &AppState, req: Request<RequestBody>) -> Response<Ful
                     )
                 }
             };
-            let status = form
-                .iter()
-                .find(|(k, _)| k == "Status")
-                .map(|(_, v)| v.as_str());
+            let field = |name: &str| {
+                form.iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let status = field("Status");
+            let hang_up = |cause| match call.hangup(cause) {
+                Ok(()) => json_response(StatusCode::OK, &resource(&call, "completed")),
+                Err(_) => not_found(),
+            };
+            if let (None, Some(twiml)) = (status, field("Twiml")) {
+                return match super::twiml::parse(twiml) {
+                    Ok(super::twiml::Instruction::Hangup) => hang_up(HangupCause::Twiml),
+                    Err(e) => error(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+                };
+            }
             match status {
-                Some("completed" | "canceled") => match call.hangup(HangupCause::RestApi) {
-                    Ok(()) => json_response(StatusCode::OK, &resource(&call, "completed")),
-                    Err(_) => not_found(),
-                },
+                Some("completed" | "canceled") => hang_up(HangupCause::RestApi),
                 Some(other) => error(
                     StatusCode::BAD_REQUEST,
                     21218,
@@ -116,7 +128,7 @@ pub async fn handle(state: &AppState, req: Request<RequestBody>) -> Response<Ful
                 None => error(
                     StatusCode::BAD_REQUEST,
                     21218,
-                    "Status is required (Url and Twiml updates are not supported)".to_owned(),
+                    "Status or Twiml is required (Url updates are not supported)".to_owned(),
                 ),
             }
         }

@@ -3,13 +3,16 @@
 //! Every function reports into [`Problems`] and returns `None` for a bad value, so one request
 //! gets one 422 listing everything wrong with it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
+use switchboard_media::RESERVED_PARAMETERS;
 use switchboard_routing::model::{
-    ChannelDirection, ConnectionConfig, InboundConfig, MediaEncryption,
+    ChannelDirection, ConnectionConfig, InboundConfig, IncludeHeaders, MediaEncryption,
 };
 use switchboard_routing::{normalize_number, RoutingError, Schedule};
+
+use crate::sip::agent_headers::{HEADER_KEY_PREFIX, MAX_HEADER_PARAMETERS};
 
 use super::request::{
     array, at, deny_unknown, non_empty_array, object, required, string, Loc, Problems,
@@ -129,6 +132,81 @@ pub fn media_encryption(v: &Value, loc: Loc, p: &mut Problems) -> Option<MediaEn
         );
     }
     parsed
+}
+
+/// A connection's `include_headers`: `"none"`, `"x-headers"` or `"all"`.
+pub fn include_headers(v: &Value, loc: Loc, p: &mut Problems) -> Option<IncludeHeaders> {
+    let parsed = v.as_str().and_then(IncludeHeaders::from_name);
+    if parsed.is_none() {
+        p.push(loc, "enum", "Input should be 'none', 'x-headers' or 'all'");
+    }
+    parsed
+}
+
+/// Longest header name or parameter key in `headers_to_parameters`.
+const MAX_HEADER_KEY_CHARS: usize = 64;
+
+/// A connection's `headers_to_parameters`: at most [`MAX_HEADER_PARAMETERS`] SIP header names
+/// (RFC 3261 tokens) each mapped to a distinct key of letters, digits, `_`, `-` and `.` that is
+/// neither reserved ([`RESERVED_PARAMETERS`]) nor in the `sip.h.` namespace.
+pub fn headers_to_parameters(
+    v: &Value,
+    loc: Loc,
+    p: &mut Problems,
+) -> Option<BTreeMap<String, String>> {
+    let map = object(v, &loc, p)?;
+    if map.len() > MAX_HEADER_PARAMETERS {
+        p.push(
+            loc,
+            "too_long",
+            format!("Object should have at most {MAX_HEADER_PARAMETERS} items"),
+        );
+        return None;
+    }
+    let before = p.len();
+    let mut out = BTreeMap::new();
+    let mut keys = HashSet::new();
+    for (header, key) in map {
+        let item = at(&loc, header.as_str());
+        let token = |c: char| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c);
+        if header.is_empty() || header.len() > MAX_HEADER_KEY_CHARS || !header.chars().all(token) {
+            p.push(
+                item.clone(),
+                "value_error",
+                format!("Value error, {header:?} is not a SIP header name (1-{MAX_HEADER_KEY_CHARS} token characters)"),
+            );
+            continue;
+        }
+        let Some(key) = string(key, item.clone(), p) else {
+            continue;
+        };
+        let key_char = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
+        let why = if key.is_empty()
+            || key.len() > MAX_HEADER_KEY_CHARS
+            || !key.chars().all(key_char)
+        {
+            Some(format!("is not a parameter key (1-{MAX_HEADER_KEY_CHARS} letters, digits, '_', '-' or '.')"))
+        } else if RESERVED_PARAMETERS.contains(&key) || key.starts_with(HEADER_KEY_PREFIX) {
+            Some(format!(
+                "is reserved (the gateway sets it, or it is in the {HEADER_KEY_PREFIX} namespace)"
+            ))
+        } else if !keys.insert(key) {
+            Some("is used by another header".to_owned())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => p.push(
+                item,
+                "value_error",
+                format!("Value error, key {key:?} {why}"),
+            ),
+            None => {
+                out.insert(header.clone(), key.to_owned());
+            }
+        }
+    }
+    (p.len() == before).then_some(out)
 }
 
 /// Seed 000: at least one connection with at least one phone number; numbers normalised to

@@ -21,7 +21,7 @@ use tokio::time::MissedTickBehavior;
 use super::flow::CallEvent;
 use super::metrics::CallMetrics;
 use super::ports::RtpPorts;
-use super::refusal::{Hangup, REST_API_REQUESTER};
+use super::refusal::{Hangup, REST_API_REQUESTER, TWIML_REQUESTER};
 use crate::live_calls::{CallCommand, HangupCause};
 
 /// Events per call from the SIP engine: a handful per call lifetime.
@@ -144,6 +144,7 @@ fn connect_failure_reason(error: &MediaError) -> &'static str {
 fn requested(cause: &HangupCause) -> Hangup {
     match cause {
         HangupCause::RestApi => Hangup::Requested(REST_API_REQUESTER.to_owned()),
+        HangupCause::Twiml => Hangup::Requested(TWIML_REQUESTER.to_owned()),
         HangupCause::Admin(who) => Hangup::Requested(who.clone()),
     }
 }

@@ -10,6 +10,7 @@
 //! - [`rate_limit`]: per-source token buckets applied in the socket readers.
 //! - [`metrics`]: SIP counters on the gateway's Prometheus registry.
 //! - [`identity`]: called and calling numbers of an INVITE.
+//! - [`agent_headers`]: INVITE headers passed to the agent (per connection, bounded).
 //! - [`screen`]: RFC 3261 §8.2 request screening (405/501/483/420/415/406).
 //! - [`trunk`]: source allowlists and digest authentication per connection.
 //! - [`transport`]: UDP/TCP/TLS listeners, readers with rate limiting, non-blocking sends.
@@ -38,6 +39,7 @@
 //! - **Transactions and dialogs** are crates/sip's [`Endpoint`], one per engine, owned by its
 //!   [`flow::CallFlow`].
 
+pub mod agent_headers;
 pub mod call;
 pub mod flow;
 pub mod guard;

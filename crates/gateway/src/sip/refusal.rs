@@ -346,7 +346,9 @@ impl Hangup {
     pub fn hangup_by(&self) -> HangupBy {
         match self {
             Hangup::AgentClosed | Hangup::AgentError(_) => HangupBy::Agent,
-            Hangup::Requested(who) if who == REST_API_REQUESTER => HangupBy::Agent,
+            Hangup::Requested(who) if who == REST_API_REQUESTER || who == TWIML_REQUESTER => {
+                HangupBy::Agent
+            }
             _ => HangupBy::Gateway,
         }
     }
@@ -358,6 +360,7 @@ impl Hangup {
             Hangup::AgentError(_) => "agent_error",
             Hangup::MediaTimeout => "media_timeout",
             Hangup::Requested(who) if who == REST_API_REQUESTER => "rest_api_hangup",
+            Hangup::Requested(who) if who == TWIML_REQUESTER => "twiml_hangup",
             Hangup::Requested(_) => "operator_hangup",
             Hangup::MediaError(_) => "media_error",
             Hangup::NoAck => "no_ack",
@@ -369,6 +372,9 @@ impl Hangup {
 
 /// Who [`Hangup::Requested`] names for the Twilio-compatible REST API.
 pub const REST_API_REQUESTER: &str = "the REST API";
+/// Who [`Hangup::Requested`] names for a call update with `Twiml=<Response><Hangup/></Response>`
+/// (the agent asked, in TwiML): the BYE says `Reason: Q.850;cause=16;text="hung up by …"`.
+pub const TWIML_REQUESTER: &str = "the agent (TwiML <Hangup/>)";
 
 /// Text safe inside a quoted header value: no quotes, backslashes or control characters
 /// (so nothing can end the string or the header), at most 200 characters.

@@ -147,6 +147,8 @@ mod tests {
             provider: None,
             max_calls_per_second: None,
             media_encryption: Default::default(),
+            headers_to_parameters: Default::default(),
+            include_headers: Default::default(),
         }
     }
 

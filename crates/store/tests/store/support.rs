@@ -176,6 +176,8 @@ pub fn connection(id: &str) -> Connection {
         provider: Some("exotel".into()),
         max_calls_per_second: Some(50),
         media_encryption: Default::default(),
+        headers_to_parameters: Default::default(),
+        include_headers: Default::default(),
     }
 }
 

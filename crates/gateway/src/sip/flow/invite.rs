@@ -14,6 +14,7 @@ use switchboard_routing::model::{self, Connection};
 use switchboard_routing::{Route, RouteDecision, RoutingSnapshot};
 use switchboard_sip::{HeaderName, OwnedMessage, ServerTxnId, Transport};
 
+use super::super::agent_headers;
 use super::super::guard::Offence;
 use super::super::identity;
 use super::super::refusal::Refusal;
@@ -40,6 +41,9 @@ struct Admitted {
     connection: Option<Connection>,
     /// The Request-URI is `sips:`.
     secure: bool,
+    /// INVITE headers the trunk passes to the agent (`headers_to_parameters`,
+    /// `include_headers`), already bounded and sanitised.
+    header_parameters: Vec<(String, String)>,
 }
 
 /// Media for an accepted call: our SDP and the reserved ports.
@@ -177,6 +181,9 @@ impl<P: MediaPorts> CallFlow<P> {
             call_id,
             called,
             caller,
+            header_parameters: connection
+                .map(|c| agent_headers::header_parameters(&msg, c))
+                .unwrap_or_default(),
             connection: connection.cloned(),
             secure: request_uri
                 .get(..5)
@@ -304,7 +311,7 @@ impl<P: MediaPorts> CallFlow<P> {
             runtime_url: route.runtime_url().to_owned(),
             start: StartParams {
                 ids,
-                custom_parameters: custom_parameters(route),
+                custom_parameters: custom_parameters(route, &admitted.header_parameters),
             },
             connect_timeout: self.config.agent_connect_timeout,
             bridge: BridgeConfig {
@@ -420,8 +427,9 @@ fn routed_event(kind: EventKind, now: Now, admitted: &Admitted, route: &Route) -
     event
 }
 
-/// `start.customParameters` for a routed call.
-fn custom_parameters(route: &Route) -> CustomParameters {
+/// `start.customParameters` for a routed call: the standard keys, then the trunk's header
+/// parameters (which never replace a reserved or cohort key).
+fn custom_parameters(route: &Route, header_parameters: &[(String, String)]) -> CustomParameters {
     let called = route.called().to_string();
     let caller = route.caller().map(|c| c.to_string()).unwrap_or_default();
     let split_variant = route.split().map(|_| route.app_version().to_string());
@@ -447,7 +455,7 @@ fn custom_parameters(route: &Route) -> CustomParameters {
             .collect()
         })
         .unwrap_or_default();
-    CustomParameters::for_call(&CallInfo {
+    let mut params = CustomParameters::for_call(&CallInfo {
         from_number: &caller,
         to_number: &called,
         deployment_id: route.deployment_id(),
@@ -457,7 +465,11 @@ fn custom_parameters(route: &Route) -> CustomParameters {
         user_identifier: cohort.map(|m| m.user_identifier.as_str()),
         app_variables: &variables,
         app_overrides: &overrides,
-    })
+    });
+    for (key, value) in header_parameters {
+        params.insert_user(key, value);
+    }
+    params
 }
 
 /// The trunk's `media_encryption` as the SDP layer takes it; a call with no known trunk (it

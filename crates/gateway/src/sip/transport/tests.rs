@@ -17,6 +17,8 @@ fn table_trusting(nets: &[&str]) -> Arc<RoutingTable> {
         provider: None,
         max_calls_per_second: None,
         media_encryption: Default::default(),
+        headers_to_parameters: Default::default(),
+        include_headers: Default::default(),
         media_addresses: Vec::new(),
     };
     table

@@ -2,15 +2,6 @@
 
 use super::*;
 
-/// A sim with one answered call (ACKed, media flowing) at t = 2 s.
-fn answered_call(seed: u64) -> (Sim, DialogId) {
-    let mut sim = Sim::new(seed, 0, routing(false, false));
-    sim.invite(CALLED, None);
-    let dialog = sim.run_call(2.0, None).expect("answered");
-    assert_eq!(sim.log.confirmed, 1);
-    (sim, dialog)
-}
-
 /// Sends an out-of-dialog OPTIONS from the trunk (as a dispatcher's probe would).
 fn send_options(sim: &mut Sim) {
     let options = MessageBuilder::request("OPTIONS", "sip:192.0.2.9")

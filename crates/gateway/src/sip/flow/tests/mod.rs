@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use switchboard_routing::model::{
     AppVersion, ChannelDirection, Connection, ConnectionConfig, Deployment, DeploymentStatus,
-    DigestCredentials, MediaEncryption, RuntimeStatus, Scope,
+    DigestCredentials, IncludeHeaders, MediaEncryption, RuntimeStatus, Scope,
 };
 use switchboard_routing::{Change, RoutingSettings, RoutingSnapshot, RoutingTable};
 use switchboard_sip::{
@@ -19,7 +19,7 @@ use switchboard_sip::{
 
 use super::super::guard::Offence;
 use super::super::metrics::SipMetrics;
-use super::super::refusal::Hangup;
+use super::super::refusal::{Hangup, TWIML_REQUESTER};
 use super::super::transport::{Inbound, Parsed};
 use super::super::trunk::TrunkAuth;
 use super::{CallEvent, CallFlow, FlowConfig, LocalAddrs, MediaPorts, Now, Output};
@@ -53,9 +53,18 @@ fn routing(paused: bool, digest: bool) -> Arc<RoutingTable> {
 }
 
 fn routing_with(paused: bool, digest: bool, encryption: MediaEncryption) -> Arc<RoutingTable> {
+    routing_trunk(paused, digest, |c| c.media_encryption = encryption)
+}
+
+/// The test line with its trunk changed by `trunk`.
+fn routing_trunk(
+    paused: bool,
+    digest: bool,
+    trunk: impl FnOnce(&mut Connection),
+) -> Arc<RoutingTable> {
     let table = RoutingTable::new(RoutingSnapshot::empty(RoutingSettings::default()).unwrap());
     let scope = Scope::new("org", "ws");
-    let connection = Connection {
+    let mut connection = Connection {
         connection_id: "trunk".into(),
         allowed_addresses: vec!["192.0.2.0/24".parse().unwrap()],
         media_addresses: Vec::new(),
@@ -65,8 +74,11 @@ fn routing_with(paused: bool, digest: bool, encryption: MediaEncryption) -> Arc<
         }),
         provider: None,
         max_calls_per_second: None,
-        media_encryption: encryption,
+        media_encryption: MediaEncryption::Allow,
+        headers_to_parameters: Default::default(),
+        include_headers: Default::default(),
     };
+    trunk(&mut connection);
     let version = AppVersion {
         app_id: "agent".into(),
         version: 1,
@@ -134,6 +146,8 @@ struct Log {
     uac_statuses: Vec<u16>,
     uac_responses: Vec<String>,
     started: Vec<String>,
+    /// `start.customParameters` of each started call.
+    start_params: Vec<switchboard_media::CustomParameters>,
     confirmed: usize,
     ended: Vec<String>,
     task_events_ended: usize,
@@ -262,6 +276,9 @@ impl Sim {
                     assert_eq!(start.reservation % 2, 0, "RTP ports are even");
                     assert_eq!(start.start.custom_parameters.get("to_number"), Some(CALLED));
                     self.log.started.push(start.call_id.clone());
+                    self.log
+                        .start_params
+                        .push(start.start.custom_parameters.clone());
                     self.agent_up_at
                         .push((self.now + self.agent_delay, start.call_id));
                 }
@@ -338,6 +355,16 @@ impl Sim {
     }
 
     fn invite(&mut self, number: &str, authorization: Option<String>) -> ClientTxnId {
+        self.invite_with(number, authorization, &[])
+    }
+
+    /// An INVITE carrying `extra` headers too.
+    fn invite_with(
+        &mut self,
+        number: &str,
+        authorization: Option<String>,
+        extra: &[(&str, &str)],
+    ) -> ClientTxnId {
         let tag = self.uac.new_tag();
         let call_id = format!("{}@192.0.2.1", self.uac.new_tag());
         let mut b = MessageBuilder::request("INVITE", &format!("sip:{number}@192.0.2.9"))
@@ -350,6 +377,9 @@ impl Sim {
             .header("Contact", "<sip:carrier@192.0.2.1:5060>");
         if let Some(auth) = authorization {
             b = b.header("Authorization", auth);
+        }
+        for (name, value) in extra {
+            b = b.header(name, *value);
         }
         let invite = b.body("application/sdp", OFFER).build().unwrap();
         self.uac
@@ -705,4 +735,14 @@ fn flows_sharing_the_metrics_add_their_transactions_up() {
     assert_eq!(metrics.transactions.get(), 2);
 }
 
+mod control;
 mod drain;
+
+/// A sim with one answered call (ACKed, media flowing) at t = 2 s.
+fn answered_call(seed: u64) -> (Sim, DialogId) {
+    let mut sim = Sim::new(seed, 0, routing(false, false));
+    sim.invite(CALLED, None);
+    let dialog = sim.run_call(2.0, None).expect("answered");
+    assert_eq!(sim.log.confirmed, 1);
+    (sim, dialog)
+}
