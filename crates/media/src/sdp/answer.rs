@@ -157,20 +157,9 @@ impl SdpSession {
             let address = offer.connection_for(media).ok_or_else(|| {
                 MediaError::bad_sdp(0, "audio stream has no c= line at session or media level")
             })?;
-            let null_address = address.is_unspecified();
-            let ours = our_direction(offer.direction_for(media), null_address);
-            chosen = Some((
-                index,
-                NegotiatedMedia {
-                    codec,
-                    payload_type,
-                    telephone_event: media.telephone_event(),
-                    remote_rtp: (!null_address).then(|| SocketAddr::new(address, media.port)),
-                    direction: ours,
-                    remote_ptime_ms: media.ptime,
-                    srtp,
-                },
-            ));
+            let theirs = offer.direction_for(media);
+            let negotiated = negotiated(media, address, theirs, (codec, payload_type), srtp);
+            chosen = Some((index, negotiated));
         }
         let Some((chosen_index, negotiated)) = chosen else {
             return Err(match skipped {
@@ -270,17 +259,14 @@ impl SdpSession {
         let address = answer
             .connection_for(media)
             .ok_or_else(|| MediaError::bad_sdp(0, "answer has no c= line"))?;
-        let null_address = address.is_unspecified();
-        let ours = our_direction(answer.direction_for(media), null_address);
-        Ok(NegotiatedMedia {
-            codec,
-            payload_type,
-            telephone_event: media.telephone_event(),
-            remote_rtp: (!null_address).then(|| SocketAddr::new(address, media.port)),
-            direction: ours,
-            remote_ptime_ms: media.ptime,
+        let theirs = answer.direction_for(media);
+        Ok(negotiated(
+            media,
+            address,
+            theirs,
+            (codec, payload_type),
             srtp,
-        })
+        ))
     }
 
     /// The far end's key from its answer to our `RTP/SAVP` offer: the line with our tag and
@@ -364,6 +350,27 @@ impl SdpSession {
 
 /// Our direction given theirs (RFC 3264 §6.1). A null address (`c=0.0.0.0`, RFC 2543-style
 /// hold) means the far end does not want our media: we may only receive.
+/// What the call uses from the agreed audio stream, for answers we give and answers we read
+/// alike. A null connection address (hold) leaves the remote RTP address unknown.
+fn negotiated(
+    media: &MediaDescription,
+    address: IpAddr,
+    theirs: Direction,
+    (codec, payload_type): (Codec, u8),
+    srtp: Option<SrtpParams>,
+) -> NegotiatedMedia {
+    let null_address = address.is_unspecified();
+    NegotiatedMedia {
+        codec,
+        payload_type,
+        telephone_event: media.telephone_event(),
+        remote_rtp: (!null_address).then(|| SocketAddr::new(address, media.port)),
+        direction: our_direction(theirs, null_address),
+        remote_ptime_ms: media.ptime,
+        srtp,
+    }
+}
+
 fn our_direction(theirs: Direction, null_address: bool) -> Direction {
     let ours = theirs.reversed();
     match (null_address, ours.sends(), ours.receives()) {
