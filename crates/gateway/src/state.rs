@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::admin::auth::Keyring;
 use crate::config::Config;
-use crate::events::{BusLimits, Event, EventBus, EventKind};
+use crate::events::{BusLimits, Delivery, Event, EventBus, EventKind};
 use crate::live_calls::CallHandle;
 use crate::metrics::Metrics;
 
@@ -161,7 +161,19 @@ impl AppState {
                 }
             }
         }
-        self.events.publish(event);
+        self.publish(event);
+    }
+
+    /// Every event goes to the streams; the webhook dispatcher sees only those a deployment's
+    /// webhook subscribes to (checked here, on the snapshot the event was made from, so the
+    /// dispatcher is not woken for the thousands a second nobody posts).
+    fn publish(&self, event: Event) {
+        let delivery = if event.webhook(&self.routing.load()).is_some() {
+            Delivery::StreamsAndWebhook
+        } else {
+            Delivery::StreamsOnly
+        };
+        self.events.publish(event, delivery);
     }
 
     /// `deployment.updated` for a deployment written here or by another gateway.
@@ -193,7 +205,7 @@ impl AppState {
             }
             _ => return,
         };
-        self.events.publish(event);
+        self.publish(event);
     }
 
     fn publish_routing_metrics(&self) {

@@ -140,7 +140,7 @@ fn frame(e: &Published) -> Bytes {
         "id: {}\nevent: {}\ndata: {}\n\n",
         e.id,
         e.event.kind.as_str(),
-        e.json
+        e.json()
     ))
 }
 
@@ -212,7 +212,7 @@ mod tests {
     use prometheus::{IntCounterVec, Opts};
 
     use super::*;
-    use crate::events::{BusLimits, Event, EventBus, EventKind};
+    use crate::events::{BusLimits, Delivery, Event, EventBus, EventKind};
 
     fn bus(subscriber_buffer: usize) -> EventBus {
         let counter =
@@ -265,7 +265,7 @@ mod tests {
         ));
         // Nobody reads `rx`: the preamble fills the channel, then the forwarder waits.
         for _ in 0..100 {
-            bus.publish(event("dep-1"));
+            bus.publish(event("dep-1"), Delivery::StreamsOnly);
         }
         // Bounded wait: a regression hangs here and fails instead.
         tokio::time::timeout(Duration::from_secs(10), task)
@@ -281,7 +281,7 @@ mod tests {
         let bus = bus(2);
         let subscription = bus.subscribe(None);
         for _ in 0..10 {
-            bus.publish(event("dep-1"));
+            bus.publish(event("dep-1"), Delivery::StreamsOnly);
         }
         let (tx, mut rx) = mpsc::channel(64);
         forward(
@@ -300,9 +300,9 @@ mod tests {
     #[tokio::test]
     async fn replay_and_live_events_are_filtered_by_deployment_and_close_ends_the_stream() {
         let bus = bus(16);
-        let first = bus.publish(event("dep-1"));
-        bus.publish(event("dep-2"));
-        bus.publish(event("dep-1"));
+        let first = bus.publish(event("dep-1"), Delivery::StreamsOnly);
+        bus.publish(event("dep-2"), Delivery::StreamsOnly);
+        bus.publish(event("dep-1"), Delivery::StreamsOnly);
         let (tx, mut rx) = mpsc::channel(64);
         let task = tokio::spawn(forward(
             bus.subscribe(Some(first.id - 1)),
@@ -313,8 +313,8 @@ mod tests {
             bus.closing(),
         ));
         tokio::task::yield_now().await;
-        bus.publish(event("dep-2"));
-        let last = bus.publish(event("dep-1"));
+        bus.publish(event("dep-2"), Delivery::StreamsOnly);
+        let last = bus.publish(event("dep-1"), Delivery::StreamsOnly);
         tokio::time::sleep(Duration::from_millis(50)).await;
         bus.close();
         task.await.unwrap();

@@ -2,19 +2,23 @@
 //!
 //! The call flow describes what happened as an [`Event`] (an `Output` of the sans-IO flow);
 //! its SIP engine hands it to [`EventBus::publish`], which never waits: it numbers the event,
-//! renders its JSON once, keeps it in a bounded ring (for `Last-Event-ID` replay), offers it to
-//! every live subscriber through a bounded broadcast channel (a subscriber that falls more than
-//! `[events] subscriber_buffer` events behind is cut off; the call never waits for it) and to
-//! the webhook dispatcher through a bounded queue. Nothing here imports the SIP side.
+//! keeps it in a bounded ring (for `Last-Event-ID` replay), offers it to every live subscriber
+//! through a bounded broadcast channel (a subscriber that falls more than
+//! `[events] subscriber_buffer` events behind is cut off; the call never waits for it) and, when
+//! its deployment has a webhook for it, to the webhook dispatcher through a bounded queue. The
+//! JSON is rendered once, by its first reader: at thousands of refused calls a second, an event
+//! nobody streams or posts costs a few allocations, not a serialisation and a task wake-up.
+//! Nothing here imports the SIP side.
 
 mod payload;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounterVec;
-use switchboard_routing::model::Scope;
+use switchboard_routing::model::{Scope, WebhookConfig};
+use switchboard_routing::RoutingSnapshot;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -130,6 +134,20 @@ impl Event {
         }
     }
 
+    /// The webhook of this event's deployment, if it subscribes to this kind of event: where
+    /// the dispatcher posts it, and whether [`EventBus::publish`] should queue it at all.
+    pub fn webhook<'a>(&self, snapshot: &'a RoutingSnapshot) -> Option<&'a WebhookConfig> {
+        let config = snapshot
+            .deployment(&self.scope, &self.deployment_id)?
+            .webhook_config
+            .as_deref()?;
+        config
+            .events
+            .iter()
+            .any(|e| e == self.kind.as_str())
+            .then_some(config)
+    }
+
     /// Seconds from answer to `at` (0 for a call never answered).
     pub fn duration_secs(&self) -> u64 {
         self.answered_at
@@ -147,8 +165,25 @@ pub struct Published {
     /// `ev_` + 32 hex digits: what webhook receivers deduplicate on (the same on every retry).
     pub event_id: String,
     pub event: Event,
-    /// The payload (the webhook body and the SSE `data:`), rendered once.
-    pub json: String,
+    /// The payload, rendered by its first reader.
+    json: OnceLock<String>,
+}
+
+impl Published {
+    /// The payload (the webhook body and the SSE `data:`), rendered on the first call.
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| to_json(&self.event, &self.event_id))
+    }
+}
+
+/// Whether a published event goes to the webhook dispatcher as well as the streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Ring and live subscribers only: no webhook wants it.
+    StreamsOnly,
+    /// Also queued for the webhook dispatcher.
+    StreamsAndWebhook,
 }
 
 /// Sizes of the bus, from `[events]`.
@@ -225,11 +260,10 @@ impl EventBus {
         self.closing.clone()
     }
 
-    /// Publishes `event`. Never waits: a short lock, a ring push and two non-blocking sends.
-    pub fn publish(&self, event: Event) -> Arc<Published> {
+    /// Publishes `event`. Never waits: a short lock, a ring push and at most two non-blocking
+    /// sends.
+    pub fn publish(&self, event: Event, delivery: Delivery) -> Arc<Published> {
         let event_id = format!("ev_{:032x}", rand::random::<u128>());
-        // Rendered before the lock: the JSON does not carry the stream id.
-        let json = to_json(&event, &event_id);
         let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         let id = ring.next_id;
         ring.next_id += 1;
@@ -237,7 +271,7 @@ impl EventBus {
             id,
             event_id,
             event,
-            json,
+            json: OnceLock::new(),
         });
         if ring.events.len() == self.capacity {
             ring.events.pop_front();
@@ -246,7 +280,9 @@ impl EventBus {
         // Sent under the lock so the ring and the channel agree on the order.
         let _ = self.live.send(Arc::clone(&published));
         drop(ring);
-        if self.webhooks.try_send(Arc::clone(&published)).is_err() {
+        if delivery == Delivery::StreamsAndWebhook
+            && self.webhooks.try_send(Arc::clone(&published)).is_err()
+        {
             self.deliveries.with_label_values(&["dropped"]).inc();
         }
         published

@@ -196,18 +196,12 @@ fn delivery_for(
 ) -> Option<NewDelivery> {
     let event = &published.event;
     let snapshot = state.routing.load();
-    let config = snapshot
-        .deployment(&event.scope, &event.deployment_id)?
-        .webhook_config
-        .as_ref()?;
-    if !config.events.iter().any(|e| e == event.kind.as_str()) {
-        return None;
-    }
+    let config = event.webhook(&snapshot)?;
     Some(NewDelivery {
         event_id: published.event_id.clone(),
         url: config.url.clone(),
         secret: config.secret.clone(),
-        body: published.json.clone(),
+        body: published.json().to_owned(),
         created_ms: unix_ms(event.at),
         next_attempt_ms: lease_until_ms,
     })
