@@ -172,20 +172,13 @@ async fn cancel_while_ringing_is_487_and_frees_the_call() {
     )
     .await;
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
-    assert_eq!(
-        metric(&metrics, "switchboard_sip_responses_total", "code=\"487\""),
-        1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, "switchboard_sip_calls_active", ""),
-        0.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, "switchboard_sip_calls_answered_total", ""),
-        0.0,
-        "{metrics}"
+    expect_metrics(
+        &metrics,
+        &[
+            ("switchboard_sip_responses_total", "code=\"487\"", 1.0),
+            ("switchboard_sip_calls_active", "", 0.0),
+            ("switchboard_sip_calls_answered_total", "", 0.0),
+        ],
     );
 }
 
@@ -246,15 +239,12 @@ async fn digest_protected_trunk_challenges_then_answers() {
         .arg(&request_uri);
     expect_sipp_ok(&fixture.daemon, sipp).await;
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
-    assert_eq!(
-        metric(&metrics, "switchboard_sip_responses_total", "code=\"401\""),
-        1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, "switchboard_sip_calls_answered_total", ""),
-        1.0,
-        "{metrics}"
+    expect_metrics(
+        &metrics,
+        &[
+            ("switchboard_sip_responses_total", "code=\"401\"", 1.0),
+            ("switchboard_sip_calls_answered_total", "", 1.0),
+        ],
     );
 }
 
@@ -307,15 +297,12 @@ async fn agent_too_slow_to_connect_is_503_and_the_call_is_released() {
     )
     .await;
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
-    assert_eq!(
-        metric(&metrics, "switchboard_sip_responses_total", "code=\"180\""),
-        1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, "switchboard_sip_calls_active", ""),
-        0.0,
-        "{metrics}"
+    expect_metrics(
+        &metrics,
+        &[
+            ("switchboard_sip_responses_total", "code=\"180\"", 1.0),
+            ("switchboard_sip_calls_active", "", 0.0),
+        ],
     );
 }
 

@@ -847,3 +847,16 @@ impl Fixture {
         }
     }
 }
+
+/// Asserts each `(name, labels, value)` against the scraped `page` (as [`metric`] reads it),
+/// reporting every mismatch at once with the page.
+pub fn expect_metrics(page: &str, expected: &[(&str, &str, f64)]) {
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter_map(|&(name, labels, want)| {
+            let got = metric(page, name, labels);
+            (got != want).then(|| format!("{name}{{{labels}}} = {got}, expected {want}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}\n{page}", wrong.join("\n"));
+}
