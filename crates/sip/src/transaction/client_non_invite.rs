@@ -156,6 +156,16 @@ mod tests {
 
     use super::*;
 
+    /// A BYE's transaction started at `t0` with the default timers.
+    fn bye(t0: Instant, reliable: bool) -> ClientNonInviteTransaction {
+        ClientNonInviteTransaction::new(
+            t0,
+            TimerConfig::default(),
+            reliable,
+            Bytes::from_static(b"BYE"),
+        )
+    }
+
     fn offsets(
         t0: Instant,
         t: &mut ClientNonInviteTransaction,
@@ -179,12 +189,7 @@ mod tests {
     #[test]
     fn timer_e_backs_off_and_timer_f_gives_up() {
         let t0 = Instant::now();
-        let mut t = ClientNonInviteTransaction::new(
-            t0,
-            TimerConfig::default(),
-            false,
-            Bytes::from_static(b"BYE"),
-        );
+        let mut t = bye(t0, false);
         let (retransmits, timed_out) = offsets(t0, &mut t, t0 + Duration::from_secs(60));
         assert_eq!(
             retransmits,
@@ -197,12 +202,7 @@ mod tests {
     #[test]
     fn proceeding_retransmits_every_t2() {
         let t0 = Instant::now();
-        let mut t = ClientNonInviteTransaction::new(
-            t0,
-            TimerConfig::default(),
-            false,
-            Bytes::from_static(b"BYE"),
-        );
+        let mut t = bye(t0, false);
         assert!(t.on_response(t0 + Duration::from_millis(100), 100));
         assert_eq!(t.state(), ClientNonInviteState::Proceeding);
         let (retransmits, _) = offsets(t0, &mut t, t0 + Duration::from_secs(13));
@@ -212,12 +212,7 @@ mod tests {
     #[test]
     fn final_response_is_delivered_once_and_timer_k_ends_it() {
         let t0 = Instant::now();
-        let mut t = ClientNonInviteTransaction::new(
-            t0,
-            TimerConfig::default(),
-            false,
-            Bytes::from_static(b"BYE"),
-        );
+        let mut t = bye(t0, false);
         let t1 = t0 + Duration::from_millis(30);
         assert!(t.on_response(t1, 200));
         assert!(!t.on_response(t1, 200), "retransmission absorbed");
@@ -231,12 +226,7 @@ mod tests {
     #[test]
     fn reliable_transport_only_has_timer_f_and_no_timer_k() {
         let t0 = Instant::now();
-        let mut t = ClientNonInviteTransaction::new(
-            t0,
-            TimerConfig::default(),
-            true,
-            Bytes::from_static(b"BYE"),
-        );
+        let mut t = bye(t0, true);
         assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(32)));
         assert!(t.on_response(t0, 481));
         assert!(t.is_terminated());
