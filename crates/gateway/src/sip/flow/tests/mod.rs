@@ -77,6 +77,7 @@ fn routing_trunk(
         media_encryption: MediaEncryption::Allow,
         headers_to_parameters: Default::default(),
         include_headers: Default::default(),
+        transfer: Default::default(),
     };
     trunk(&mut connection);
     let version = AppVersion {
