@@ -304,7 +304,10 @@ mod tests {
         );
         assert!(old.headers_to_parameters.is_empty());
         assert_eq!(old.include_headers, Default::default());
-        assert_eq!(old.transfer, switchboard_routing::model::TransferMode::Refer);
+        assert_eq!(
+            old.transfer,
+            switchboard_routing::model::TransferMode::Refer
+        );
         assert_eq!(
             old.allowed_addresses,
             vec!["203.0.113.0/24".parse().unwrap()]

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 use switchboard_media::RESERVED_PARAMETERS;
 use switchboard_routing::model::{
-    ChannelDirection, ConnectionConfig, InboundConfig, IncludeHeaders, MediaEncryption, TransferMode,
+    ChannelDirection, ConnectionConfig, InboundConfig, IncludeHeaders, MediaEncryption,
+    TransferMode,
 };
 use switchboard_routing::{normalize_number, RoutingError, Schedule};
 
