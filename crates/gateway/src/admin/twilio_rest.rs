@@ -125,7 +125,7 @@ pub async fn handle(state: &AppState, req: Request<RequestBody>) -> Response<Ful
                 return match super::twiml::parse(twiml) {
                     Ok(super::twiml::Instruction::Hangup) => hang_up(HangupCause::Twiml),
                     Ok(super::twiml::Instruction::Transfer { target }) => {
-                        transfer(&call, target).await.unwrap_or_else(|| not_found())
+                        transfer(&call, target).await.unwrap_or_else(not_found)
                     }
                     Err(e) => error(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
                 };

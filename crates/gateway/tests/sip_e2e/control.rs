@@ -118,9 +118,9 @@ async fn carrier_headers_reach_the_agent_and_a_twiml_hangup_ends_the_call_with_a
         vec![format!("Authorization: Basic {token}")]
     };
     let admin = fixture.daemon.admin();
-    let [dial, malformed, hangup] = tokio::task::spawn_blocking(move || {
+    let [say, malformed, hangup] = tokio::task::spawn_blocking(move || {
         [
-            "Twiml=%3CResponse%3E%3CDial%3E%2B918000000000%3C%2FDial%3E%3C%2FResponse%3E",
+            "Twiml=%3CResponse%3E%3CSay%3Ehello%3C%2FSay%3E%3C%2FResponse%3E",
             "Twiml=%3CResponse%3E%3CHangup%2F%3E",
             "Twiml=%3CResponse%3E%3CHangup%2F%3E%3C%2FResponse%3E",
         ]
@@ -133,10 +133,10 @@ async fn carrier_headers_reach_the_agent_and_a_twiml_hangup_ends_the_call_with_a
     .await
     .unwrap();
     // Other TwiML is refused in Twilio's error shape, and the call goes on.
-    assert_eq!(dial.status, 400, "{}", dial.body);
-    assert_eq!(dial.json()["code"], 12200, "{}", dial.body);
-    assert_eq!(dial.json()["status"], 400, "{}", dial.body);
-    assert!(dial.body.contains("<Dial>"), "{}", dial.body);
+    assert_eq!(say.status, 400, "{}", say.body);
+    assert_eq!(say.json()["code"], 12200, "{}", say.body);
+    assert_eq!(say.json()["status"], 400, "{}", say.body);
+    assert!(say.body.contains("<Say>"), "{}", say.body);
     assert_eq!(malformed.status, 400, "{}", malformed.body);
     assert_eq!(malformed.json()["code"], 12100, "{}", malformed.body);
     assert_eq!(hangup.status, 200, "{}", hangup.body);

@@ -8,6 +8,9 @@ use switchboard_sip::ServerTxnId;
 use super::*;
 use crate::live_calls::{TransferRefused, TransferTarget};
 
+/// Extra headers of a request the test builds.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 /// What the simulated carrier does with our REFER.
 struct Carrier {
     /// The REFER's final status (0: never answer).
@@ -276,7 +279,7 @@ fn bad_notifies_get_400_and_change_nothing_stray_ones_get_481() {
     transfer(&mut sim, number()).unwrap();
     let mut carrier = Carrier::new(202, &[]);
     run_carrier(&mut sim, dialog, 6.0, &mut carrier);
-    let broken: [(&[(&str, &str)], &[u8]); 3] = [
+    let broken: [(Headers<'_>, &[u8]); 3] = [
         (
             &[("Event", "refer"), ("Subscription-State", "active")],
             b"SIP/2.0 2x0 OK\r\n",
