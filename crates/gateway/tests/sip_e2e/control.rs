@@ -2,30 +2,11 @@
 //! `start.customParameters`, and the agent hangs up with a TwiML `<Hangup/>` call update whose
 //! BYE says why. SIPp is the carrier.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use super::harness::*;
 
 const FORM: &str = "application/x-www-form-urlencoded";
-
-/// The first `start` event the agent receives (within 10 s).
-async fn first_start(agent: &Agent) -> Value {
-    for _ in 0..500 {
-        let start = agent.calls().first().and_then(|c| {
-            c.messages
-                .iter()
-                .find(|m| m["event"] == "start")
-                .map(|m| m["start"].clone())
-        });
-        if let Some(start) = start {
-            return start;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the agent got no start event");
-}
 
 /// `headers_to_parameters` and `include_headers` are validated (every problem at once) and
 /// stored; the stored connection echoes them.
@@ -111,12 +92,7 @@ async fn carrier_headers_reach_the_agent_and_a_twiml_hangup_ends_the_call_with_a
     let call_sid = start["callSid"].as_str().expect("callSid").to_owned();
     let account_sid = start["accountSid"].as_str().expect("accountSid").to_owned();
     let path = format!("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json");
-    let auth = {
-        use base64::Engine as _;
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{API_KEY}"));
-        vec![format!("Authorization: Basic {token}")]
-    };
+    let auth = vec![twilio_basic_auth(&account_sid)];
     let admin = fixture.daemon.admin();
     let [say, malformed, hangup] = tokio::task::spawn_blocking(move || {
         [

@@ -34,23 +34,6 @@ fn twilio_python() -> Option<PathBuf> {
     usable.then_some(python)
 }
 
-/// The agent's first call: its `start` (within 10 s).
-async fn first_start(agent: &Agent) -> Value {
-    for _ in 0..500 {
-        let start = agent.calls().first().and_then(|c| {
-            c.messages
-                .iter()
-                .find(|m| m["event"] == "start")
-                .map(|m| m["start"].clone())
-        });
-        if let Some(start) = start {
-            return start;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the agent got no start event");
-}
-
 /// `(status, sip_status)` of the agent's `transfer` events once `count` arrived (10 s).
 async fn transfer_events(agent: &Agent, count: usize) -> Vec<(String, u64)> {
     let mut seen = Vec::new();
@@ -91,16 +74,13 @@ struct CallUpdate {
 
 impl CallUpdate {
     fn of(start: &Value) -> CallUpdate {
-        use base64::Engine as _;
         let call_sid = start["callSid"].as_str().expect("callSid").to_owned();
         let account_sid = start["accountSid"].as_str().expect("accountSid").to_owned();
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{API_KEY}"));
         CallUpdate {
             path: format!("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json"),
+            auth: vec![twilio_basic_auth(&account_sid)],
             account_sid,
             call_sid,
-            auth: vec![format!("Authorization: Basic {token}")],
         }
     }
 

@@ -440,12 +440,9 @@ impl Sim {
                     continue;
                 }
                 if let Event::Bye { txn, request, .. } = event {
-                    let reason = String::from_utf8_lossy(request.message().as_bytes())
-                        .lines()
-                        .find(|l| l.starts_with("Reason:"))
-                        .unwrap_or("")
-                        .to_owned();
-                    self.log.gateway_byes.push((self.now, reason));
+                    self.log
+                        .gateway_byes
+                        .push((self.now, reason_line(&request)));
                     let ok = self.uac.response(txn, 200).unwrap();
                     self.uac.respond(self.now, txn, ok).unwrap();
                 }
@@ -762,6 +759,15 @@ fn flows_sharing_the_metrics_add_their_transactions_up() {
 mod control;
 mod drain;
 mod transfer;
+
+/// The `Reason:` line of a request ("" without one).
+fn reason_line(request: &switchboard_sip::OwnedMessage) -> String {
+    String::from_utf8_lossy(request.message().as_bytes())
+        .lines()
+        .find(|l| l.starts_with("Reason:"))
+        .unwrap_or("")
+        .to_owned()
+}
 
 /// A sim with one answered call (ACKed, media flowing) at t = 2 s.
 fn answered_call(seed: u64) -> (Sim, DialogId) {

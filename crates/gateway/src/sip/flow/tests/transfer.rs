@@ -110,12 +110,7 @@ fn run_carrier(sim: &mut Sim, dialog: DialogId, until: f64, carrier: &mut Carrie
                         .push(response.message().status().unwrap());
                 }
                 Event::Bye { txn, request, .. } => {
-                    let reason = String::from_utf8_lossy(request.message().as_bytes())
-                        .lines()
-                        .find(|l| l.starts_with("Reason:"))
-                        .unwrap_or("")
-                        .to_owned();
-                    sim.log.gateway_byes.push((sim.now, reason));
+                    sim.log.gateway_byes.push((sim.now, reason_line(&request)));
                     respond(sim, txn, 200);
                 }
                 _ => {}
