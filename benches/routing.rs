@@ -161,6 +161,7 @@ fn dataset() -> RoutingData {
                 media_encryption: Default::default(),
                 headers_to_parameters: Default::default(),
                 include_headers: Default::default(),
+                transfer: Default::default(),
             };
             (scope_of(c), connection)
         })

@@ -3,9 +3,9 @@
 #   tests/run.sh
 # Installs what the suite talks to (SIPp, PostgreSQL, Kamailio for the scale-out test, promtool
 # from Debian's prometheus for the alert rules, iproute2 for the packet-loss run, openssl,
-# Python venvs for SIPVicious, the SRTP caller and wss agent, and the Pipecat check) when
-# missing, starts a throwaway PostgreSQL on loopback, runs every Rust test in the workspace,
-# then the Pipecat compatibility check. Nothing here is mocked.
+# Python venvs for SIPVicious, the SRTP caller and wss agent, Twilio's helper library, and the
+# Pipecat check) when missing, starts a throwaway PostgreSQL on loopback, runs every Rust test in
+# the workspace, then the Pipecat compatibility check. Nothing here is mocked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +46,15 @@ if ! "$srtp_venv/bin/python" -c "import pylibsrtp, websockets" >/dev/null 2>&1; 
     "$srtp_venv/bin/pip" install --quiet pylibsrtp websockets
 fi
 export SRTP_VENV="$srtp_venv"
+
+# The transfer end-to-end test issues the agent's call update with Twilio's own Python helper
+# library (twilio), pointed at switchboard's admin address. Reused between runs.
+twilio_venv="${TWILIO_VENV:-/tmp/twilio-venv}"
+if ! "$twilio_venv/bin/python" -c "import twilio" >/dev/null 2>&1; then
+    python3 -m venv "$twilio_venv"
+    "$twilio_venv/bin/pip" install --quiet twilio
+fi
+export TWILIO_VENV="$twilio_venv"
 
 eval "$(tests/pg.sh start)"
 trap 'tests/pg.sh stop >/dev/null 2>&1 || true' EXIT

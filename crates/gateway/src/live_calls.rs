@@ -2,8 +2,10 @@
 //!
 //! Every answered (or ringing) call registers a [`CallHandle`] in `AppState::calls`, keyed by
 //! its Twilio-style call SID (`CA` + 32 hex digits, the id the agent sees in its `start` event).
-//! The admin API looks calls up there to hang them up (the Twilio-compatible call update) and
-//! to report them; the call task owns the other end of the command channel.
+//! The admin API looks calls up there to hang them up or transfer them (the Twilio-compatible
+//! call update) and to report them; the call task owns the other end of the command channel.
+//! A transfer's answer (started, or why not) comes back from the call flow on a oneshot, so the
+//! REST caller learns at once whether it got 200, 400, 404 or 409.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -11,7 +13,7 @@ use std::time::SystemTime;
 
 use switchboard_routing::model::Scope;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// How many commands may wait for a call task. A call acts on the first hang-up; a few slots
 /// absorb a double click without ever blocking the admin handler.
@@ -30,11 +32,61 @@ pub enum HangupCause {
 }
 
 /// Commands the admin side sends to a live call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum CallCommand {
     /// End the call: BYE if answered, 487/480 to the INVITE if still ringing.
     Hangup(HangupCause),
+    /// Hand the caller to another party (REFER to the carrier); the call flow answers on
+    /// the request's `reply`.
+    Transfer(TransferRequest),
+}
+
+/// Where a transfer goes, validated (see `admin::twiml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTarget {
+    /// An E.164 number (`+` and 2 to 15 digits). The call flow turns it into a `sip:` URI on
+    /// the carrier's side of the call.
+    Number(String),
+    /// A `sip:` or `sips:` URI, as written (checked by crates/sip's URI parser).
+    Uri(String),
+}
+
+impl std::fmt::Display for TransferTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferTarget::Number(n) => f.write_str(n),
+            TransferTarget::Uri(u) => f.write_str(u),
+        }
+    }
+}
+
+/// A transfer asked of a call, with where its answer goes.
+#[derive(Debug)]
+pub struct TransferRequest {
+    pub target: TransferTarget,
+    /// `Ok(())`: the REFER is out and progress goes to the agent's stream.
+    pub reply: oneshot::Sender<Result<(), TransferRefused>>,
+}
+
+/// Why a transfer was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferRefused {
+    /// The call's connection has `transfer = "disabled"`.
+    #[error("transfers are disabled on this call's connection")]
+    Disabled,
+    /// A transfer of this call is still waiting for its outcome.
+    #[error("a transfer of this call is already in progress")]
+    InProgress,
+    /// The call is not answered and confirmed yet (or is being hung up).
+    #[error("the call is not in progress yet")]
+    NotInProgress,
+    /// The call is over.
+    #[error("call has already ended")]
+    Ended,
+    /// The REFER could not be sent (transaction limit, dialog gone).
+    #[error("the REFER could not be sent: {0}")]
+    NotSent(String),
 }
 
 /// The call is already over (its task has ended or is ending); nothing was sent.
@@ -99,6 +151,23 @@ impl CallHandle {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(CallEnded),
         }
+    }
+
+    /// Asks the call to transfer its caller to `target` and waits for the call flow's answer.
+    /// Ends early with [`TransferRefused::Ended`] when the call's task is gone (or drops the
+    /// request because it is ending); the caller bounds the wait.
+    pub async fn transfer(&self, target: TransferTarget) -> Result<(), TransferRefused> {
+        let (reply, answer) = oneshot::channel();
+        match self
+            .commands
+            .try_send(CallCommand::Transfer(TransferRequest { target, reply }))
+        {
+            Ok(()) => {}
+            // Only hang-ups fill the queue: the call is ending.
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(TransferRefused::NotInProgress),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(TransferRefused::Ended),
+        }
+        answer.await.unwrap_or(Err(TransferRefused::Ended))
     }
 
     /// Records the answer time (the first call wins).
@@ -195,13 +264,47 @@ mod tests {
         let (handle, mut rx) = CallHandle::new(details());
         assert!(handle.is_live());
         handle.hangup(HangupCause::RestApi).unwrap();
-        assert_eq!(
+        assert!(matches!(
             rx.recv().await,
             Some(CallCommand::Hangup(HangupCause::RestApi))
-        );
+        ));
         drop(rx);
         assert!(!handle.is_live());
         assert_eq!(handle.hangup(HangupCause::RestApi), Err(CallEnded));
+    }
+
+    #[tokio::test]
+    async fn a_transfer_gets_the_call_flows_answer_or_ended_when_nobody_answers() {
+        let (handle, mut rx) = CallHandle::new(details());
+        let target = TransferTarget::Number("+918000000000".into());
+        let asking = tokio::spawn({
+            let handle = handle.clone();
+            let target = target.clone();
+            async move { handle.transfer(target).await }
+        });
+        match rx.recv().await {
+            Some(CallCommand::Transfer(request)) => {
+                assert_eq!(request.target, target);
+                request
+                    .reply
+                    .send(Err(TransferRefused::InProgress))
+                    .unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(asking.await.unwrap(), Err(TransferRefused::InProgress));
+        // A task that drops the request (it is ending) reads as an ended call.
+        let asking = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.transfer(target).await }
+        });
+        drop(rx.recv().await);
+        assert_eq!(asking.await.unwrap(), Err(TransferRefused::Ended));
+        drop(rx);
+        assert_eq!(
+            handle.transfer(TransferTarget::Uri("sip:a@b".into())).await,
+            Err(TransferRefused::Ended)
+        );
     }
 
     #[test]

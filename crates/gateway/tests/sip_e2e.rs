@@ -2,7 +2,8 @@
 //! a carrier would drive it. Needs `sipp` (Debian package `sip-tester`): without it the tests
 //! print a notice and pass, unless `CI` is set, where they fail.
 //!
-//! The SRTP and `wss://` agent tests (`srtp.rs`) need the Python venv tests/run.sh makes.
+//! The SRTP and `wss://` agent tests (`srtp.rs`) need the Python venv tests/run.sh makes; the
+//! transfer test (`transfer.rs`) uses Twilio's Python library from another (plain HTTP without).
 //!
 //! The packet-loss run needs root and iproute2 (`tests/netem.sh`): it re-runs this test binary
 //! inside a private network namespace whose loopback drops 10 % of packets.
@@ -19,6 +20,8 @@ mod srtp;
 mod tls;
 #[path = "sip_e2e/torture.rs"]
 mod torture;
+#[path = "sip_e2e/transfer.rs"]
+mod transfer;
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::process::Command;

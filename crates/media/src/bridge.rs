@@ -42,7 +42,7 @@ use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
 use crate::sdp::{Codec, NegotiatedMedia};
 use crate::srtp::{SrtpDrop, SrtpStream, Unprotected};
 use crate::strict_rtp::{AllowedSources, SourceGuard, Verdict};
-use crate::twilio::{parse_agent_message, AgentEvent, Outbound, StreamIds};
+use crate::twilio::{parse_agent_message, AgentEvent, Outbound, StreamIds, TransferStatus};
 
 /// One frame of audio: the pacer's period.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
@@ -173,6 +173,18 @@ impl BridgeHandle {
         let _ = self.wake.try_send(());
     }
 
+    /// Tells the agent how its transfer is going (a `transfer` event on the stream). Call it
+    /// before [`BridgeHandle::hangup`] when a transfer completes: the event goes out before
+    /// `stop`. Reports wait in order; a bridge that has ended drops them.
+    pub fn report_transfer(&self, status: TransferStatus, sip_status: u16) {
+        self.control
+            .transfers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((status, sip_status));
+        let _ = self.wake.try_send(());
+    }
+
     /// Resolves when the bridge has ended (its RTP socket is closed by then, so the port
     /// may be reused). Can be awaited from several places.
     pub async fn ended(&self) -> EndReason {
@@ -209,6 +221,8 @@ impl Drop for BridgeHandle {
 struct Control {
     hangup: std::sync::atomic::AtomicBool,
     media: Mutex<Option<NegotiatedMedia>>,
+    /// Transfer progress to report to the agent, oldest first.
+    transfers: Mutex<Vec<(TransferStatus, u16)>>,
 }
 
 /// Starts the bridge task for an answered call. `socket` is the bound RTP socket whose port
@@ -363,11 +377,19 @@ impl Bridge {
                     if let Some(media) = media {
                         self.apply_media(media);
                     }
+                    let transfers = std::mem::take(
+                        &mut *control.transfers.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    for (status, sip_status) in transfers {
+                        self.to_agent.push(self.out.transfer(status, sip_status));
+                    }
+                    // Queued now so a `stop` sent after a completed transfer follows them.
+                    let queued = self.send_pending().await;
                     // A dropped handle (None) hangs up too.
                     if woken.is_none() || control.hangup.load(Ordering::Relaxed) {
                         Err(EndReason::CallerHangup)
                     } else {
-                        Ok(())
+                        queued
                     }
                 }
                 received = self.socket.recv_from(&mut buf) => match received {

@@ -41,4 +41,4 @@ pub use sdp::{
     SrtpParams,
 };
 pub use strict_rtp::{AllowedSources, SourceGuard, Verdict, PROBATION_PACKETS};
-pub use twilio::{CallInfo, CustomParameters, StreamIds, RESERVED_PARAMETERS};
+pub use twilio::{CallInfo, CustomParameters, StreamIds, TransferStatus, RESERVED_PARAMETERS};

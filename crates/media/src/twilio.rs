@@ -274,6 +274,43 @@ struct StopBody<'a> {
     call_sid: &'a str,
 }
 
+/// Where a transfer stands, as the agent's `transfer` event and the `call.transfer` event
+/// name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferStatus {
+    /// The carrier accepted the REFER and the target is being called (sipfrag 1xx).
+    Ringing,
+    /// The target answered (sipfrag 2xx): the caller is theirs, the agent's stream ends.
+    Completed,
+    /// Refused, failed or timed out: the caller stays with the agent.
+    Failed,
+}
+
+impl TransferStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferStatus::Ringing => "ringing",
+            TransferStatus::Completed => "completed",
+            TransferStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Transfer<'a> {
+    event: &'static str,
+    sequence_number: String,
+    stream_sid: &'a str,
+    transfer: TransferBody,
+}
+
+#[derive(Serialize)]
+struct TransferBody {
+    status: &'static str,
+    sip_status: u16,
+}
+
 fn to_json<T: Serialize>(value: &T) -> String {
     // Serialising these plain structs of strings and integers cannot fail.
     serde_json::to_string(value).unwrap_or_default()
@@ -384,6 +421,22 @@ impl Outbound {
             sequence_number,
             stream_sid: &self.ids.stream_sid,
             mark: MarkBody { name },
+        })
+    }
+
+    /// A `transfer` message: how the transfer the agent asked for (REST call update with
+    /// `<Dial>`/`<Refer>`) is going. Not a Twilio message: agents that do not know it ignore it
+    /// as they ignore any unknown event; it carries `sequenceNumber` like every other one.
+    pub fn transfer(&mut self, status: TransferStatus, sip_status: u16) -> String {
+        let sequence_number = self.next_sequence().to_string();
+        to_json(&Transfer {
+            event: "transfer",
+            sequence_number,
+            stream_sid: &self.ids.stream_sid,
+            transfer: TransferBody {
+                status: status.as_str(),
+                sip_status,
+            },
         })
     }
 
@@ -525,6 +578,20 @@ mod tests {
                 r#""mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"#,
                 r#""streamSid":"MZ00000000000000000000000000000003"}"#
             )
+        );
+    }
+
+    #[test]
+    fn transfer_progress_is_numbered_like_every_other_event() {
+        let mut out = Outbound::new(ids());
+        let _ = out.start(&CustomParameters::new());
+        assert_eq!(
+            out.transfer(TransferStatus::Ringing, 100),
+            r#"{"event":"transfer","sequenceNumber":"2","streamSid":"MZ00000000000000000000000000000003","transfer":{"status":"ringing","sip_status":100}}"#
+        );
+        assert_eq!(
+            out.transfer(TransferStatus::Failed, 603),
+            r#"{"event":"transfer","sequenceNumber":"3","streamSid":"MZ00000000000000000000000000000003","transfer":{"status":"failed","sip_status":603}}"#
         );
     }
 

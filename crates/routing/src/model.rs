@@ -132,6 +132,43 @@ pub struct Connection {
     /// none: a carrier's headers are the caller's data, passed on only when asked for.
     #[serde(default)]
     pub include_headers: IncludeHeaders,
+    /// How an agent's transfer (`<Dial>`, `<Refer>` in a call update) reaches this trunk.
+    /// Defaults to `refer` so records stored before the field still load, and because every
+    /// carrier that takes SIP trunks takes in-dialog REFER or answers 405/603, which the
+    /// agent sees as a failed transfer with the caller still connected.
+    #[serde(default)]
+    pub transfer: TransferMode,
+}
+
+/// A connection's `transfer`: whether agents may transfer its callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMode {
+    /// Send the carrier an in-dialog REFER (RFC 3515) and follow its NOTIFYs.
+    #[default]
+    Refer,
+    /// Refuse transfer requests (the call update answers 400).
+    Disabled,
+}
+
+impl TransferMode {
+    /// Every value, as the API spells it.
+    pub const NAMES: [&'static str; 2] = ["refer", "disabled"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferMode::Refer => "refer",
+            TransferMode::Disabled => "disabled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TransferMode> {
+        match name {
+            "refer" => Some(TransferMode::Refer),
+            "disabled" => Some(TransferMode::Disabled),
+            _ => None,
+        }
+    }
 }
 
 /// A connection's `include_headers`: which INVITE headers the agent gets as

@@ -92,6 +92,7 @@ fn connection(id: &str, nets: &[&str]) -> Connection {
         media_encryption: Default::default(),
         headers_to_parameters: Default::default(),
         include_headers: Default::default(),
+        transfer: Default::default(),
     }
 }
 

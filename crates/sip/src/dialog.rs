@@ -231,6 +231,11 @@ impl Dialog {
         self.remote_tag.as_deref()
     }
     /// The peer's Contact URI: the Request-URI of our in-dialog requests.
+    /// Our side's From/To value in this dialog (URI and tag), e.g. for `Referred-By`.
+    pub fn local_party(&self) -> &str {
+        &self.local_party
+    }
+
     pub fn remote_target(&self) -> &str {
         &self.remote_target
     }

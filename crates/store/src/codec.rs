@@ -305,6 +305,10 @@ mod tests {
         assert!(old.headers_to_parameters.is_empty());
         assert_eq!(old.include_headers, Default::default());
         assert_eq!(
+            old.transfer,
+            switchboard_routing::model::TransferMode::Refer
+        );
+        assert_eq!(
             old.allowed_addresses,
             vec!["203.0.113.0/24".parse().unwrap()]
         );
@@ -315,6 +319,7 @@ mod tests {
             media_encryption: switchboard_routing::model::MediaEncryption::Require,
             headers_to_parameters: [("X-Customer-Id".to_owned(), "customer_id".to_owned())].into(),
             include_headers: switchboard_routing::model::IncludeHeaders::XHeaders,
+            transfer: switchboard_routing::model::TransferMode::Disabled,
             ..old
         };
         let text = encode(RecordKind::Connection, "trunk", &new).unwrap();

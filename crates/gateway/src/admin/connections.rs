@@ -1,7 +1,8 @@
 //! Connections (trunks): where a carrier's INVITEs may come from and how they authenticate,
 //! (`media_addresses`) which other hosts its RTP may come from (strict RTP), and
 //! (`media_encryption`) whether its media must, may or must not be SRTP, and
-//! (`headers_to_parameters`, `include_headers`) which INVITE headers reach the agent.
+//! (`headers_to_parameters`, `include_headers`) which INVITE headers reach the agent, and
+//! (`transfer`) whether agents may transfer its callers (REFER) or not.
 //!
 //! `PUT /connections/{id}` creates or replaces; the digest password is write-only (responses
 //! show `"password": "***"`), so listing trunks never exposes credentials.
@@ -37,6 +38,7 @@ pub fn redacted(c: &Connection) -> Value {
         "media_encryption": c.media_encryption.as_str(),
         "headers_to_parameters": c.headers_to_parameters,
         "include_headers": c.include_headers.as_str(),
+        "transfer": c.transfer.as_str(),
     })
 }
 
@@ -65,6 +67,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
                 "media_encryption",
                 "headers_to_parameters",
                 "include_headers",
+                "transfer",
             ],
             &root,
             &mut p,
@@ -99,8 +102,11 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
         let include = optional(map, "include_headers")
             .filter(|v| !v.is_null())
             .map(|v| validate::include_headers(v, at(&root, "include_headers"), &mut p));
+        let transfer = optional(map, "transfer")
+            .filter(|v| !v.is_null())
+            .map(|v| validate::transfer_mode(v, at(&root, "transfer"), &mut p));
         parsed = Some((
-            addresses, media, digest, provider, max_cps, encryption, headers, include,
+            addresses, media, digest, provider, max_cps, encryption, headers, include, transfer,
         ));
     }
     p.finish()?;
@@ -115,6 +121,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
             encryption,
             headers,
             include,
+            transfer,
         )),
     ) = (id, parsed)
     else {
@@ -130,6 +137,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
         media_encryption: encryption.flatten().unwrap_or_default(),
         headers_to_parameters: headers.flatten().unwrap_or_default(),
         include_headers: include.flatten().unwrap_or_default(),
+        transfer: transfer.flatten().unwrap_or_default(),
     };
     let _write = cx.state.write_lock().await;
     cx.state.store.put_connection(&scope, &connection).await?;

@@ -373,7 +373,9 @@ fn schemas() -> Value {
                 "description": "SIP header name -> start.customParameters key; reserved keys and the sip.h. prefix are refused; values are sanitised (control characters removed) and cut to 256 bytes",
                 "example": { "X-Customer-Id": "customer_id" } },
             "include_headers": { "enum": ["none", "x-headers", "all"], "default": "none",
-                "description": "Other INVITE headers passed as sip.h.<lower-case name> (all: except Authorization and Proxy-Authorization); at most 32 header parameters per call" } } },
+                "description": "Other INVITE headers passed as sip.h.<lower-case name> (all: except Authorization and Proxy-Authorization); at most 32 header parameters per call" },
+            "transfer": { "enum": ["refer", "disabled"], "default": "refer",
+                "description": "refer: an agent's <Dial>/<Refer> call update sends the carrier an in-dialog REFER (RFC 3515) and reports its NOTIFY progress on the stream; disabled: such updates get 400 (code 13227)" } } },
         "Connection": { "type": "object", "properties": {
             "connection_id": { "type": "string" }, "allowed_addresses": { "type": "array", "items": { "type": "string" } },
             "media_addresses": { "type": "array", "items": { "type": "string" } },
@@ -381,7 +383,8 @@ fn schemas() -> Value {
             "provider": { "type": ["string", "null"] },
             "media_encryption": { "enum": ["disable", "allow", "require"] },
             "headers_to_parameters": { "type": "object", "additionalProperties": { "type": "string" } },
-            "include_headers": { "enum": ["none", "x-headers", "all"] } } },
+            "include_headers": { "enum": ["none", "x-headers", "all"] },
+            "transfer": { "enum": ["refer", "disabled"] } } },
         "AppVersionPut": { "type": "object", "additionalProperties": false, "required": ["runtime_url"], "properties": {
             "runtime_url": { "type": "string", "description": "ws:// or wss:// URL of the agent runtime" },
             "dialect": { "const": "twilio", "default": "twilio" } } },

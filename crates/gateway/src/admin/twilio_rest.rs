@@ -5,8 +5,16 @@
 //!   `Status=completed` (or `canceled`) ends the call: BYE when answered, a final response
 //!   when still ringing. Answers the call resource as JSON.
 //! * The same update with `Twiml=<Response><Hangup/></Response>` does the same; the BYE's
-//!   Reason and the call's summary line say the agent hung up through TwiML. Other TwiML
-//!   (`<Dial>`, `<Refer>`, malformed documents) gets 400 in Twilio's error shape ([`super::twiml`]).
+//!   Reason and the call's summary line say the agent hung up through TwiML.
+//! * `Twiml=<Response><Dial>+91…</Dial></Response>` (or `<Dial><Number>`, `<Dial><Sip>`,
+//!   `<Refer><Sip>`) transfers the caller: the call flow sends the carrier a REFER and the
+//!   answer is the call resource (200, `in-progress`); progress then reaches the agent as
+//!   `transfer` events on its stream. Refused with Twilio's error shape: 400 for a connection
+//!   with `transfer = "disabled"` (code 13227, Twilio's "Dial: no authorization to call this
+//!   number", the nearest it has to "not allowed here"), 409 while another transfer of the call
+//!   waits for its outcome or the call is not answered yet (21220, "invalid call state"), 503
+//!   when the REFER cannot go out (20503). Other TwiML and malformed documents get 400
+//!   ([`super::twiml`]).
 //! * `GET` on the same path returns the resource of a live call.
 //!
 //! Authentication is HTTP Basic as Twilio's SDKs send it: the user name is the account SID
@@ -25,13 +33,16 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use serde_json::{json, Value};
 
 use super::body_timeout::RequestBody;
-use crate::live_calls::{CallHandle, HangupCause};
+use crate::live_calls::{CallHandle, HangupCause, TransferRefused, TransferTarget};
 use crate::state::AppState;
 
 /// Path prefix of the Twilio REST API version we mimic.
 const PREFIX: &str = "/2010-04-01/Accounts/";
 /// A form with a handful of fields; anything larger is not a call update.
 const MAX_FORM_BYTES: usize = 16 * 1024;
+/// How long a call update waits for the call flow to take a transfer on (it answers within
+/// one SIP engine turn; this only bounds a wedged engine).
+const TRANSFER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Twilio's documentation page for error `code`.
 const MORE_INFO: &str = "https://www.twilio.com/docs/errors/";
 
@@ -113,6 +124,9 @@ pub async fn handle(state: &AppState, req: Request<RequestBody>) -> Response<Ful
             if let (None, Some(twiml)) = (status, field("Twiml")) {
                 return match super::twiml::parse(twiml) {
                     Ok(super::twiml::Instruction::Hangup) => hang_up(HangupCause::Twiml),
+                    Ok(super::twiml::Instruction::Transfer { target }) => {
+                        transfer(&call, target).await.unwrap_or_else(not_found)
+                    }
                     Err(e) => error(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
                 };
             }
@@ -138,6 +152,30 @@ pub async fn handle(state: &AppState, req: Request<RequestBody>) -> Response<Ful
             "Method not allowed".to_owned(),
         ),
     }
+}
+
+/// Asks the call to transfer; `None` when the call has ended (the caller answers 404).
+async fn transfer(call: &CallHandle, target: TransferTarget) -> Option<Response<Full<Bytes>>> {
+    let answer = tokio::time::timeout(TRANSFER_ANSWER_TIMEOUT, call.transfer(target)).await;
+    let refused = match answer {
+        Ok(Ok(())) => {
+            return Some(json_response(
+                StatusCode::OK,
+                &resource(call, "in-progress"),
+            ))
+        }
+        Ok(Err(refused)) => refused,
+        Err(_) => TransferRefused::NotSent("the call did not answer in time".to_owned()),
+    };
+    let (status, code) = match refused {
+        TransferRefused::Ended => return None,
+        TransferRefused::Disabled => (StatusCode::BAD_REQUEST, 13227),
+        TransferRefused::InProgress | TransferRefused::NotInProgress => {
+            (StatusCode::CONFLICT, 21220)
+        }
+        TransferRefused::NotSent(_) => (StatusCode::SERVICE_UNAVAILABLE, 20503),
+    };
+    Some(error(status, code, refused.to_string()))
 }
 
 /// The call resource in Twilio's JSON shape (the fields SDKs read).

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use switchboard_media::RESERVED_PARAMETERS;
 use switchboard_routing::model::{
     ChannelDirection, ConnectionConfig, InboundConfig, IncludeHeaders, MediaEncryption,
+    TransferMode,
 };
 use switchboard_routing::{normalize_number, RoutingError, Schedule};
 
@@ -139,6 +140,15 @@ pub fn include_headers(v: &Value, loc: Loc, p: &mut Problems) -> Option<IncludeH
     let parsed = v.as_str().and_then(IncludeHeaders::from_name);
     if parsed.is_none() {
         p.push(loc, "enum", "Input should be 'none', 'x-headers' or 'all'");
+    }
+    parsed
+}
+
+/// A connection's `transfer`: `"refer"` or `"disabled"`.
+pub fn transfer_mode(v: &Value, loc: Loc, p: &mut Problems) -> Option<TransferMode> {
+    let parsed = v.as_str().and_then(TransferMode::from_name);
+    if parsed.is_none() {
+        p.push(loc, "enum", "Input should be 'refer' or 'disabled'");
     }
     parsed
 }

@@ -393,6 +393,7 @@ impl Config {
                 u64::from(self.sip.ban_malformed_messages),
             ),
             ("sip.ban_window_secs", self.sip.ban_window_secs),
+            ("sip.transfer_timeout_secs", self.sip.transfer_timeout_secs),
         ] {
             if value == 0 {
                 bad(key, "must be positive".to_owned());

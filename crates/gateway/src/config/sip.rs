@@ -37,6 +37,10 @@ pub struct SipConfig {
     pub ban_window_secs: u64,
     /// How long a banned address is ignored (everything it sends is dropped).
     pub ban_secs: u64,
+    /// How long a transfer (REFER to the carrier) may take to reach a final answer (the REFER's
+    /// refusal or a NOTIFY with a final sipfrag) before it counts as failed and the caller stays
+    /// with the agent.
+    pub transfer_timeout_secs: u64,
     /// SIP over TLS listener (RFC 3261 §26), e.g. `0.0.0.0:5061`; unset: no TLS listener.
     /// Needs `tls_cert` and `tls_key`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,10 @@ const DEFAULT_BAN_MALFORMED_MESSAGES: u32 = 50;
 const DEFAULT_BAN_WINDOW_SECS: u64 = 60;
 /// Ten minutes makes guessing uneconomic while a misconfigured carrier recovers on its own.
 const DEFAULT_BAN_SECS: u64 = 600;
+/// Half a minute: about as long as a caller waits on ringback before hanging up, and near
+/// RFC 3261's Timer F (32 s) for the REFER itself; past it the caller is better served by the
+/// agent than by a target that does not answer.
+const DEFAULT_TRANSFER_TIMEOUT_SECS: u64 = 30;
 
 impl SipConfig {
     /// The number of SIP engines to run: `workers`, or one per core when it is 0 (one core
@@ -116,6 +124,7 @@ impl Default for SipConfig {
             ban_malformed_messages: DEFAULT_BAN_MALFORMED_MESSAGES,
             ban_window_secs: DEFAULT_BAN_WINDOW_SECS,
             ban_secs: DEFAULT_BAN_SECS,
+            transfer_timeout_secs: DEFAULT_TRANSFER_TIMEOUT_SECS,
             tls: None,
             tls_cert: None,
             tls_key: None,

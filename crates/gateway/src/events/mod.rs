@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 pub use payload::{rfc3339, to_json};
 
 /// Every event name, as it appears in `event:` lines, payloads and `webhook_config.events`.
-pub const EVENT_NAMES: [&str; 5] = [
+pub const EVENT_NAMES: [&str; 6] = [
     "call.offered",
     "call.rejected",
     "call.answered",
     "call.ended",
     "deployment.updated",
+    "call.transfer",
 ];
 
 /// What happened.
@@ -47,6 +48,9 @@ pub enum EventKind {
     CallEnded,
     /// A deployment was created, changed, paused, resumed or deleted.
     DeploymentUpdated,
+    /// An agent's transfer of a call progressed: `status` is `ringing`, `completed` or
+    /// `failed`, `sip_status` the carrier's (sipfrag or REFER response) status.
+    CallTransfer,
 }
 
 impl EventKind {
@@ -57,6 +61,7 @@ impl EventKind {
             EventKind::CallAnswered => EVENT_NAMES[2],
             EventKind::CallEnded => EVENT_NAMES[3],
             EventKind::DeploymentUpdated => EVENT_NAMES[4],
+            EventKind::CallTransfer => EVENT_NAMES[5],
         }
     }
 }
@@ -107,7 +112,8 @@ pub struct Event {
     pub reason: Option<String>,
     /// The final status of the INVITE (200 for an answered call).
     pub sip_status: Option<u16>,
-    /// `deployment.updated`: the deployment's status (`active`, `paused`, `deleted`).
+    /// `deployment.updated`: the deployment's status (`active`, `paused`, `deleted`);
+    /// `call.transfer`: the transfer's (`ringing`, `completed`, `failed`).
     pub status: Option<String>,
 }
 

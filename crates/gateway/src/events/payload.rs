@@ -46,5 +46,8 @@ pub fn to_json(event: &Event, event_id: &str) -> String {
     put("hangup_by", json!(event.hangup_by.map(|h| h.as_str())));
     put("reason", json!(event.reason));
     put("sip_status", json!(event.sip_status));
+    if event.kind == EventKind::CallTransfer {
+        put("status", json!(event.status));
+    }
     Value::Object(doc).to_string()
 }

@@ -145,6 +145,7 @@ mod tests {
                 .map(|(h, k)| ((*h).to_owned(), (*k).to_owned()))
                 .collect(),
             include_headers: include,
+            transfer: Default::default(),
         }
     }
 

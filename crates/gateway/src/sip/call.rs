@@ -22,7 +22,7 @@ use super::flow::CallEvent;
 use super::metrics::CallMetrics;
 use super::ports::RtpPorts;
 use super::refusal::{Hangup, REST_API_REQUESTER, TWIML_REQUESTER};
-use crate::live_calls::{CallCommand, HangupCause};
+use crate::live_calls::{CallCommand, HangupCause, TransferRequest};
 
 /// Events per call from the SIP engine: a handful per call lifetime.
 pub const CALL_EVENT_QUEUE: usize = 8;
@@ -31,7 +31,7 @@ pub const CALL_EVENT_QUEUE: usize = 8;
 const STATS_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a call tells the SIP engine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum CoreCommand {
     /// The agent is connected: answer with 200 OK.
     AgentReady { call_id: String },
@@ -43,6 +43,12 @@ pub enum CoreCommand {
     },
     /// End the call from our side: BYE when answered, a final response while ringing.
     HangUp { call_id: String, hangup: Hangup },
+    /// The agent asked for a transfer: the engine's flow sends the REFER (or refuses) and
+    /// answers on the request's reply.
+    Transfer {
+        call_id: String,
+        request: TransferRequest,
+    },
 }
 
 /// Our side's reason to end a call after its bridge stopped (`None`: the caller hung up).
@@ -149,6 +155,24 @@ fn requested(cause: &HangupCause) -> Hangup {
     }
 }
 
+/// Carries out an admin command in any stage of the call: a transfer goes on to the SIP engine
+/// (whose flow answers the REST caller; a request lost on the way reads as an ended call); a
+/// hang-up is returned for the stage to act on.
+async fn admin_command(
+    command: CallCommand,
+    call_id: &str,
+    core: &mpsc::Sender<CoreCommand>,
+) -> Option<Hangup> {
+    match command {
+        CallCommand::Hangup(cause) => Some(requested(&cause)),
+        CallCommand::Transfer(request) => {
+            let call_id = call_id.to_owned();
+            let _ = core.send(CoreCommand::Transfer { call_id, request }).await;
+            None
+        }
+    }
+}
+
 /// Runs one call to its end. Returns when both the SIP side and the media are finished.
 pub async fn run(
     setup: CallSetup,
@@ -171,12 +195,17 @@ pub async fn run(
     // The guard lives until this function returns, on every path.
     let _ports = ports;
     let connecting = connect_agent(&runtime_url, start, connect_timeout, &agent_tls);
-    let link = tokio::select! {
-        result = connecting => result,
-        _ = events.recv() => return, // CANCEL or shutdown while ringing
-        Some(CallCommand::Hangup(cause)) = admin.recv() => {
-            let _ = core.send(CoreCommand::HangUp { call_id, hangup: requested(&cause) }).await;
-            return;
+    tokio::pin!(connecting);
+    let link = loop {
+        tokio::select! {
+            result = &mut connecting => break result,
+            _ = events.recv() => return, // CANCEL or shutdown while ringing
+            Some(command) = admin.recv() => {
+                if let Some(hangup) = admin_command(command, &call_id, &core).await {
+                    let _ = core.send(CoreCommand::HangUp { call_id, hangup }).await;
+                    return;
+                }
+            }
         }
     };
     let link = match link {
@@ -210,16 +239,18 @@ pub async fn run(
         tokio::select! {
             event = events.recv() => match event {
                 Some(CallEvent::Confirmed(media)) => break media,
-                Some(CallEvent::MediaUpdate(_)) => continue,
+                Some(CallEvent::MediaUpdate(_) | CallEvent::Transfer { .. }) => continue,
                 Some(CallEvent::Ended) | None => {
                     link.abandon().await;
                     return;
                 }
             },
-            Some(CallCommand::Hangup(cause)) = admin.recv() => {
-                let _ = core.send(CoreCommand::HangUp { call_id, hangup: requested(&cause) }).await;
-                link.abandon().await;
-                return;
+            Some(command) = admin.recv() => {
+                if let Some(hangup) = admin_command(command, &call_id, &core).await {
+                    let _ = core.send(CoreCommand::HangUp { call_id, hangup }).await;
+                    link.abandon().await;
+                    return;
+                }
             }
         }
     };
@@ -250,16 +281,21 @@ pub async fn run(
             event = events.recv() => match event {
                 Some(CallEvent::MediaUpdate(media)) => handle.update_media(media),
                 Some(CallEvent::Confirmed(_)) => {}
+                Some(CallEvent::Transfer { status, sip_status }) => {
+                    handle.report_transfer(status, sip_status);
+                }
                 Some(CallEvent::Ended) | None => {
                     handle.hangup();
                     let _ = handle.ended().await;
                     break None;
                 }
             },
-            Some(CallCommand::Hangup(cause)) = admin.recv() => {
-                handle.hangup();
-                let _ = handle.ended().await;
-                break Some(requested(&cause));
+            Some(command) = admin.recv() => {
+                if let Some(hangup) = admin_command(command, &call_id, &core).await {
+                    handle.hangup();
+                    let _ = handle.ended().await;
+                    break Some(hangup);
+                }
             }
             _ = export.tick() => drops.flush(handle.stats()),
         }

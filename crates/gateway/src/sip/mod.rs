@@ -170,6 +170,7 @@ pub async fn start(
                 ),
                 seed: rand::random(),
                 call_rates: call_rates.clone(),
+                transfer_timeout: std::time::Duration::from_secs(config.sip.transfer_timeout_secs),
             },
             trunk::TrunkAuth::with_secret(nonce_secret.to_vec(), config.sip.nonce_ttl_secs),
             service::BoundPorts::new(ports.clone(), flow::rtp_bind_ip(config.media.advertised_ip)),

@@ -16,8 +16,9 @@ use switchboard_sip::MessageBuilder;
 
 use crate::events::HangupBy;
 
-/// Methods we act on. BYE/INFO/UPDATE make sense inside a dialog, OPTIONS anywhere.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+/// Methods we act on. BYE/INFO/UPDATE/NOTIFY make sense inside a dialog (NOTIFY only for
+/// the implicit subscription of a REFER we sent, RFC 3515), OPTIONS anywhere.
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, NOTIFY";
 /// Bodies we understand in INVITE, UPDATE and ACK.
 pub const ACCEPT: &str = "application/sdp";
 /// Option tags we implement. None: we neither require nor offer extensions (no 100rel,
@@ -321,6 +322,8 @@ pub enum Hangup {
     BadAnswer(String),
     /// The gateway is shutting down.
     Shutdown,
+    /// The agent's transfer succeeded: the transferor leaves (RFC 5589 §6).
+    Transferred,
 }
 
 impl Hangup {
@@ -338,6 +341,7 @@ impl Hangup {
             Hangup::BadAnswer(e) => Reason::new(Cause::Q850(88), e),
             // 41, temporary failure: the caller may call again and reach another gateway.
             Hangup::Shutdown => Reason::new(Cause::Q850(41), "gateway shutdown"),
+            Hangup::Transferred => Reason::new(Cause::Q850(16), "call transferred"),
         }
     }
 
@@ -345,7 +349,7 @@ impl Hangup {
     /// agent's (agent frameworks end calls through it); an operator's is the gateway's.
     pub fn hangup_by(&self) -> HangupBy {
         match self {
-            Hangup::AgentClosed | Hangup::AgentError(_) => HangupBy::Agent,
+            Hangup::AgentClosed | Hangup::AgentError(_) | Hangup::Transferred => HangupBy::Agent,
             Hangup::Requested(who) if who == REST_API_REQUESTER || who == TWIML_REQUESTER => {
                 HangupBy::Agent
             }
@@ -366,6 +370,7 @@ impl Hangup {
             Hangup::NoAck => "no_ack",
             Hangup::BadAnswer(_) => "bad_sdp_answer",
             Hangup::Shutdown => "shutdown",
+            Hangup::Transferred => "transferred",
         }
     }
 }

@@ -41,7 +41,8 @@ pub fn screen(msg: &Message<'_>) -> Result<(), Refusal> {
             | Method::Cancel
             | Method::Options
             | Method::Info
-            | Method::Update),
+            | Method::Update
+            | Method::Notify),
         ) => m,
         Some(other) => {
             return Err(Refusal::protocol(

@@ -208,6 +208,11 @@ impl Engine {
                 why,
             } => self.flow.agent_failed(now, &call_id, status, &why),
             CoreCommand::HangUp { call_id, hangup } => self.flow.hang_up(now, &call_id, hangup),
+            CoreCommand::Transfer { call_id, request } => {
+                let answer = self.flow.transfer(now, &call_id, &request.target);
+                // The REST caller may have given up waiting; the transfer goes on regardless.
+                let _ = request.reply.send(answer);
+            }
         }
     }
 

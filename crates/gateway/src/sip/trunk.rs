@@ -149,6 +149,7 @@ mod tests {
             media_encryption: Default::default(),
             headers_to_parameters: Default::default(),
             include_headers: Default::default(),
+            transfer: Default::default(),
         }
     }
 

@@ -582,6 +582,31 @@ async fn serve_agent(
     }
 }
 
+/// The `start` of the agent's first call (within 10 s).
+pub async fn first_start(agent: &Agent) -> Value {
+    for _ in 0..500 {
+        let start = agent.calls().first().and_then(|c| {
+            c.messages
+                .iter()
+                .find(|m| m["event"] == "start")
+                .map(|m| m["start"].clone())
+        });
+        if let Some(start) = start {
+            return start;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the agent got no start event");
+}
+
+/// The `Authorization` header a Twilio SDK sends for `account_sid` with the admin key.
+pub fn twilio_basic_auth(account_sid: &str) -> String {
+    use base64::Engine as _;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{API_KEY}"));
+    format!("Authorization: Basic {token}")
+}
+
 /// Transport SIPp uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {

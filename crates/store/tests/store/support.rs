@@ -178,6 +178,7 @@ pub fn connection(id: &str) -> Connection {
         media_encryption: Default::default(),
         headers_to_parameters: Default::default(),
         include_headers: Default::default(),
+        transfer: Default::default(),
     }
 }
 

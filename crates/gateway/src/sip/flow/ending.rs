@@ -95,6 +95,7 @@ impl<P: MediaPorts> CallFlow<P> {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
+        self.drop_transfer(call_id);
         self.by_invite.remove(&call.invite_txn);
         self.metrics.calls_active.dec();
         self.outputs.push_back(Output::ToCall {

@@ -44,6 +44,8 @@ struct Admitted {
     /// INVITE headers the trunk passes to the agent (`headers_to_parameters`,
     /// `include_headers`), already bounded and sanitised.
     header_parameters: Vec<(String, String)>,
+    /// `host[:port]` a transfer to a number is addressed to (see [`carrier_host`]).
+    carrier_host: String,
 }
 
 /// Media for an accepted call: our SDP and the reserved ports.
@@ -184,6 +186,7 @@ impl<P: MediaPorts> CallFlow<P> {
             header_parameters: connection
                 .map(|c| agent_headers::header_parameters(&msg, c))
                 .unwrap_or_default(),
+            carrier_host: carrier_host(&msg, source),
             connection: connection.cloned(),
             secure: request_uri
                 .get(..5)
@@ -302,6 +305,11 @@ impl<P: MediaPorts> CallFlow<P> {
             scope: route.scope().clone(),
         };
         let call_sid = ids.call_sid.clone();
+        let transfer_mode = admitted
+            .connection
+            .as_ref()
+            .map(|c| c.transfer)
+            .unwrap_or_default();
         let mut record = routed_event(EventKind::CallOffered, now, &admitted, route);
         record.call_sid = Some(call_sid.clone());
         record.started_at = Some(now.wall);
@@ -345,6 +353,8 @@ impl<P: MediaPorts> CallFlow<P> {
                 awaiting_answer: media.awaiting_answer,
                 negotiated: media.negotiated,
                 bye_pending: None,
+                transfer_mode,
+                carrier_host: admitted.carrier_host,
                 summary: CallRecord {
                     deployment_id: route.deployment_id().to_owned(),
                     app_id: route.app_id().to_owned(),
@@ -470,6 +480,20 @@ fn custom_parameters(route: &Route, header_parameters: &[(String, String)]) -> C
         params.insert_user(key, value);
     }
     params
+}
+
+/// Where a transfer to a number goes: the host (and port) of the INVITE's From URI, i.e. the
+/// carrier's own domain or signalling host, which routes numbers it is sent; the INVITE's source
+/// address when From is not a SIP URI (a `tel:` From).
+fn carrier_host(msg: &switchboard_sip::Message<'_>, source: SocketAddr) -> String {
+    let from = msg.from().ok();
+    match from.as_ref().and_then(|f| f.uri.as_sip()) {
+        Some(uri) => match uri.port {
+            Some(port) => format!("{}:{port}", uri.host),
+            None => uri.host.to_string(),
+        },
+        None => source.to_string(),
+    }
 }
 
 /// The trunk's `media_encryption` as the SDP layer takes it; a call with no known trunk (it

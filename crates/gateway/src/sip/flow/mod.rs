@@ -6,6 +6,7 @@
 //! flow.agent_ready(now, call_id);           // the call task reached the agent
 //! flow.agent_failed(now, call_id, 503, e);  // ... or could not
 //! flow.hang_up(now, call_id, Hangup::…);    // the call task, REST API or media ended it
+//! flow.transfer(now, call_id, &target);     // the agent asked for a transfer (REFER)
 //! flow.start_drain(now, grace);             // SIGTERM: refuse new calls, let live ones end
 //! flow.end_all_calls(now);                  // second signal: BYE every call now
 //! while let Some(t) = flow.poll_transmit() { /* send t.bytes to t.remote */ }
@@ -22,11 +23,13 @@
 //! per-connection call rate, readiness) → route → prepare media (port pair, SDP answer) →
 //! ring (180, start the call task). Every stage refuses with a [`Refusal`], sent statelessly:
 //! only a call that reached the ring stage holds a transaction. The rest of a call's life —
-//! 200 when the agent is up, ACK, re-INVITE/UPDATE, CANCEL, BYE both ways — is in `dialog.rs`.
+//! 200 when the agent is up, ACK, re-INVITE/UPDATE, CANCEL, BYE both ways — is in `dialog.rs`;
+//! an agent's transfer (REFER out, NOTIFYs in) in `transfer.rs`.
 
 mod dialog;
 mod ending;
 mod invite;
+mod transfer;
 pub use invite::{rtp_bind_ip, CallRates};
 #[cfg(test)]
 mod tests;
@@ -39,10 +42,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use switchboard_media::{BridgeConfig, NegotiatedMedia, SdpSession, StartParams};
+use switchboard_media::{BridgeConfig, NegotiatedMedia, SdpSession, StartParams, TransferStatus};
+use switchboard_routing::model::TransferMode;
 use switchboard_routing::RoutingTable;
 use switchboard_sip::{
-    DialogId, Endpoint, Event, OwnedMessage, ServerTxnId, StatelessStats, Transmit, Transport,
+    ClientTxnId, DialogId, Endpoint, Event, OwnedMessage, ServerTxnId, StatelessStats,
+    TransactionId, Transmit, Transport,
 };
 
 use super::guard::Offence;
@@ -118,6 +123,8 @@ pub struct FlowConfig {
     pub seed: u64,
     /// Per-connection call-rate buckets, shared by every engine.
     pub call_rates: CallRates,
+    /// `[sip] transfer_timeout_secs`: a transfer without a final answer by then failed.
+    pub transfer_timeout: Duration,
 }
 
 /// Everything the I/O loop needs to start a call's task.
@@ -200,6 +207,12 @@ pub enum CallEvent {
     MediaUpdate(NegotiatedMedia),
     /// The call is over on the SIP side (CANCEL, caller BYE, ACK timeout, shutdown).
     Ended,
+    /// The agent's transfer progressed: tell the agent (`transfer` event on its stream).
+    /// A `completed` one is followed by [`CallEvent::Ended`].
+    Transfer {
+        status: TransferStatus,
+        sip_status: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +247,11 @@ struct Call {
     negotiated: Option<NegotiatedMedia>,
     /// We want to hang up but the 200 is not acknowledged yet (RFC 3261 §15: BYE waits).
     bye_pending: Option<Hangup>,
+    /// The trunk's `transfer` setting.
+    transfer_mode: TransferMode,
+    /// `host[:port]` of the caller's side (the INVITE's From URI, else its source address):
+    /// where a transfer to a number is addressed.
+    carrier_host: String,
     /// For the summary line when it ends.
     summary: ending::CallRecord,
 }
@@ -261,6 +279,10 @@ pub struct CallFlow<P: MediaPorts> {
     exported_transactions: i64,
     /// Set by [`CallFlow::start_drain`] (SIGTERM).
     drain: Option<ending::Drain>,
+    /// Transfers waiting for their outcome, by SIP Call-ID (at most one per call).
+    transfers: HashMap<String, transfer::Transfer>,
+    /// Open REFER transactions -> the Call-ID of their call.
+    refers: HashMap<ClientTxnId, String>,
 }
 
 impl<P: MediaPorts> CallFlow<P> {
@@ -294,6 +316,8 @@ impl<P: MediaPorts> CallFlow<P> {
             exported: StatelessStats::default(),
             exported_transactions: 0,
             drain: None,
+            transfers: HashMap::new(),
+            refers: HashMap::new(),
         }
     }
 
@@ -318,6 +342,7 @@ impl<P: MediaPorts> CallFlow<P> {
     pub fn handle_timeout(&mut self, now: Now) {
         self.endpoint.handle_timeout(now.instant);
         self.check_drain_deadline(now);
+        self.check_transfer_deadlines(now);
         self.drive(now);
     }
 
@@ -360,11 +385,14 @@ impl<P: MediaPorts> CallFlow<P> {
 
     /// When [`CallFlow::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let endpoint = self.endpoint.poll_timeout();
-        match (endpoint, self.drain_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.endpoint.poll_timeout(),
+            self.drain_deadline(),
+            self.transfer_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Queues an event for the I/O loop.
@@ -484,6 +512,7 @@ impl<P: MediaPorts> CallFlow<P> {
                     ("UPDATE", Some(dialog)) => {
                         self.renegotiate(now, txn, &request, dialog, "UPDATE");
                     }
+                    ("NOTIFY", Some(_)) => self.on_notify(now, txn, &request),
                     (_, None) => self.refuse(txn, &Refusal::no_such_dialog()),
                     _ => self.reply(now, txn, &Refusal::no_such_dialog()),
                 }
@@ -501,9 +530,11 @@ impl<P: MediaPorts> CallFlow<P> {
                     None => self.endpoint.remove_dialog(dialog),
                 }
             }
-            Event::Response { .. } | Event::TransactionTimedOut { .. } => {
-                // Responses to our BYEs: the call is already gone; nothing to do.
-            }
+            Event::Response { txn, response, .. } => self.on_client_response(now, txn, &response),
+            Event::TransactionTimedOut {
+                txn: TransactionId::Client(txn),
+            } => self.on_client_timeout(now, txn),
+            Event::TransactionTimedOut { .. } => {}
             other => tracing::debug!(event = ?other, "unhandled SIP event"),
         }
     }

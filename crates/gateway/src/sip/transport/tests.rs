@@ -19,6 +19,7 @@ fn table_trusting(nets: &[&str]) -> Arc<RoutingTable> {
         media_encryption: Default::default(),
         headers_to_parameters: Default::default(),
         include_headers: Default::default(),
+        transfer: Default::default(),
         media_addresses: Vec::new(),
     };
     table

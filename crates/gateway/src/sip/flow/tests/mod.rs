@@ -77,6 +77,7 @@ fn routing_trunk(
         media_encryption: MediaEncryption::Allow,
         headers_to_parameters: Default::default(),
         include_headers: Default::default(),
+        transfer: Default::default(),
     };
     trunk(&mut connection);
     let version = AppVersion {
@@ -157,6 +158,8 @@ struct Log {
     gateway_byes: Vec<(Instant, String)>,
     /// The flow's call events, in order.
     events: Vec<crate::events::Event>,
+    /// Transfer progress the call task was told, in order.
+    transfers: Vec<(switchboard_media::TransferStatus, u16)>,
 }
 
 /// (event name, hangup_by, reason, sip_status) of one event.
@@ -196,6 +199,8 @@ struct Sim {
     /// When the test's "call task" reports the agent connected, per call.
     agent_up_at: Vec<(Instant, String)>,
     agent_delay: Duration,
+    /// Packets to lose on purpose: (towards the gateway?, prefix, substring, how many more).
+    drops: Vec<(bool, &'static str, &'static str, usize)>,
 }
 
 impl Sim {
@@ -218,6 +223,7 @@ impl Sim {
                 agent_connect_timeout: Duration::from_secs(3),
                 seed,
                 call_rates: super::CallRates::default(),
+                transfer_timeout: Duration::from_secs(30),
             },
             TrunkAuth::with_secret(b"test secret".to_vec(), 300),
             FakePorts::default(),
@@ -234,6 +240,7 @@ impl Sim {
             log: Log::default(),
             agent_up_at: Vec::new(),
             agent_delay: Duration::from_millis(300),
+            drops: Vec::new(),
         }
     }
 
@@ -252,6 +259,20 @@ impl Sim {
 
     fn send(&mut self, to_gateway: bool, bytes: Bytes) {
         if self.rng.next() % 100 < self.loss_percent {
+            return;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let rule = self
+            .drops
+            .iter_mut()
+            .find(|(towards, prefix, inside, left)| {
+                *towards == to_gateway
+                    && *left > 0
+                    && text.starts_with(prefix)
+                    && text.contains(inside)
+            });
+        if let Some(rule) = rule {
+            rule.3 -= 1;
             return;
         }
         let delay = Duration::from_millis(5 + self.rng.next() % 40);
@@ -286,6 +307,9 @@ impl Sim {
                     CallEvent::Confirmed(_) => self.log.confirmed += 1,
                     CallEvent::Ended => self.log.task_events_ended += 1,
                     CallEvent::MediaUpdate(_) => {}
+                    CallEvent::Transfer { status, sip_status } => {
+                        self.log.transfers.push((status, sip_status));
+                    }
                 },
                 Output::CallEnded { call_id, .. } => self.log.ended.push(call_id),
                 Output::Offence { offence, .. } => self.log.offences.push(offence),
@@ -416,12 +440,9 @@ impl Sim {
                     continue;
                 }
                 if let Event::Bye { txn, request, .. } = event {
-                    let reason = String::from_utf8_lossy(request.message().as_bytes())
-                        .lines()
-                        .find(|l| l.starts_with("Reason:"))
-                        .unwrap_or("")
-                        .to_owned();
-                    self.log.gateway_byes.push((self.now, reason));
+                    self.log
+                        .gateway_byes
+                        .push((self.now, reason_line(&request)));
                     let ok = self.uac.response(txn, 200).unwrap();
                     self.uac.respond(self.now, txn, ok).unwrap();
                 }
@@ -737,6 +758,16 @@ fn flows_sharing_the_metrics_add_their_transactions_up() {
 
 mod control;
 mod drain;
+mod transfer;
+
+/// The `Reason:` line of a request ("" without one).
+fn reason_line(request: &switchboard_sip::OwnedMessage) -> String {
+    String::from_utf8_lossy(request.message().as_bytes())
+        .lines()
+        .find(|l| l.starts_with("Reason:"))
+        .unwrap_or("")
+        .to_owned()
+}
 
 /// A sim with one answered call (ACKed, media flowing) at t = 2 s.
 fn answered_call(seed: u64) -> (Sim, DialogId) {
