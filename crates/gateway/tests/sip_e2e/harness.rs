@@ -582,6 +582,20 @@ async fn serve_agent(
     }
 }
 
+/// The agent's first call once its stream has ended with `stop` (within 10 s): the bridge
+/// sends `stop` after the SIP side has ended, so a test that just saw SIPp finish waits here.
+pub async fn first_call_stopped(agent: &Agent) -> AgentSession {
+    for _ in 0..500 {
+        if let Some(call) = agent.calls().into_iter().next() {
+            if call.messages.last().is_some_and(|m| m["event"] == "stop") {
+                return call;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the agent's first call got no stop: {:?}", agent.calls());
+}
+
 /// The `start` of the agent's first call (within 10 s).
 pub async fn first_start(agent: &Agent) -> Value {
     for _ in 0..500 {
