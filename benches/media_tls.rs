@@ -243,6 +243,7 @@ async fn connect_times(o: &Options) -> Result<()> {
         let params = StartParams {
             ids: StreamIds::generate(new_sid("AC")),
             custom_parameters: CustomParameters::new(),
+            dialect: switchboard_media::AgentDialect::Twilio,
         };
         let started = Instant::now();
         let link = connect_agent(url, params, Duration::from_secs(5), &trust).await?;

@@ -32,6 +32,7 @@ pub mod rtp;
 pub mod sdp;
 pub mod srtp;
 pub mod strict_rtp;
+pub mod tone;
 pub mod transcode;
 pub mod twilio;
 
