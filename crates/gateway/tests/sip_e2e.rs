@@ -19,6 +19,8 @@ mod srtp;
 mod tls;
 #[path = "sip_e2e/torture.rs"]
 mod torture;
+#[path = "sip_e2e/wideband.rs"]
+mod wideband;
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::process::Command;
