@@ -528,12 +528,13 @@ impl Bridge {
                 let out = &mut self.out;
                 let to_agent = &mut self.to_agent;
                 let transcoder = &mut self.transcoder;
-                self.framer.push(timestamp, payload, |chunk_timestamp, chunk| {
-                    let ms = chunk_timestamp.wrapping_sub(first) / SAMPLES_PER_MS;
-                    if let Some(audio) = transcoder.caller_to_agent(chunk) {
-                        to_agent.push(out.media(u64::from(ms), audio));
-                    }
-                });
+                self.framer
+                    .push(timestamp, payload, |chunk_timestamp, chunk| {
+                        let ms = chunk_timestamp.wrapping_sub(first) / SAMPLES_PER_MS;
+                        if let Some(audio) = transcoder.caller_to_agent(chunk) {
+                            to_agent.push(out.media(u64::from(ms), audio));
+                        }
+                    });
                 bump(&self.stats.media_to_agent, self.to_agent.len() as u64);
             }
             Inbound::Event { payload, .. } => {
@@ -618,12 +619,9 @@ impl Bridge {
         // Silence is encoded too: keeps G.722 and resampler state continuous.
         let payload = send.then(|| self.transcoder.agent_to_caller(&self.agent_frame));
         let mut packet = [0u8; MAX_PACKET];
-        let built = self.sender.tick(
-            payload,
-            agent_audio,
-            self.media.payload_type,
-            &mut packet,
-        );
+        let built = self
+            .sender
+            .tick(payload, agent_audio, self.media.payload_type, &mut packet);
         let (Some(len), Some(to)) = (built, destination) else {
             return;
         };

@@ -41,8 +41,8 @@ pub use agent_tls::AgentTls;
 pub use bridge::{spawn_bridge, BridgeConfig, BridgeHandle, BridgeStats, EndReason, IdleAudio};
 pub use error::MediaError;
 pub use sdp::{
-    negotiate, Answer, Codec, CodecPreference, CryptoSuite, Direction, MediaEncryption, NegotiatedMedia, SdpSession,
-    SrtpParams,
+    negotiate, Answer, Codec, CodecPreference, CryptoSuite, Direction, MediaEncryption,
+    NegotiatedMedia, SdpSession, SrtpParams,
 };
 pub use strict_rtp::{AllowedSources, SourceGuard, Verdict, PROBATION_PACKETS};
 pub use transcode::{AgentDialect, Transcoder};

@@ -195,11 +195,16 @@ impl Transcoder {
         match (self.caller, self.dialect) {
             (Codec::Pcmu, AgentDialect::Twilio) => return Some(payload),
             (Codec::Pcma, AgentDialect::Twilio) => {
-                self.out.extend(payload.iter().map(|b| g711::alaw_to_ulaw(*b)));
+                self.out
+                    .extend(payload.iter().map(|b| g711::alaw_to_ulaw(*b)));
             }
             (Codec::G722, AgentDialect::Twilio) => {
                 let wide = self.decode_g722(payload);
-                let narrow = resample(&mut self.downsampler, &self.pcm[..wide], &mut self.resampled);
+                let narrow = resample(
+                    &mut self.downsampler,
+                    &self.pcm[..wide],
+                    &mut self.resampled,
+                );
                 self.out.extend(
                     self.resampled[..narrow]
                         .iter()
@@ -238,7 +243,8 @@ impl Transcoder {
         match (self.caller, self.dialect) {
             (Codec::Pcmu, AgentDialect::Twilio) => return frame,
             (Codec::Pcma, AgentDialect::Twilio) => {
-                self.out.extend(frame.iter().map(|b| g711::ulaw_to_alaw(*b)));
+                self.out
+                    .extend(frame.iter().map(|b| g711::ulaw_to_alaw(*b)));
             }
             (Codec::G722, AgentDialect::Twilio) => {
                 for (slot, byte) in self.pcm.iter_mut().zip(frame) {

@@ -45,7 +45,11 @@ struct WidebandCall {
 
 /// A caller offering `formats` (with `rtpmaps`), bridged to an agent speaking `dialect`; the
 /// SDP preference follows the dialect as the gateway sets it.
-async fn wideband_call(formats: &str, rtpmaps: &str, dialect: AgentDialect) -> Result<WidebandCall> {
+async fn wideband_call(
+    formats: &str,
+    rtpmaps: &str,
+    dialect: AgentDialect,
+) -> Result<WidebandCall> {
     let listener = TcpListener::bind((LOOPBACK, 0)).await?;
     let url = format!("ws://{}/agent", listener.local_addr()?);
     let server = tokio::spawn(async move {

@@ -343,7 +343,11 @@ mod dialect_tests {
         let v: AppVersion = serde_json::from_str(old).unwrap();
         assert_eq!(v.dialect, Dialect::Twilio);
         for dialect in Dialect::ALL {
-            let json = serde_json::to_string(&AppVersion { dialect, ..v.clone() }).unwrap();
+            let json = serde_json::to_string(&AppVersion {
+                dialect,
+                ..v.clone()
+            })
+            .unwrap();
             assert!(json.contains(&format!(r#""dialect":"{}""#, dialect.as_str())));
             let back: AppVersion = serde_json::from_str(&json).unwrap();
             assert_eq!(back.dialect, dialect);

@@ -42,7 +42,9 @@ fn write_g722_pcap(path: &Path) -> std::io::Result<()> {
         rtp.extend(&payload);
         let udp_len = 8 + rtp.len() as u16;
         let ip_len = 20 + udp_len;
-        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1];
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
+        ];
         ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
         let checksum = !ip
             .chunks(2)
@@ -132,7 +134,11 @@ async fn g722_call(dialect: &'static str) -> (Value, Vec<Vec<u8>>) {
     expect_sipp_ok(&fixture.daemon, sipp).await;
     let metrics = fixture.daemon.admin().metrics().expect("metrics");
     assert_eq!(
-        metric(&metrics, "switchboard_rtp_dropped_total", "reason=\"bad_payload\""),
+        metric(
+            &metrics,
+            "switchboard_rtp_dropped_total",
+            "reason=\"bad_payload\""
+        ),
         0.0
     );
     agent_heard(&fixture.agent)
@@ -148,16 +154,29 @@ async fn g722_caller_reaches_an_l16_agent_as_16khz_pcm() {
         start["start"]["mediaFormat"],
         json!({"encoding":"audio/L16","sampleRate":16000,"channels":1})
     );
-    assert!(payloads.len() >= PACKETS * 9 / 10, "{} frames", payloads.len());
-    assert!(payloads.iter().all(|p| p.len() == 640), "320 samples per 20 ms");
+    assert!(
+        payloads.len() >= PACKETS * 9 / 10,
+        "{} frames",
+        payloads.len()
+    );
+    assert!(
+        payloads.iter().all(|p| p.len() == 640),
+        "320 samples per 20 ms"
+    );
     let samples: Vec<i16> = payloads
         .concat()
         .chunks_exact(2)
         .map(|p| i16::from_le_bytes([p[0], p[1]]))
         .collect();
     let share = tone_share(&samples, 16000);
-    eprintln!("{} frames, {share:.3} of the power at 1 kHz", payloads.len());
-    assert!(share > 0.8, "{share:.3} of the agent's audio is the 1 kHz tone");
+    eprintln!(
+        "{} frames, {share:.3} of the power at 1 kHz",
+        payloads.len()
+    );
+    assert!(
+        share > 0.8,
+        "{share:.3} of the agent's audio is the 1 kHz tone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +186,11 @@ async fn g722_caller_reaches_a_twilio_agent_as_ulaw() {
     }
     let (start, payloads) = g722_call("twilio").await;
     assert_eq!(start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw");
-    assert!(payloads.len() >= PACKETS * 9 / 10, "{} frames", payloads.len());
+    assert!(
+        payloads.len() >= PACKETS * 9 / 10,
+        "{} frames",
+        payloads.len()
+    );
     assert!(payloads.iter().all(|p| p.len() == 160));
     let samples: Vec<i16> = payloads
         .concat()
@@ -175,6 +198,12 @@ async fn g722_caller_reaches_a_twilio_agent_as_ulaw() {
         .map(|b| switchboard_media::g711::ulaw_to_linear(*b))
         .collect();
     let share = tone_share(&samples, 8000);
-    eprintln!("{} frames, {share:.3} of the power at 1 kHz", payloads.len());
-    assert!(share > 0.8, "{share:.3} of the agent's audio is the 1 kHz tone");
+    eprintln!(
+        "{} frames, {share:.3} of the power at 1 kHz",
+        payloads.len()
+    );
+    assert!(
+        share > 0.8,
+        "{share:.3} of the agent's audio is the 1 kHz tone"
+    );
 }

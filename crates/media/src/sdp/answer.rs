@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use super::crypto::{self, CryptoSuite, MediaEncryption, SrtpKey, SrtpParams};
 use super::parse::{MediaDescription, Profile};
 use super::{
-    Answer, Codec, CodecPreference, Direction, NegotiatedMedia, SessionDescription, OFFER_TELEPHONE_EVENT_PT,
-    PTIME_MS, SESSION_NAME, TELEPHONE_EVENTS,
+    Answer, Codec, CodecPreference, Direction, NegotiatedMedia, SessionDescription,
+    OFFER_TELEPHONE_EVENT_PT, PTIME_MS, SESSION_NAME, TELEPHONE_EVENTS,
 };
 use crate::MediaError;
 
@@ -146,12 +146,14 @@ impl SdpSession {
             };
             // The first codec of our preference order that the offer carries, with the
             // offerer's payload type for it.
-            let Some((codec, payload_type)) = self.preference.order().into_iter().find_map(|want| {
-                media
-                    .payload_types()
-                    .find(|pt| media.codec_of(*pt) == Some(want))
-                    .map(|pt| (want, pt))
-            }) else {
+            let Some((codec, payload_type)) =
+                self.preference.order().into_iter().find_map(|want| {
+                    media
+                        .payload_types()
+                        .find(|pt| media.codec_of(*pt) == Some(want))
+                        .map(|pt| (want, pt))
+                })
+            else {
                 continue;
             };
             let srtp = match self.protection_for(media, profile) {

@@ -440,7 +440,12 @@ fn codec_choice_table() {
         ("8 0", String::new(), Codec::Pcmu, Codec::Pcmu),
         ("8", String::new(), Codec::Pcma, Codec::Pcma),
         // The common mistake G722/16000: still G.722, answered with the RFC 3551 clock.
-        ("9 0", "a=rtpmap:9 G722/16000\r\n".into(), Codec::Pcmu, Codec::G722),
+        (
+            "9 0",
+            "a=rtpmap:9 G722/16000\r\n".into(),
+            Codec::Pcmu,
+            Codec::G722,
+        ),
     ];
     for (formats, attributes, narrow, wide) in cases {
         let offer = carrier_offer(formats, attributes);
@@ -455,17 +460,27 @@ fn codec_choice_table() {
             assert_eq!(media.codec, *want, "{formats} {preference:?}");
             assert_eq!(media.payload_type, want.static_payload_type());
             // Exactly the chosen codec plus telephone-event when offered.
-            let te = if attributes.contains("telephone-event") { " 101" } else { "" };
+            let te = if attributes.contains("telephone-event") {
+                " 101"
+            } else {
+                ""
+            };
             let m_line = format!("m=audio 30000 RTP/AVP {}{te}", media.payload_type);
             let l = lines(&answer);
-            assert!(l.contains(&m_line.as_str()), "{formats} {preference:?}: {answer}");
+            assert!(
+                l.contains(&m_line.as_str()),
+                "{formats} {preference:?}: {answer}"
+            );
             let rtpmap = format!(
                 "a=rtpmap:{} {}/8000",
                 want.static_payload_type(),
                 want.encoding_name()
             );
             assert!(l.contains(&rtpmap.as_str()), "{answer}");
-            assert_eq!(l.iter().filter(|l| l.starts_with("a=rtpmap:")).count(), 1 + te.len().min(1));
+            assert_eq!(
+                l.iter().filter(|l| l.starts_with("a=rtpmap:")).count(),
+                1 + te.len().min(1)
+            );
         }
     }
 }
@@ -474,7 +489,8 @@ fn codec_choice_table() {
 fn late_offer_answered_with_g722_is_taken() {
     let mut session = SdpSession::new(LOCAL, 31000);
     session.offer();
-    let answer = "v=0\r\no=carrier 9 9 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+    let answer =
+        "v=0\r\no=carrier 9 9 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
                   m=audio 41000 RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n";
     let media = session.accept_answer(answer).unwrap();
     assert_eq!((media.codec, media.payload_type), (Codec::G722, 9));

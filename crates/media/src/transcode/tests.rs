@@ -82,8 +82,14 @@ fn downsampling_to_8k_keeps_1khz_and_rejects_6khz() {
     let aliased_db = 10.0 * (tone_power(rejected, 2000.0, 8000) / in_power).log10();
     let total_db = 10.0 * (mean_power(rejected) / in_power).log10();
     eprintln!("16 -> 8 kHz: 1 kHz kept at {ratio:.3}, 6 kHz alias {aliased_db:.1} dB, residue {total_db:.1} dB");
-    assert!(aliased_db < -35.0, "6 kHz aliased to 2 kHz at {aliased_db:.1} dB");
-    assert!(total_db < -30.0, "6 kHz left {total_db:.1} dB in 8 kHz audio");
+    assert!(
+        aliased_db < -35.0,
+        "6 kHz aliased to 2 kHz at {aliased_db:.1} dB"
+    );
+    assert!(
+        total_db < -30.0,
+        "6 kHz left {total_db:.1} dB in 8 kHz audio"
+    );
 }
 
 #[test]
@@ -124,7 +130,10 @@ fn narrowband_callers_are_upsampled_for_wideband_agents_and_back() {
             wide.extend(from_le(agent));
         }
         let ratio = tone_power(&wide[1600..], 1000.0, 16000) / mean_power(&input);
-        assert!((0.8..1.2).contains(&ratio), "{codec:?}: 1 kHz at {ratio:.3}");
+        assert!(
+            (0.8..1.2).contains(&ratio),
+            "{codec:?}: 1 kHz at {ratio:.3}"
+        );
     }
 }
 
@@ -155,7 +164,11 @@ fn bad_payloads_are_refused_not_panicked_on() {
             // Odd sizes (10 ms, one byte, the largest) all convert.
             for len in [1, 80, 161, MAX_CALLER_PAYLOAD] {
                 let out = t.caller_to_agent(&vec![0x55; len]).unwrap().len();
-                let per_tick = if dialect == AgentDialect::Twilio { 1 } else { 4 };
+                let per_tick = if dialect == AgentDialect::Twilio {
+                    1
+                } else {
+                    4
+                };
                 assert_eq!(out, len * per_tick, "{codec:?} {dialect:?} {len}");
             }
             // A short or odd agent frame never panics and still gives a payload.

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use switchboard_media::{
-    AgentDialect, AllowedSources, BridgeConfig, CallInfo, CustomParameters, MediaEncryption, NegotiatedMedia,
-    SdpSession, StartParams, StreamIds,
+    AgentDialect, AllowedSources, BridgeConfig, CallInfo, CustomParameters, MediaEncryption,
+    NegotiatedMedia, SdpSession, StartParams, StreamIds,
 };
 use switchboard_routing::model::{self, Connection};
 use switchboard_routing::{Route, RouteDecision, RoutingSnapshot};
