@@ -92,7 +92,7 @@ impl AgentDialect {
     pub fn accepts_agent_payload(self, payload: &[u8]) -> bool {
         match self {
             AgentDialect::Twilio => true,
-            AgentDialect::L16Wideband => payload.len() % 2 == 0,
+            AgentDialect::L16Wideband => payload.len().is_multiple_of(2),
         }
     }
 }

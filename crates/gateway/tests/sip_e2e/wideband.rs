@@ -24,9 +24,7 @@ fn write_g722_pcap(path: &Path) -> std::io::Result<()> {
     let tone = sine(TONE_HZ, 16000, 0.4, PACKETS * 320);
     let mut pcap = Vec::new();
     // Global header: magic, v2.4, GMT offset 0, accuracy 0, snaplen, LINKTYPE_ETHERNET.
-    for field in [0xa1b2_c3d4u32] {
-        pcap.extend(field.to_le_bytes());
-    }
+    pcap.extend(0xa1b2_c3d4u32.to_le_bytes());
     pcap.extend(2u16.to_le_bytes());
     pcap.extend(4u16.to_le_bytes());
     for field in [0u32, 0, 65535, 1] {
