@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use audio_codec::g722::G722Encoder;
 use audio_codec::Encoder as _;
 use switchboard_media::g711;
@@ -147,21 +147,8 @@ fn batch(case: &mut Case, packets: usize) -> f64 {
 
 fn main() -> Result<()> {
     let (mut rounds, mut packets) = (31usize, 2000usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || -> Result<usize> {
-            args.next()
-                .context("missing value")?
-                .parse()
-                .context("not a number")
-        };
-        match arg.as_str() {
-            "--rounds" => rounds = value()?,
-            "--packets" => packets = value()?,
-            "--bench" => {}
-            other => anyhow::bail!("unknown argument {other:?}"),
-        }
-    }
+    switchboard_benches::count_args(&mut [("rounds", &mut rounds), ("packets", &mut packets)])
+        .map_err(anyhow::Error::msg)?;
     let mut cases = cases();
     // Warm-up: caches, branch predictors, the resamplers' first calls.
     for case in &mut cases {

@@ -42,23 +42,12 @@ fn options() -> Result<Options> {
         packets: 10_000,
         connects: 200,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || -> Result<usize> {
-            args.next()
-                .context("missing value")?
-                .parse()
-                .context("not a number")
-        };
-        match arg.as_str() {
-            "--rounds" => o.rounds = value()?,
-            "--packets" => o.packets = value()?,
-            "--connects" => o.connects = value()?,
-            // `cargo bench` passes --bench; anything else is a typo worth hearing about.
-            "--bench" => {}
-            other => anyhow::bail!("unknown argument {other:?}"),
-        }
-    }
+    switchboard_benches::count_args(&mut [
+        ("rounds", &mut o.rounds),
+        ("packets", &mut o.packets),
+        ("connects", &mut o.connects),
+    ])
+    .map_err(anyhow::Error::msg)?;
     Ok(o)
 }
 

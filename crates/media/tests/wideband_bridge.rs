@@ -50,12 +50,6 @@ async fn wideband_call(
     rtpmaps: &str,
     dialect: AgentDialect,
 ) -> Result<WidebandCall> {
-    let listener = TcpListener::bind((LOOPBACK, 0)).await?;
-    let url = format!("ws://{}/agent", listener.local_addr()?);
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await?;
-        anyhow::Ok(tokio_tungstenite::accept_async(tcp).await?)
-    });
     let caller = UdpSocket::bind((LOOPBACK, 0)).await?;
     let rtp = UdpSocket::bind((LOOPBACK, 0)).await?;
     let bridge_addr = rtp.local_addr()?;
@@ -73,11 +67,18 @@ async fn wideband_call(
         custom_parameters: CustomParameters::new(),
         dialect,
     };
+    // The agent runtime: one WebSocket accepted while the gateway side connects.
+    let listener = TcpListener::bind((LOOPBACK, 0)).await?;
+    let url = format!("ws://{}/agent", listener.local_addr()?);
     let plain_ws = AgentTls::from_pem(b"")?;
-    let link = connect_agent(&url, params, WAIT, &plain_ws).await?;
-    let mut agent = server.await??;
-    assert_eq!(next_json(&mut agent).await?["event"], "connected");
-    let start = next_json(&mut agent).await?;
+    let accept = async {
+        let (tcp, _) = listener.accept().await?;
+        anyhow::Ok(tokio_tungstenite::accept_async(tcp).await?)
+    };
+    let connect = async { anyhow::Ok(connect_agent(&url, params, WAIT, &plain_ws).await?) };
+    let (link, mut agent) = tokio::try_join!(connect, accept)?;
+    next_event(&mut agent, "connected").await?;
+    let start = next_event(&mut agent, "start").await?;
     let payload_type = media.payload_type;
     let cfg = BridgeConfig {
         idle_audio: IdleAudio::Nothing,
@@ -96,18 +97,22 @@ async fn wideband_call(
     })
 }
 
-async fn next_json(agent: &mut Agent) -> Result<Value> {
-    loop {
-        let message = tokio::time::timeout(WAIT, agent.next())
-            .await
-            .context("timed out waiting for the bridge")?
-            .context("bridge closed the WebSocket")??;
-        match message {
-            Message::Text(text) => return Ok(serde_json::from_str(text.as_str())?),
-            Message::Close(_) => bail!("bridge sent close"),
-            _ => {}
+/// The next message from the bridge naming `event`; others (marks, pings) are passed over.
+async fn next_event(agent: &mut Agent, event: &str) -> Result<Value> {
+    let wanted = async {
+        while let Some(message) = agent.next().await {
+            if let Message::Text(text) = message? {
+                let value: Value = serde_json::from_str(text.as_str())?;
+                if value["event"] == event {
+                    return Ok(value);
+                }
+            }
         }
-    }
+        bail!("the bridge closed the WebSocket before {event:?}")
+    };
+    tokio::time::timeout(WAIT, wanted)
+        .await
+        .with_context(|| format!("no {event:?} from the bridge"))?
 }
 
 fn payload_of(media: &Value) -> Vec<u8> {
@@ -153,8 +158,7 @@ impl WidebandCall {
         let mut audio = Vec::new();
         let mut first_ms = None;
         for i in 0..FRAMES {
-            let media = next_json(&mut self.agent).await?;
-            assert_eq!(media["event"], "media");
+            let media = next_event(&mut self.agent, "media").await?;
             let ms: u64 = media["media"]["timestamp"].as_str().unwrap_or("").parse()?;
             let first = *first_ms.get_or_insert(ms);
             assert_eq!(ms - first, i as u64 * 20, "20 ms apart");

@@ -142,31 +142,21 @@ async fn g722_call(dialect: &'static str) -> (Value, Vec<Vec<u8>>) {
     agent_heard(&fixture.agent)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn g722_caller_reaches_an_l16_agent_as_16khz_pcm() {
-    if sipp_missing() {
-        return;
-    }
-    let (start, payloads) = g722_call("l16-16k").await;
-    assert_eq!(
-        start["start"]["mediaFormat"],
-        json!({"encoding":"audio/L16","sampleRate":16000,"channels":1})
-    );
+/// Asserts the agent got (about) every packet as `frame_bytes` of audio, and that the
+/// 1 kHz tone is what it heard.
+fn assert_heard_the_tone(
+    payloads: &[Vec<u8>],
+    frame_bytes: usize,
+    rate: u32,
+    to_samples: impl Fn(&[u8]) -> Vec<i16>,
+) {
     assert!(
         payloads.len() >= PACKETS * 9 / 10,
         "{} frames",
         payloads.len()
     );
-    assert!(
-        payloads.iter().all(|p| p.len() == 640),
-        "320 samples per 20 ms"
-    );
-    let samples: Vec<i16> = payloads
-        .concat()
-        .chunks_exact(2)
-        .map(|p| i16::from_le_bytes([p[0], p[1]]))
-        .collect();
-    let share = tone_share(&samples, 16000);
+    assert!(payloads.iter().all(|p| p.len() == frame_bytes));
+    let share = tone_share(&to_samples(&payloads.concat()), rate);
     eprintln!(
         "{} frames, {share:.3} of the power at 1 kHz",
         payloads.len()
@@ -178,30 +168,35 @@ async fn g722_caller_reaches_an_l16_agent_as_16khz_pcm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g722_caller_reaches_an_l16_agent_as_16khz_pcm() {
+    if sipp_missing() {
+        return;
+    }
+    let (start, payloads) = g722_call("l16-16k").await;
+    assert_eq!(
+        start["start"]["mediaFormat"],
+        json!({"encoding":"audio/L16","sampleRate":16000,"channels":1})
+    );
+    // 320 little-endian samples per 20 ms.
+    assert_heard_the_tone(&payloads, 640, 16000, |bytes| {
+        bytes
+            .chunks_exact(2)
+            .map(|p| i16::from_le_bytes([p[0], p[1]]))
+            .collect()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g722_caller_reaches_a_twilio_agent_as_ulaw() {
     if sipp_missing() {
         return;
     }
     let (start, payloads) = g722_call("twilio").await;
     assert_eq!(start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw");
-    assert!(
-        payloads.len() >= PACKETS * 9 / 10,
-        "{} frames",
-        payloads.len()
-    );
-    assert!(payloads.iter().all(|p| p.len() == 160));
-    let samples: Vec<i16> = payloads
-        .concat()
-        .iter()
-        .map(|b| switchboard_media::g711::ulaw_to_linear(*b))
-        .collect();
-    let share = tone_share(&samples, 8000);
-    eprintln!(
-        "{} frames, {share:.3} of the power at 1 kHz",
-        payloads.len()
-    );
-    assert!(
-        share > 0.8,
-        "{share:.3} of the agent's audio is the 1 kHz tone"
-    );
+    assert_heard_the_tone(&payloads, 160, 8000, |bytes| {
+        bytes
+            .iter()
+            .map(|b| switchboard_media::g711::ulaw_to_linear(*b))
+            .collect()
+    });
 }
