@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use futures_util::StreamExt as _;
 use switchboard_media::rtp::{RtpReceiver, RtpSender, MAX_PACKET};
 use switchboard_media::sdp::{CryptoSuite, SrtpKey, SrtpParams};
