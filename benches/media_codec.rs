@@ -7,8 +7,10 @@
 //! (a codec's cost can depend on the signal; silence would flatter G.722): caller → agent on a
 //! caller payload, or agent → caller on one agent frame. The cases run interleaved round by
 //! round on one thread, each on its own long-lived transcoder (state carried across packets,
-//! as in a call). Reported per case: median, p10 and p90 over the rounds of µs per packet.
+//! as in a call). Reported per case: median, p10 and p90 over the rounds of µs per packet, and
+//! heap allocations per packet (counted by an instrumented allocator; must be 0).
 
+use std::alloc::System;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -18,6 +20,10 @@ use audio_codec::Encoder as _;
 use switchboard_media::g711;
 use switchboard_media::tone::sine;
 use switchboard_media::{AgentDialect, Codec, Transcoder};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// Which way a case converts.
 #[derive(Clone, Copy)]
@@ -33,6 +39,8 @@ struct Case {
     /// One second of 20 ms inputs, cycled.
     inputs: Vec<Vec<u8>>,
     per_packet_us: Vec<f64>,
+    allocations: usize,
+    packets: usize,
 }
 
 fn tone_frames(
@@ -64,6 +72,8 @@ fn cases() -> Vec<Case> {
         direction,
         inputs: inputs.clone(),
         per_packet_us: Vec::new(),
+        allocations: 0,
+        packets: 0,
     };
     use AgentDialect::{L16Wideband, Twilio};
     use Direction::{AgentToCaller, CallerToAgent};
@@ -124,6 +134,7 @@ fn cases() -> Vec<Case> {
 /// One batch of `packets` conversions; µs per packet.
 fn batch(case: &mut Case, packets: usize) -> f64 {
     let mut produced = 0usize;
+    let allocations_before = GLOBAL.stats().allocations;
     let started = Instant::now();
     for input in case.inputs.iter().cycle().take(packets) {
         produced += match case.direction {
@@ -137,6 +148,8 @@ fn batch(case: &mut Case, packets: usize) -> f64 {
         };
     }
     let elapsed = started.elapsed();
+    case.allocations += GLOBAL.stats().allocations - allocations_before;
+    case.packets += packets;
     assert!(
         produced >= packets * 160,
         "{}: the batch did no work",
@@ -154,6 +167,9 @@ fn main() -> Result<()> {
     for case in &mut cases {
         batch(case, 200);
     }
+    for case in &mut cases {
+        (case.allocations, case.packets) = (0, 0);
+    }
     for _ in 0..rounds {
         for case in &mut cases {
             let us = batch(case, packets);
@@ -161,8 +177,8 @@ fn main() -> Result<()> {
         }
     }
     println!("media_codec: µs per 20 ms packet, {rounds} rounds × {packets} packets");
-    println!("| conversion | median | p10 | p90 |");
-    println!("|---|---:|---:|---:|");
+    println!("| conversion | median | p10 | p90 | allocations/packet |");
+    println!("|---|---:|---:|---:|---:|");
     for case in &mut cases {
         case.per_packet_us.sort_by(f64::total_cmp);
         let at = |q: f64| {
@@ -170,12 +186,19 @@ fn main() -> Result<()> {
             v[((v.len() - 1) as f64 * q).round() as usize]
         };
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {} |",
             case.name,
             at(0.5),
             at(0.1),
-            at(0.9)
+            at(0.9),
+            case.allocations as f64 / case.packets as f64
         );
     }
+    let allocating: Vec<&str> = cases
+        .iter()
+        .filter(|c| c.allocations > 0)
+        .map(|c| c.name)
+        .collect();
+    anyhow::ensure!(allocating.is_empty(), "allocated per packet: {allocating:?}");
     Ok(())
 }
