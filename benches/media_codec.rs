@@ -17,10 +17,10 @@ use std::time::Instant;
 use anyhow::Result;
 use audio_codec::g722::G722Encoder;
 use audio_codec::Encoder as _;
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use switchboard_media::g711;
 use switchboard_media::tone::sine;
 use switchboard_media::{AgentDialect, Codec, Transcoder};
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -199,6 +199,9 @@ fn main() -> Result<()> {
         .filter(|c| c.allocations > 0)
         .map(|c| c.name)
         .collect();
-    anyhow::ensure!(allocating.is_empty(), "allocated per packet: {allocating:?}");
+    anyhow::ensure!(
+        allocating.is_empty(),
+        "allocated per packet: {allocating:?}"
+    );
     Ok(())
 }
