@@ -1,7 +1,7 @@
 //! switchboard-media: the audio half of a call.
 //!
 //! Layout, in the order a call uses it:
-//! * [`sdp`] — parse the carrier's offer, answer PCMU/PCMA + telephone-event (RFC 3264);
+//! * [`sdp`] — parse the carrier's offer, answer PCMU/PCMA/G.722 + telephone-event (RFC 3264);
 //!   late offers and hold re-INVITEs; SDES `a=crypto` keys for `RTP/SAVP` (RFC 4568).
 //! * [`srtp`] — protect/unprotect an SRTP call's packets (RFC 3711, via webrtc-srtp).
 //! * [`agent_tls`] — rustls trust for `wss://` agent runtimes.
