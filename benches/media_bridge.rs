@@ -187,6 +187,7 @@ fn bridge_thread(
                 let params = StartParams {
                     ids: StreamIds::generate(new_sid("AC")),
                     custom_parameters: CustomParameters::new(),
+                    dialect: switchboard_media::AgentDialect::Twilio,
                 };
                 let link =
                     connect_agent(&agent_url, params, AGENT_CONNECT_TIMEOUT, &plain_ws).await?;

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use futures_util::StreamExt as _;
 use switchboard_media::rtp::{RtpReceiver, RtpSender, MAX_PACKET};
 use switchboard_media::sdp::{CryptoSuite, SrtpKey, SrtpParams};
@@ -42,23 +42,12 @@ fn options() -> Result<Options> {
         packets: 10_000,
         connects: 200,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || -> Result<usize> {
-            args.next()
-                .context("missing value")?
-                .parse()
-                .context("not a number")
-        };
-        match arg.as_str() {
-            "--rounds" => o.rounds = value()?,
-            "--packets" => o.packets = value()?,
-            "--connects" => o.connects = value()?,
-            // `cargo bench` passes --bench; anything else is a typo worth hearing about.
-            "--bench" => {}
-            other => anyhow::bail!("unknown argument {other:?}"),
-        }
-    }
+    switchboard_benches::count_args(&mut [
+        ("rounds", &mut o.rounds),
+        ("packets", &mut o.packets),
+        ("connects", &mut o.connects),
+    ])
+    .map_err(anyhow::Error::msg)?;
     Ok(o)
 }
 
@@ -243,6 +232,7 @@ async fn connect_times(o: &Options) -> Result<()> {
         let params = StartParams {
             ids: StreamIds::generate(new_sid("AC")),
             custom_parameters: CustomParameters::new(),
+            dialect: switchboard_media::AgentDialect::Twilio,
         };
         let started = Instant::now();
         let link = connect_agent(url, params, Duration::from_secs(5), &trust).await?;

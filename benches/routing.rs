@@ -177,7 +177,7 @@ fn dataset() -> RoutingData {
                         app_id: format!("app-{app}"),
                         version,
                         runtime_url: format!("wss://runtime.example/app-{app}/v{version}"),
-                        dialect: "twilio".into(),
+                        dialect: switchboard_routing::model::Dialect::Twilio,
                         status: RuntimeStatus::Ready,
                         status_detail: None,
                     },

@@ -22,6 +22,8 @@ mod tls;
 mod torture;
 #[path = "sip_e2e/transfer.rs"]
 mod transfer;
+#[path = "sip_e2e/wideband.rs"]
+mod wideband;
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::process::Command;

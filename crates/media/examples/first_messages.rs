@@ -88,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             let start = StartParams {
                 ids,
                 custom_parameters: params,
+                dialect: switchboard_media::AgentDialect::Twilio,
             };
             let link = connect_agent(&url, start, std::time::Duration::from_secs(5), &tls).await?;
             link.abandon().await;

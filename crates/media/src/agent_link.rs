@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::agent_tls::AgentTls;
+use crate::transcode::AgentDialect;
 use crate::twilio::{CustomParameters, Outbound, StreamIds};
 use crate::MediaError;
 
@@ -26,6 +27,8 @@ pub(crate) type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct StartParams {
     pub ids: StreamIds,
     pub custom_parameters: CustomParameters,
+    /// The app version's dialect: `start.mediaFormat` and the audio of every `media` message.
+    pub dialect: AgentDialect,
 }
 
 /// An open WebSocket to the agent runtime that has received `connected` and `start`.
@@ -39,6 +42,10 @@ pub struct AgentLink {
 impl AgentLink {
     pub fn ids(&self) -> &StreamIds {
         self.outbound.ids()
+    }
+
+    pub fn dialect(&self) -> AgentDialect {
+        self.outbound.dialect()
     }
 
     pub fn url(&self) -> &str {
@@ -83,7 +90,7 @@ pub async fn connect_agent(
         )
         .await
         .map_err(connect_error)?;
-        let mut outbound = Outbound::new(params.ids);
+        let mut outbound = Outbound::new(params.ids).with_dialect(params.dialect);
         ws.feed(Message::text(outbound.connected()))
             .await
             .map_err(connect_error)?;

@@ -36,12 +36,12 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::agent_link::{AgentLink, AgentSocket, AGENT_CLOSE_TIMEOUT};
 use crate::dtmf::DtmfDetector;
 use crate::framer::CallerFramer;
-use crate::g711::{self, ALAW_SILENCE, ULAW_SILENCE};
 use crate::playout::Playout;
-use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
-use crate::sdp::{Codec, NegotiatedMedia};
+use crate::rtp::{Inbound, RtpReceiver, RtpSender, MAX_PACKET};
+use crate::sdp::NegotiatedMedia;
 use crate::srtp::{SrtpDrop, SrtpStream, Unprotected};
 use crate::strict_rtp::{AllowedSources, SourceGuard, Verdict};
+use crate::transcode::Transcoder;
 use crate::twilio::{parse_agent_message, AgentEvent, Outbound, StreamIds, TransferStatus};
 
 /// One frame of audio: the pacer's period.
@@ -60,11 +60,11 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_AGENT_BACKLOG: Duration = Duration::from_secs(60);
 /// An agent that does not read its socket for this long is treated as dead.
 const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Receive buffer: G.711 packets are ~172 bytes; anything bigger than this is not ours.
+/// Receive buffer: G.711 and G.722 packets are ~172 bytes; anything bigger than this is not ours.
 const RECV_BUFFER: usize = 2048;
 /// Consecutive socket errors after which the bridge gives up instead of spinning.
 const MAX_SOCKET_ERRORS: u32 = 100;
-/// µ-law bytes per millisecond at 8 kHz.
+/// RTP timestamp ticks per millisecond: 8 kHz clock for PCMU, PCMA and G.722 alike.
 const SAMPLES_PER_MS: u32 = 8;
 
 /// What the bridge sends while the agent has nothing to say.
@@ -139,6 +139,10 @@ pub struct BridgeStats {
     pub media_to_agent: AtomicU64,
     pub agent_audio_bytes: AtomicU64,
     pub agent_audio_dropped: AtomicU64,
+    /// Caller audio packets with an empty or oversized payload (see [`Transcoder`]): dropped.
+    pub rtp_dropped_bad_payload: AtomicU64,
+    /// Agent `media` messages the dialect cannot play (odd-length L16): dropped.
+    pub agent_audio_malformed: AtomicU64,
     pub dtmf_digits: AtomicU64,
     pub marks_echoed: AtomicU64,
     pub bad_agent_messages: AtomicU64,
@@ -238,7 +242,8 @@ pub fn spawn_bridge(
     let (ended_tx, ended_rx) = watch::channel(None);
     let stats = Arc::new(BridgeStats::default());
     let ids = agent.outbound.ids().clone();
-    let backlog = cfg.max_agent_backlog.as_millis() as usize * SAMPLES_PER_MS as usize;
+    let dialect = agent.outbound.dialect();
+    let backlog = cfg.max_agent_backlog.as_millis() as usize * dialect.bytes_per_ms();
     let (srtp, setup_error) = match negotiated.srtp.as_ref().map(SrtpStream::new).transpose() {
         Ok(srtp) => (srtp, None),
         Err(e) => (None, Some(e.to_string())),
@@ -249,6 +254,8 @@ pub fn spawn_bridge(
         ws: agent.ws,
         out: agent.outbound,
         receiver: RtpReceiver::new(negotiated.payload_type, negotiated.telephone_event),
+        transcoder: Transcoder::new(negotiated.codec, dialect),
+        agent_frame: vec![dialect.silence(); dialect.frame_bytes()],
         sources: SourceGuard::new(cfg.allowed_sources.clone(), negotiated.remote_rtp),
         media: negotiated,
         sender: RtpSender::new(),
@@ -256,8 +263,7 @@ pub fn spawn_bridge(
         last_rtp: Instant::now(),
         first_timestamp: None,
         framer: CallerFramer::default(),
-        playout: Playout::new(backlog),
-        scratch: Vec::with_capacity(RECV_BUFFER),
+        playout: Playout::new(backlog).with_silence(dialect.silence()),
         to_agent: Vec::new(),
         ws_dirty: false,
         socket_errors: 0,
@@ -342,8 +348,10 @@ struct Bridge {
     first_timestamp: Option<u32>,
     framer: CallerFramer,
     playout: Playout,
-    /// Reused buffer for transcoding caller audio.
-    scratch: Vec<u8>,
+    /// Caller codec ⇄ agent dialect (G.722 and resampler state, reused buffers).
+    transcoder: Transcoder,
+    /// Reused buffer for one 20 ms frame of agent audio.
+    agent_frame: Vec<u8>,
     /// Reused list of messages produced while handling one event.
     to_agent: Vec<String>,
     ws_dirty: bool,
@@ -446,6 +454,7 @@ impl Bridge {
         }
         self.receiver
             .set_payload_types(media.payload_type, media.telephone_event);
+        self.transcoder.set_caller_codec(media.codec);
         // The far end may have moved (re-INVITE): follow its new SDP address at once.
         self.sources.set_signalled(media.remote_rtp);
         if !self.media.direction.receives() && media.direction.receives() {
@@ -533,21 +542,21 @@ impl Bridge {
         let first = *self.first_timestamp.get_or_insert(timestamp);
         match inbound {
             Inbound::Audio { payload, .. } => {
-                let ulaw: &[u8] = match self.media.codec {
-                    Codec::Pcmu => payload,
-                    Codec::Pcma => {
-                        self.scratch.clear();
-                        self.scratch
-                            .extend(payload.iter().map(|b| g711::alaw_to_ulaw(*b)));
-                        &self.scratch
-                    }
-                };
+                if !Transcoder::accepts_caller_payload(payload) {
+                    bump(&self.stats.rtp_dropped_bad_payload, 1);
+                    return Ok(());
+                }
+                // Framed in caller codec bytes (one per RTP tick), then converted per frame.
                 let out = &mut self.out;
                 let to_agent = &mut self.to_agent;
-                self.framer.push(timestamp, ulaw, |chunk_timestamp, chunk| {
-                    let ms = chunk_timestamp.wrapping_sub(first) / SAMPLES_PER_MS;
-                    to_agent.push(out.media(u64::from(ms), chunk));
-                });
+                let transcoder = &mut self.transcoder;
+                self.framer
+                    .push(timestamp, payload, |chunk_timestamp, chunk| {
+                        let ms = chunk_timestamp.wrapping_sub(first) / SAMPLES_PER_MS;
+                        if let Some(audio) = transcoder.caller_to_agent(chunk) {
+                            to_agent.push(out.media(u64::from(ms), audio));
+                        }
+                    });
                 bump(&self.stats.media_to_agent, self.to_agent.len() as u64);
             }
             Inbound::Event { payload, .. } => {
@@ -569,8 +578,11 @@ impl Bridge {
             _ => return Ok(()),
         };
         match parse_agent_message(text.as_str()) {
-            Ok(AgentEvent::Media(ulaw)) => {
-                let queued = self.playout.push_audio(&ulaw);
+            Ok(AgentEvent::Media(audio)) if !self.out.dialect().accepts_agent_payload(&audio) => {
+                bump(&self.stats.agent_audio_malformed, 1);
+            }
+            Ok(AgentEvent::Media(audio)) => {
+                let queued = self.playout.push_audio(&audio);
                 bump(&self.stats.agent_audio_bytes, queued.accepted as u64);
                 bump(&self.stats.agent_audio_dropped, queued.dropped as u64);
             }
@@ -620,25 +632,18 @@ impl Bridge {
 
     /// One 20 ms frame slot: the next agent frame, or filler, or nothing (hold / no address).
     fn send_frame(&mut self) {
-        let mut frame = [ULAW_SILENCE; FRAME_SAMPLES];
-        let agent_audio = self.playout.next_frame(&mut frame).is_some();
+        let silence = self.out.dialect().silence();
+        self.agent_frame.fill(silence);
+        let agent_audio = self.playout.next_frame(&mut self.agent_frame).is_some();
         let destination = self.sources.destination().filter(|_| !self.media.on_hold());
         let send =
             destination.is_some() && (agent_audio || self.cfg.idle_audio == IdleAudio::Silence);
-        if send && self.media.codec == Codec::Pcma {
-            if agent_audio {
-                g711::ulaw_to_alaw_in_place(&mut frame);
-            } else {
-                frame = [ALAW_SILENCE; FRAME_SAMPLES];
-            }
-        }
+        // Silence is encoded too: keeps G.722 and resampler state continuous.
+        let payload = send.then(|| self.transcoder.agent_to_caller(&self.agent_frame));
         let mut packet = [0u8; MAX_PACKET];
-        let built = self.sender.tick(
-            send.then_some(&frame[..]),
-            agent_audio,
-            self.media.payload_type,
-            &mut packet,
-        );
+        let built = self
+            .sender
+            .tick(payload, agent_audio, self.media.payload_type, &mut packet);
         let (Some(len), Some(to)) = (built, destination) else {
             return;
         };

@@ -16,7 +16,7 @@ pub enum MediaError {
         line: usize,
         reason: String,
     },
-    /// The offer (or answer) has no audio stream with a codec we speak (PCMU, PCMA).
+    /// The offer (or answer) has no audio stream with a codec we speak (PCMU, PCMA, G.722).
     #[error("no common codec: offered payload types {offered:?}")]
     NoCommonCodec { offered: Vec<String> },
     /// Every SRTP stream offered uses only crypto suites (or key features) we do not take.

@@ -1,12 +1,14 @@
 //! switchboard-media: the audio half of a call.
 //!
 //! Layout, in the order a call uses it:
-//! * [`sdp`] — parse the carrier's offer, answer PCMU/PCMA + telephone-event (RFC 3264);
+//! * [`sdp`] — parse the carrier's offer, answer PCMU/PCMA/G.722 + telephone-event (RFC 3264);
 //!   late offers and hold re-INVITEs; SDES `a=crypto` keys for `RTP/SAVP` (RFC 4568).
 //! * [`srtp`] — protect/unprotect an SRTP call's packets (RFC 3711, via webrtc-srtp).
 //! * [`agent_tls`] — rustls trust for `wss://` agent runtimes.
 //! * [`twilio`] — the Twilio Media Streams JSON dialect spoken to the agent runtime.
 //! * [`g711`] — µ-law / A-law tables (the agent hears µ-law; PCMA callers are transcoded).
+//! * [`transcode`] — per call, caller codec (PCMU, PCMA, G.722) ⇄ the agent's dialect (µ-law
+//!   8 kHz, or L16 16 kHz), with G.722 and resampling from the `audio-codec` crate.
 //! * [`rtp`], [`dtmf`] — caller packets in (RFC 3550, RFC 4733), our packets out.
 //! * [`playout`] — the agent's audio queue with Twilio `mark` / `clear` semantics.
 //! * [`connect_agent`] (the private `agent_link`) before answering, then [`bridge`]'s
@@ -30,6 +32,8 @@ pub mod rtp;
 pub mod sdp;
 pub mod srtp;
 pub mod strict_rtp;
+pub mod tone;
+pub mod transcode;
 pub mod twilio;
 
 pub use agent_link::{connect_agent, AgentLink, StartParams};
@@ -37,8 +41,9 @@ pub use agent_tls::AgentTls;
 pub use bridge::{spawn_bridge, BridgeConfig, BridgeHandle, BridgeStats, EndReason, IdleAudio};
 pub use error::MediaError;
 pub use sdp::{
-    negotiate, Answer, Codec, CryptoSuite, Direction, MediaEncryption, NegotiatedMedia, SdpSession,
-    SrtpParams,
+    negotiate, Answer, Codec, CodecPreference, CryptoSuite, Direction, MediaEncryption,
+    NegotiatedMedia, SdpSession, SrtpParams,
 };
 pub use strict_rtp::{AllowedSources, SourceGuard, Verdict, PROBATION_PACKETS};
+pub use transcode::{AgentDialect, Transcoder};
 pub use twilio::{CallInfo, CustomParameters, StreamIds, TransferStatus, RESERVED_PARAMETERS};

@@ -1,13 +1,12 @@
 //! The agent → caller audio queue: paced frames, marks and clear (Twilio semantics).
 //!
-//! Agent audio is a byte stream of µ-law; marks are positions in that stream. A mark is echoed
+//! Agent audio is a byte stream (µ-law, or L16 in the `l16-16k` dialect); marks are positions in that stream. A mark is echoed
 //! once every byte queued before it has been played (sent as RTP), `clear` drops the queue and
 //! echoes the pending marks at once, as Twilio does on barge-in.
 
 use std::collections::VecDeque;
 
 use crate::g711::ULAW_SILENCE;
-use crate::rtp::FRAME_SAMPLES;
 
 /// Marks kept waiting at most; an agent that floods marks gets the oldest echoed early
 /// rather than growing memory without bound.
@@ -30,10 +29,12 @@ pub struct Playout {
     /// (stream position, name), in position order.
     marks: VecDeque<(u64, String)>,
     capacity: usize,
+    /// Pads a short last frame: µ-law silence unless [`Playout::with_silence`] says otherwise.
+    silence: u8,
 }
 
 impl Playout {
-    /// `capacity` bounds the backlog in bytes (= samples at 8 kHz).
+    /// `capacity` bounds the backlog in bytes (= samples at 8 kHz µ-law).
     pub fn new(capacity: usize) -> Playout {
         Playout {
             audio: VecDeque::new(),
@@ -41,7 +42,14 @@ impl Playout {
             played_total: 0,
             marks: VecDeque::new(),
             capacity,
+            silence: ULAW_SILENCE,
         }
+    }
+
+    /// The byte that pads a short tail (the agent dialect's silence).
+    pub fn with_silence(mut self, silence: u8) -> Playout {
+        self.silence = silence;
+        self
     }
 
     /// Appends agent audio; whatever would exceed the capacity is dropped (the newest bytes,
@@ -77,17 +85,18 @@ impl Playout {
         self.marks.drain(..).map(|(_, name)| name).collect()
     }
 
-    /// Takes the next 20 ms frame into `frame`, padding a short tail with µ-law silence.
-    /// Returns the number of agent bytes taken, `None` when the queue is empty.
-    pub fn next_frame(&mut self, frame: &mut [u8; FRAME_SAMPLES]) -> Option<usize> {
+    /// Takes the next frame (`frame.len()` bytes: one 20 ms frame of the dialect) into
+    /// `frame`, padding a short tail with silence. Returns the number of agent bytes taken,
+    /// `None` when the queue is empty.
+    pub fn next_frame(&mut self, frame: &mut [u8]) -> Option<usize> {
         if self.audio.is_empty() {
             return None;
         }
-        let take = self.audio.len().min(FRAME_SAMPLES);
+        let take = self.audio.len().min(frame.len());
         for (slot, byte) in frame.iter_mut().zip(self.audio.drain(..take)) {
             *slot = byte;
         }
-        frame[take..].fill(ULAW_SILENCE);
+        frame[take..].fill(self.silence);
         self.played_total += take as u64;
         Some(take)
     }
@@ -111,6 +120,7 @@ impl Playout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rtp::FRAME_SAMPLES;
 
     fn drain_marks(p: &mut Playout) -> Vec<String> {
         std::iter::from_fn(|| p.due_mark()).collect()

@@ -14,14 +14,12 @@ use base64::Engine as _;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::transcode::AgentDialect;
 use crate::MediaError;
 
 /// Protocol name and version Twilio announces in `connected`.
 const PROTOCOL: &str = "Call";
 const PROTOCOL_VERSION: &str = "1.0.0";
-/// The only media format the dialect carries: 8 kHz mono µ-law.
-const ENCODING: &str = "audio/x-mulaw";
-const SAMPLE_RATE: u32 = 8000;
 /// Twilio's name for the caller's audio in `start.tracks` and `media.track`.
 const INBOUND_TRACK: &str = "inbound";
 /// Twilio's name for the caller's track in `dtmf.track` (differs from `media.track`).
@@ -326,6 +324,8 @@ pub struct Outbound {
     stream_sid_json: String,
     sequence: u64,
     chunk: u64,
+    /// What `start.mediaFormat` announces and `media` payloads carry.
+    dialect: AgentDialect,
 }
 
 impl Outbound {
@@ -336,7 +336,18 @@ impl Outbound {
             stream_sid_json,
             sequence: 0,
             chunk: 0,
+            dialect: AgentDialect::Twilio,
         }
+    }
+
+    /// Speak `dialect` (µ-law 8 kHz unless told): set before [`Outbound::start`].
+    pub fn with_dialect(mut self, dialect: AgentDialect) -> Outbound {
+        self.dialect = dialect;
+        self
+    }
+
+    pub fn dialect(&self) -> AgentDialect {
+        self.dialect
     }
 
     pub fn ids(&self) -> &StreamIds {
@@ -370,8 +381,8 @@ impl Outbound {
                 tracks: [INBOUND_TRACK],
                 custom_parameters: params,
                 media_format: MediaFormat {
-                    encoding: ENCODING,
-                    sample_rate: SAMPLE_RATE,
+                    encoding: self.dialect.encoding(),
+                    sample_rate: self.dialect.sample_rate(),
                     channels: 1,
                 },
             },
@@ -379,7 +390,7 @@ impl Outbound {
         })
     }
 
-    /// One `media` message with caller audio (µ-law bytes); `timestamp_ms` is the
+    /// One `media` message with caller audio (µ-law, or L16 in that dialect); `timestamp_ms` is the
     /// presentation time since the stream started. Hand-written: this is the hot path.
     pub fn media(&mut self, timestamp_ms: u64, ulaw: &[u8]) -> String {
         let sequence = self.next_sequence();

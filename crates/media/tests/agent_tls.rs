@@ -70,6 +70,7 @@ async fn connect(url: &str, trust: &AgentTls) -> Result<(), MediaError> {
     let params = StartParams {
         ids: StreamIds::generate(new_sid("AC")),
         custom_parameters: CustomParameters::new(),
+        dialect: switchboard_media::AgentDialect::Twilio,
     };
     let link = connect_agent(url, params, Duration::from_secs(5), trust).await?;
     link.abandon().await;

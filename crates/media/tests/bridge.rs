@@ -91,6 +91,7 @@ async fn start_call(payload_type: u8, cfg: BridgeConfig) -> Result<Call> {
         StartParams {
             ids: ids.clone(),
             custom_parameters: params,
+            dialect: switchboard_media::AgentDialect::Twilio,
         },
         WAIT,
         &plain_ws(),
@@ -704,6 +705,7 @@ async fn unreachable_agent_is_a_503() -> Result<()> {
     let params = StartParams {
         ids: StreamIds::generate(new_sid("AC")),
         custom_parameters: CustomParameters::new(),
+        dialect: switchboard_media::AgentDialect::Twilio,
     };
     let err = connect_agent(&url, params.clone(), WAIT, &plain_ws())
         .await

@@ -63,6 +63,7 @@ async fn srtp_audio_crosses_both_ways_and_bad_packets_are_counted() -> Result<()
     let params = StartParams {
         ids: StreamIds::generate(new_sid("AC")),
         custom_parameters: CustomParameters::new(),
+        dialect: switchboard_media::AgentDialect::Twilio,
     };
     let link = connect_agent(&url, params, WAIT, &AgentTls::from_pem(b"")?).await?;
     let mut agent = server.await??;

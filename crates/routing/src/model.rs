@@ -258,6 +258,36 @@ pub enum RuntimeStatus {
     Error,
 }
 
+/// The Media Streams variant an agent runtime speaks (app version `dialect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Dialect {
+    /// Twilio Media Streams as Twilio sends it: 8 kHz µ-law. The default, so records stored
+    /// before the field had a choice load as what they were.
+    #[default]
+    #[serde(rename = "twilio")]
+    Twilio,
+    /// The same messages carrying 16 kHz 16-bit little-endian linear PCM (`audio/L16`).
+    #[serde(rename = "l16-16k")]
+    L16Wideband,
+}
+
+impl Dialect {
+    /// Every dialect, as the API names them.
+    pub const ALL: [Dialect; 2] = [Dialect::Twilio, Dialect::L16Wideband];
+
+    /// The API and stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Twilio => "twilio",
+            Dialect::L16Wideband => "l16-16k",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Dialect> {
+        Dialect::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+}
+
 /// One version of an agent (app) and the runtime endpoint that serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppVersion {
@@ -265,8 +295,9 @@ pub struct AppVersion {
     pub version: u32,
     /// `ws://` or `wss://` URL of the agent runtime.
     pub runtime_url: String,
-    /// Media Streams dialect spoken by the runtime; only "twilio" today.
-    pub dialect: String,
+    /// Media Streams dialect spoken by the runtime.
+    #[serde(default)]
+    pub dialect: Dialect,
     pub status: RuntimeStatus,
     #[serde(default)]
     pub status_detail: Option<String>,
@@ -337,4 +368,28 @@ pub struct Cohort {
     #[serde(default)]
     pub rejections: Vec<CohortRejection>,
     pub sequence: u64,
+}
+
+#[cfg(test)]
+mod dialect_tests {
+    use super::*;
+
+    #[test]
+    fn app_versions_stored_without_a_dialect_or_with_either_name_load() {
+        let old = r#"{"app_id":"a","version":1,"runtime_url":"ws://x","status":"ready"}"#;
+        let v: AppVersion = serde_json::from_str(old).unwrap();
+        assert_eq!(v.dialect, Dialect::Twilio);
+        for dialect in Dialect::ALL {
+            let json = serde_json::to_string(&AppVersion {
+                dialect,
+                ..v.clone()
+            })
+            .unwrap();
+            assert!(json.contains(&format!(r#""dialect":"{}""#, dialect.as_str())));
+            let back: AppVersion = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.dialect, dialect);
+            assert_eq!(Dialect::from_name(dialect.as_str()), Some(dialect));
+        }
+        assert_eq!(Dialect::from_name("L16"), None);
+    }
 }

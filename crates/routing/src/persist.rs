@@ -322,7 +322,7 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let key = 1 + state % 512;
-            if state % 3 == 0 {
+            if state.is_multiple_of(3) {
                 assert_eq!(map.remove(key), model.remove(&key).is_some(), "step {step}");
             } else {
                 map.insert(key, step);

@@ -75,7 +75,7 @@ fn app_version(app_id: &str, version: u32, status: RuntimeStatus) -> AppVersion 
         app_id: app_id.into(),
         version,
         runtime_url: format!("ws://runtime.example/{app_id}/v{version}"),
-        dialect: "twilio".into(),
+        dialect: switchboard_routing::model::Dialect::Twilio,
         status,
         status_detail: None,
     }

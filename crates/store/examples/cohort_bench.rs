@@ -33,7 +33,7 @@ fn member(index: usize) -> CohortMember {
         user_identifier: format!("customer-{index}"),
         app_variables: BTreeMap::from([("customer_name".to_owned(), format!("Customer {index}"))]),
         app_overrides: AppOverrides {
-            initial_language_name: (index % 2 == 0).then(|| "hi".to_owned()),
+            initial_language_name: index.is_multiple_of(2).then(|| "hi".to_owned()),
             ..AppOverrides::default()
         },
     }

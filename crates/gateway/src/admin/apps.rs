@@ -6,7 +6,7 @@
 
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
-use switchboard_routing::model::{AppVersion, RuntimeStatus, Scope};
+use switchboard_routing::model::{AppVersion, Dialect, RuntimeStatus, Scope};
 use switchboard_routing::Change;
 use switchboard_store::StoreError;
 
@@ -16,8 +16,6 @@ use super::request::{
 };
 use super::{probe, validate, Body, Ctx, RequestBody};
 
-/// The only Media Streams dialect the gateway speaks today.
-pub const DIALECT_TWILIO: &str = "twilio";
 /// Longest runtime URL accepted.
 const MAX_URL_CHARS: usize = 2048;
 
@@ -34,16 +32,16 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
         deny_unknown(map, &["runtime_url", "dialect"], &root, &mut p);
         let url = required(map, "runtime_url", &root, &mut p)
             .and_then(|v| runtime_url(v, at(&root, "runtime_url"), &mut p));
-        let dialect = optional(map, "dialect").map(|v| match v.as_str() {
-            Some(DIALECT_TWILIO) => Some(DIALECT_TWILIO.to_owned()),
-            _ => {
+        let dialect = optional(map, "dialect").map(|v| {
+            let dialect = v.as_str().and_then(Dialect::from_name);
+            if dialect.is_none() {
                 p.push(
                     at(&root, "dialect"),
                     "literal_error",
-                    "Input should be 'twilio'",
+                    "Input should be 'twilio' or 'l16-16k'",
                 );
-                None
             }
+            dialect
         });
         fields = Some((url, dialect));
     }
@@ -57,9 +55,7 @@ pub async fn put(cx: &Ctx, body: RequestBody) -> Result<Response<Body>, ApiError
         app_id,
         version,
         runtime_url,
-        dialect: dialect
-            .flatten()
-            .unwrap_or_else(|| DIALECT_TWILIO.to_owned()),
+        dialect: dialect.flatten().unwrap_or_default(),
         status: RuntimeStatus::Provisioning,
         status_detail: None,
     };

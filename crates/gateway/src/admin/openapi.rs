@@ -387,10 +387,11 @@ fn schemas() -> Value {
             "transfer": { "enum": ["refer", "disabled"] } } },
         "AppVersionPut": { "type": "object", "additionalProperties": false, "required": ["runtime_url"], "properties": {
             "runtime_url": { "type": "string", "description": "ws:// or wss:// URL of the agent runtime" },
-            "dialect": { "const": "twilio", "default": "twilio" } } },
+            "dialect": { "enum": ["twilio", "l16-16k"], "default": "twilio",
+                "description": "twilio: 8 kHz µ-law; l16-16k: 16 kHz 16-bit little-endian PCM (audio/L16)" } } },
         "AppVersion": { "type": "object", "properties": {
             "app_id": { "type": "string" }, "version": { "type": "integer" }, "runtime_url": { "type": "string" },
-            "dialect": { "type": "string" }, "status": status_enum,
+            "dialect": { "enum": ["twilio", "l16-16k"] }, "status": status_enum,
             "status_detail": { "type": ["string", "null"], "description": "Why the status is error" } } },
         "AgentDeploymentPercentageStrategy": { "type": "object", "required": ["traffic_percentage"], "properties": {
             "type": { "enum": ["percentage"] }, "traffic_percentage": { "type": "number", "minimum": 0, "maximum": 100 } } },

@@ -118,6 +118,9 @@ impl DropExport {
             follow(dropped.with_label_values(&["srtp_replay"]), |s| {
                 load(&s.rtp_dropped_replayed)
             }),
+            follow(dropped.with_label_values(&["bad_payload"]), |s| {
+                load(&s.rtp_dropped_bad_payload)
+            }),
             follow(packets.with_label_values(&["in"]), |s| {
                 load(&s.rtp_received)
             }),

@@ -221,7 +221,7 @@ impl SipMetrics {
         let rtp_dropped = IntCounterVec::new(
             Opts::new(
                 "rtp_dropped_total",
-                "Caller RTP packets dropped by strict RTP or SRTP (authentication, replay), by reason",
+                "Caller RTP packets dropped by strict RTP, SRTP (authentication, replay) or an unusable audio payload (bad_payload), by reason",
             ),
             &["reason"],
         )?;
@@ -275,7 +275,13 @@ impl SipMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
-        for reason in ["foreign_source", "learning", "srtp_auth", "srtp_replay"] {
+        for reason in [
+            "foreign_source",
+            "learning",
+            "srtp_auth",
+            "srtp_replay",
+            "bad_payload",
+        ] {
             rtp_dropped.with_label_values(&[reason]);
         }
         let call = CallMetrics::register(registry)?;

@@ -386,8 +386,20 @@ impl Admin {
         runtime_url: &str,
         expect_ready: bool,
     ) -> anyhow::Result<()> {
+        self.put_app_version_in(app, version, runtime_url, "twilio", expect_ready)
+    }
+
+    /// [`Admin::put_app_version`] with the agent's media `dialect` (`twilio`, `l16-16k`).
+    pub fn put_app_version_in(
+        &self,
+        app: &str,
+        version: u32,
+        runtime_url: &str,
+        dialect: &str,
+        expect_ready: bool,
+    ) -> anyhow::Result<()> {
         let path = Self::scoped(&format!("/apps/{app}/versions/{version}"));
-        let body = json!({ "runtime_url": runtime_url, "dialect": "twilio" });
+        let body = json!({ "runtime_url": runtime_url, "dialect": dialect });
         self.ok("PUT", &path, &body)?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {

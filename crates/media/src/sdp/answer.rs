@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use super::crypto::{self, CryptoSuite, MediaEncryption, SrtpKey, SrtpParams};
 use super::parse::{MediaDescription, Profile};
 use super::{
-    Answer, Codec, Direction, NegotiatedMedia, SessionDescription, OFFER_TELEPHONE_EVENT_PT,
-    PTIME_MS, SESSION_NAME, TELEPHONE_EVENTS,
+    Answer, Codec, CodecPreference, Direction, NegotiatedMedia, SessionDescription,
+    OFFER_TELEPHONE_EVENT_PT, PTIME_MS, SESSION_NAME, TELEPHONE_EVENTS,
 };
 use crate::MediaError;
 
@@ -28,6 +28,8 @@ pub struct SdpSession {
     /// Body (after the `o=` line) of the last SDP we sent: the version changes only with it.
     last_body: Option<String>,
     encryption: MediaEncryption,
+    /// Which codec we pick from an offer with several, and the order of our own offer.
+    preference: CodecPreference,
     /// Our SRTP master key and the suite it was made for, once we sent one.
     local_key: Option<(CryptoSuite, SrtpKey)>,
     /// Our late offer was `RTP/SAVP` (the answer must key it).
@@ -54,6 +56,7 @@ impl SdpSession {
             version: session_id,
             last_body: None,
             encryption: MediaEncryption::default(),
+            preference: CodecPreference::default(),
             local_key: None,
             offered_srtp: false,
         }
@@ -62,6 +65,12 @@ impl SdpSession {
     /// The connection's `media_encryption`: which offers we answer and what we offer.
     pub fn with_encryption(mut self, encryption: MediaEncryption) -> SdpSession {
         self.encryption = encryption;
+        self
+    }
+
+    /// The codec order the agent's dialect wants ([`CodecPreference::Narrowband`] until told).
+    pub fn with_preference(mut self, preference: CodecPreference) -> SdpSession {
+        self.preference = preference;
         self
     }
 
@@ -135,15 +144,15 @@ impl SdpSession {
             let Some(profile) = media.audio_profile() else {
                 continue;
             };
-            // Prefer PCMU: it is what the agent speaks, so no transcoding at all.
-            let pick = |want: Codec| {
-                media
-                    .payload_types()
-                    .find(|pt| media.codec_of(*pt) == Some(want))
-            };
-            let Some((codec, payload_type)) = pick(Codec::Pcmu)
-                .map(|pt| (Codec::Pcmu, pt))
-                .or_else(|| pick(Codec::Pcma).map(|pt| (Codec::Pcma, pt)))
+            // The first codec of our preference order that the offer carries, with the
+            // offerer's payload type for it.
+            let Some((codec, payload_type)) =
+                self.preference.order().into_iter().find_map(|want| {
+                    media
+                        .payload_types()
+                        .find(|pt| media.codec_of(*pt) == Some(want))
+                        .map(|pt| (want, pt))
+                })
             else {
                 continue;
             };
@@ -199,9 +208,9 @@ impl SdpSession {
         Ok((self.finish(body), negotiated))
     }
 
-    /// Makes an offer for a late-offer INVITE (no SDP in the INVITE): PCMU, PCMA and
-    /// telephone-event, sendrecv; `RTP/SAVP` with our key when the policy requires SRTP.
-    /// Send it in the 200 OK; the answer comes in the ACK.
+    /// Makes an offer for a late-offer INVITE (no SDP in the INVITE): PCMU, PCMA and G.722 in
+    /// [`CodecPreference`] order, and telephone-event, sendrecv; `RTP/SAVP` with our key when
+    /// the policy requires SRTP. Send it in the 200 OK; the answer comes in the ACK.
     pub fn offer(&mut self) -> Answer {
         let mut body = self.session_lines();
         self.offered_srtp = self.encryption == MediaEncryption::Require;
@@ -210,16 +219,26 @@ impl SdpSession {
         } else {
             "RTP/AVP"
         };
+        let order = self.preference.order();
+        let _ = write!(body, "m=audio {} {proto}", self.rtp_port);
+        for codec in order {
+            let _ = write!(body, " {}", codec.static_payload_type());
+        }
+        let _ = write!(body, " {OFFER_TELEPHONE_EVENT_PT}\r\n");
+        for codec in order {
+            let _ = write!(
+                body,
+                "a=rtpmap:{} {}/8000\r\n",
+                codec.static_payload_type(),
+                codec.encoding_name()
+            );
+        }
         let _ = write!(
             body,
-            "m=audio {port} {proto} 0 8 {te}\r\n\
-             a=rtpmap:0 PCMU/8000\r\n\
-             a=rtpmap:8 PCMA/8000\r\n\
-             a=rtpmap:{te} telephone-event/8000\r\n\
+            "a=rtpmap:{te} telephone-event/8000\r\n\
              a=fmtp:{te} {events}\r\n\
              a=ptime:{ptime}\r\n\
              a=sendrecv\r\n",
-            port = self.rtp_port,
             te = OFFER_TELEPHONE_EVENT_PT,
             events = TELEPHONE_EVENTS,
             ptime = PTIME_MS,

@@ -1,8 +1,8 @@
 //! SDP (RFC 4566 subset) and the RFC 3264 offer/answer model for one audio stream.
 //!
 //! What the gateway needs from a carrier's INVITE:
-//! * [`SdpSession::answer`] — the carrier offered (INVITE with SDP, or a re-INVITE): pick PCMU or
-//!   PCMA plus RFC 4733 telephone-event, answer with our address and RTP port. Hold offers
+//! * [`SdpSession::answer`] — the carrier offered (INVITE with SDP, or a re-INVITE): pick PCMU,
+//!   PCMA or G.722 in [`CodecPreference`] order plus RFC 4733 telephone-event, answer with our address and RTP port. Hold offers
 //!   (`a=sendonly`, `a=inactive`, `c=0.0.0.0`) are answered `recvonly` / `inactive`.
 //! * [`SdpSession::offer`] + [`SdpSession::accept_answer`] — late offer: the INVITE had no SDP,
 //!   so our 200 OK carries the offer and the ACK carries the answer.
@@ -38,8 +38,9 @@ const MAX_FORMATS: usize = 128;
 /// Session name in the SDP we produce (`s=` must not be empty).
 const SESSION_NAME: &str = "switchboard";
 
-/// The audio codecs switchboard bridges. The agent side is µ-law, so PCMU needs no
-/// transcoding and PCMA costs one table lookup per byte.
+/// The audio codecs switchboard bridges. A Twilio-dialect agent speaks µ-law, so PCMU needs no
+/// transcoding, PCMA costs one table lookup per byte and G.722 a decode, a 16 → 8 kHz low-pass
+/// decimation and a µ-law encode (see [`crate::transcode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Codec {
@@ -47,6 +48,9 @@ pub enum Codec {
     Pcmu,
     /// G.711 A-law, static payload type 8.
     Pcma,
+    /// G.722 (16 kHz audio, 64 kbit/s), static payload type 9. Its RTP clock is 8000 although
+    /// it samples at 16 kHz (RFC 3551 §4.5.2), so one payload byte is one RTP tick, as for G.711.
+    G722,
 }
 
 impl Codec {
@@ -55,6 +59,7 @@ impl Codec {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::G722 => 9,
         }
     }
 
@@ -63,10 +68,17 @@ impl Codec {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
         }
     }
 
+    /// `G722/16000` is a common mistake in offers (the codec samples at 16 kHz, but RFC 3551
+    /// fixes its RTP clock at 8000): it is taken as G.722, since the payload type it names is
+    /// almost always the static 9 and the bitstream is the same. Our answer says `/8000`.
     pub(super) fn from_encoding(name: &str, clock_rate: u32) -> Option<Codec> {
+        if name.eq_ignore_ascii_case("G722") && matches!(clock_rate, 8000 | 16000) {
+            return Some(Codec::G722);
+        }
         if clock_rate != 8000 {
             return None;
         }
@@ -76,6 +88,36 @@ impl Codec {
             Some(Codec::Pcma)
         } else {
             None
+        }
+    }
+
+    /// The codec of a static payload type written without an rtpmap.
+    pub(super) fn from_static(payload_type: u8) -> Option<Codec> {
+        [Codec::Pcmu, Codec::Pcma, Codec::G722]
+            .into_iter()
+            .find(|c| c.static_payload_type() == payload_type)
+    }
+}
+
+/// Which codec an answer (and our late offer) puts first when the far end can do several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CodecPreference {
+    /// PCMU, PCMA, then G.722: for µ-law (Twilio dialect) agents. PCMU passes through untouched
+    /// and PCMA is one table lookup, while G.722 would be decoded and low-passed down to 8 kHz
+    /// — CPU spent to throw its wide band away. G.722 is still taken when it is all there is.
+    #[default]
+    Narrowband,
+    /// G.722 first, then PCMU, PCMA: for agents that take 16 kHz audio (`l16-16k`), who then
+    /// hear the caller's 50–7000 Hz; G.711 upsampled to 16 kHz carries no more than 4 kHz.
+    Wideband,
+}
+
+impl CodecPreference {
+    /// Codecs, most wanted first.
+    pub fn order(self) -> [Codec; 3] {
+        match self {
+            CodecPreference::Narrowband => [Codec::Pcmu, Codec::Pcma, Codec::G722],
+            CodecPreference::Wideband => [Codec::G722, Codec::Pcmu, Codec::Pcma],
         }
     }
 }

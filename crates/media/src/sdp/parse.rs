@@ -77,11 +77,7 @@ impl MediaDescription {
     pub(super) fn codec_of(&self, payload_type: u8) -> Option<Codec> {
         match self.rtpmap(payload_type) {
             Some(map) => Codec::from_encoding(&map.encoding, map.clock_rate),
-            None => match payload_type {
-                0 => Some(Codec::Pcmu),
-                8 => Some(Codec::Pcma),
-                _ => None,
-            },
+            None => Codec::from_static(payload_type),
         }
     }
 

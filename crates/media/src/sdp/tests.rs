@@ -82,7 +82,7 @@ fn dynamic_payload_type_for_pcmu_is_kept() {
 #[test]
 fn no_common_codec_is_488() {
     let err = negotiate(
-        &carrier_offer("18 9", "a=rtpmap:9 G722/8000\r\n"),
+        &carrier_offer("18 97", "a=rtpmap:97 opus/48000/2\r\n"),
         LOCAL,
         30000,
     )
@@ -223,8 +223,15 @@ fn late_offer_and_its_answer() {
     let parsed = SessionDescription::parse(offer.as_str()).unwrap();
     let m = &parsed.media[0];
     assert_eq!((m.port, m.proto.as_str()), (31000, "RTP/AVP"));
-    assert_eq!(m.formats, ["0", "8", "101"]);
+    assert_eq!(m.formats, ["0", "8", "9", "101"]);
     assert_eq!(m.ptime, Some(20));
+    assert!(offer.as_str().contains("a=rtpmap:9 G722/8000\r\n"));
+    // A wideband agent's late offer puts G.722 first.
+    let wide = SdpSession::new(LOCAL, 31000)
+        .with_preference(CodecPreference::Wideband)
+        .offer();
+    let parsed = SessionDescription::parse(wide.as_str()).unwrap();
+    assert_eq!(parsed.media[0].formats, ["9", "0", "8", "101"]);
 
     let answer = "v=0\r\no=carrier 9 9 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
                   m=audio 41000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -392,7 +399,7 @@ fn late_offer_under_require_is_savp_and_takes_the_keyed_answer() {
     assert!(
         offer
             .as_str()
-            .contains("m=audio 31000 RTP/SAVP 0 8 101\r\n"),
+            .contains("m=audio 31000 RTP/SAVP 0 8 9 101\r\n"),
         "{offer}"
     );
     let ours = crypto_lines_of(&offer)[0].to_owned();
@@ -414,5 +421,77 @@ fn late_offer_under_require_is_savp_and_takes_the_keyed_answer() {
     );
     // Allow keeps the late offer plain.
     let mut plain = SdpSession::new(LOCAL, 31000);
-    assert!(plain.offer().as_str().contains("RTP/AVP 0 8 101"));
+    assert!(plain.offer().as_str().contains("RTP/AVP 0 8 9 101"));
+}
+
+/// Which codec each kind of offer gets, for µ-law (narrowband) and L16 16 kHz (wideband) agents.
+#[test]
+fn codec_choice_table() {
+    const TE: &str = "a=rtpmap:101 telephone-event/8000\r\n";
+    let g722 = "a=rtpmap:9 G722/8000\r\n";
+    let cases: &[(&str, String, Codec, Codec)] = &[
+        // formats, attributes, narrowband pick, wideband pick
+        ("0 8 9 101", format!("{g722}{TE}"), Codec::Pcmu, Codec::G722),
+        ("9 0 101", format!("{g722}{TE}"), Codec::Pcmu, Codec::G722),
+        ("8 9 101", format!("{g722}{TE}"), Codec::Pcma, Codec::G722),
+        ("9 101", format!("{g722}{TE}"), Codec::G722, Codec::G722),
+        // Static PT 9 without an rtpmap is G.722 too.
+        ("9", String::new(), Codec::G722, Codec::G722),
+        ("8 0", String::new(), Codec::Pcmu, Codec::Pcmu),
+        ("8", String::new(), Codec::Pcma, Codec::Pcma),
+        // The common mistake G722/16000: still G.722, answered with the RFC 3551 clock.
+        (
+            "9 0",
+            "a=rtpmap:9 G722/16000\r\n".into(),
+            Codec::Pcmu,
+            Codec::G722,
+        ),
+    ];
+    for (formats, attributes, narrow, wide) in cases {
+        let offer = carrier_offer(formats, attributes);
+        for (preference, want) in [
+            (CodecPreference::Narrowband, narrow),
+            (CodecPreference::Wideband, wide),
+        ] {
+            let (answer, media) = SdpSession::new(LOCAL, 30000)
+                .with_preference(preference)
+                .answer(&offer)
+                .unwrap();
+            assert_eq!(media.codec, *want, "{formats} {preference:?}");
+            assert_eq!(media.payload_type, want.static_payload_type());
+            // Exactly the chosen codec plus telephone-event when offered.
+            let te = if attributes.contains("telephone-event") {
+                " 101"
+            } else {
+                ""
+            };
+            let m_line = format!("m=audio 30000 RTP/AVP {}{te}", media.payload_type);
+            let l = lines(&answer);
+            assert!(
+                l.contains(&m_line.as_str()),
+                "{formats} {preference:?}: {answer}"
+            );
+            let rtpmap = format!(
+                "a=rtpmap:{} {}/8000",
+                want.static_payload_type(),
+                want.encoding_name()
+            );
+            assert!(l.contains(&rtpmap.as_str()), "{answer}");
+            assert_eq!(
+                l.iter().filter(|l| l.starts_with("a=rtpmap:")).count(),
+                1 + te.len().min(1)
+            );
+        }
+    }
+}
+
+#[test]
+fn late_offer_answered_with_g722_is_taken() {
+    let mut session = SdpSession::new(LOCAL, 31000);
+    session.offer();
+    let answer =
+        "v=0\r\no=carrier 9 9 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+                  m=audio 41000 RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n";
+    let media = session.accept_answer(answer).unwrap();
+    assert_eq!((media.codec, media.payload_type), (Codec::G722, 9));
 }

@@ -187,7 +187,7 @@ pub fn app_version(app_id: &str, version: u32) -> AppVersion {
         app_id: app_id.to_owned(),
         version,
         runtime_url: format!("ws://127.0.0.1:9/{app_id}/{version}"),
-        dialect: "twilio".into(),
+        dialect: switchboard_routing::model::Dialect::Twilio,
         status: RuntimeStatus::Provisioning,
         status_detail: None,
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use switchboard_media::{
-    AllowedSources, BridgeConfig, CallInfo, CustomParameters, MediaEncryption, NegotiatedMedia,
-    SdpSession, StartParams, StreamIds,
+    AgentDialect, AllowedSources, BridgeConfig, CallInfo, CustomParameters, MediaEncryption,
+    NegotiatedMedia, SdpSession, StartParams, StreamIds,
 };
 use switchboard_routing::model::{self, Connection};
 use switchboard_routing::{Route, RouteDecision, RoutingSnapshot};
@@ -77,7 +77,11 @@ impl<P: MediaPorts> CallFlow<P> {
                 let route = self.route(now, &snapshot, &admitted)?;
                 self.metrics.call.setup("route", routing_started.elapsed());
                 let media = self
-                    .prepare_media(request, media_policy(admitted.connection.as_ref()))
+                    .prepare_media(
+                        request,
+                        media_policy(admitted.connection.as_ref()),
+                        agent_dialect(route.runtime().dialect),
+                    )
                     .inspect_err(|refusal| {
                         let mut event =
                             routed_event(EventKind::CallRejected, now, &admitted, &route);
@@ -239,6 +243,7 @@ impl<P: MediaPorts> CallFlow<P> {
         &mut self,
         request: &OwnedMessage,
         encryption: MediaEncryption,
+        dialect: AgentDialect,
     ) -> Result<PreparedMedia<P::Reservation>, Refusal> {
         let (rtp_port, reservation) = self.ports.reserve().map_err(|why| {
             self.metrics
@@ -247,8 +252,9 @@ impl<P: MediaPorts> CallFlow<P> {
                 .inc();
             Refusal::no_rtp_ports(why)
         })?;
-        let mut sdp =
-            SdpSession::new(self.config.advertised_ip, rtp_port).with_encryption(encryption);
+        let mut sdp = SdpSession::new(self.config.advertised_ip, rtp_port)
+            .with_encryption(encryption)
+            .with_preference(dialect.codec_preference());
         let offer =
             screen::sdp_body(&request.message()).map(|b| String::from_utf8_lossy(b).into_owned());
         // On a refusal the reservation is dropped here, which returns the ports.
@@ -320,6 +326,7 @@ impl<P: MediaPorts> CallFlow<P> {
             start: StartParams {
                 ids,
                 custom_parameters: custom_parameters(route, &admitted.header_parameters),
+                dialect: agent_dialect(route.runtime().dialect),
             },
             connect_timeout: self.config.agent_connect_timeout,
             bridge: BridgeConfig {
@@ -498,6 +505,14 @@ fn carrier_host(msg: &switchboard_sip::Message<'_>, source: SocketAddr) -> Strin
 
 /// The trunk's `media_encryption` as the SDP layer takes it; a call with no known trunk (it
 /// will be refused by routing anyway) gets the default.
+/// The app version's dialect as the media crate speaks it.
+fn agent_dialect(dialect: model::Dialect) -> AgentDialect {
+    match dialect {
+        model::Dialect::Twilio => AgentDialect::Twilio,
+        model::Dialect::L16Wideband => AgentDialect::L16Wideband,
+    }
+}
+
 fn media_policy(connection: Option<&Connection>) -> MediaEncryption {
     match connection.map(|c| c.media_encryption).unwrap_or_default() {
         model::MediaEncryption::Disable => MediaEncryption::Disable,

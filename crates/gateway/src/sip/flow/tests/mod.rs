@@ -84,7 +84,7 @@ fn routing_trunk(
         app_id: "agent".into(),
         version: 1,
         runtime_url: "ws://agent.example/v1".into(),
-        dialect: "twilio".into(),
+        dialect: switchboard_routing::model::Dialect::Twilio,
         status: RuntimeStatus::Ready,
         status_detail: None,
     };
