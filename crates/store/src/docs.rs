@@ -174,7 +174,10 @@ impl DocTable {
             (claims.table, claims.value_column, claims.owner_column)
         });
         TableSql {
-            get: format!("SELECT {}, {doc} FROM {table} WHERE {filter}{key_match}", self.key_sql),
+            get: format!(
+                "SELECT {}, {doc} FROM {table} WHERE {filter}{key_match}",
+                self.key_sql
+            ),
             list_page: format!("{list} LIMIT ? OFFSET ?"),
             list,
             count: format!("SELECT COUNT(*) FROM {table} WHERE {filter}{list_match}"),
@@ -284,7 +287,10 @@ pub(crate) static DEPLOYMENTS: DocTable = table(
     "created_seq, dep_key",
     "created_seq, dep_key",
 )
-.with_row_id("dep_key", &["cohort_members", "cohorts", "deployment_numbers"])
+.with_row_id(
+    "dep_key",
+    &["cohort_members", "cohorts", "deployment_numbers"],
+)
 .with_created_seq("created_seq")
 .with_claims(Claims {
     table: "deployment_numbers",
@@ -479,18 +485,27 @@ pub(crate) async fn put_if_absent(
     })
 }
 
+/// One record by name, for the writes that must find (or must not find) it.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub owner: Owner,
+    /// The key columns' values.
+    pub key: Vec<Value>,
+    /// The key as errors name it.
+    pub id: String,
+}
+
 /// Inserts a new record created at `revision` and claims `claims` for it. `AlreadyExists`
-/// (as `id`) if the key is taken; `NumberTaken` if a claim is.
+/// if the key is taken; `NumberTaken` if a claim is.
 pub(crate) async fn insert(
     db: &mut dyn Db,
     table: &DocTable,
-    owner: &Owner,
-    key: &[Value],
-    id: &str,
+    record: &Record,
     doc: String,
     revision: i64,
     claims: &[String],
 ) -> Result<(), StoreError> {
+    let (owner, key, id) = (&record.owner, &record.key, &record.id);
     let mut params = concat(owner_values(db, owner).await?, key);
     params.push(Value::Text(doc));
     if table.created_seq.is_some() {
@@ -501,30 +516,29 @@ pub(crate) async fn insert(
     let Some(row_id) = inserted else {
         return Err(StoreError::AlreadyExists {
             kind: table.kind,
-            id: id.to_owned(),
+            id: id.clone(),
         });
     };
     claim(db, table, row_id, claims).await
 }
 
 /// Replaces an existing record's document and its claims (values it no longer lists are
-/// released). `NotFound` (as `id`) if it does not exist.
+/// released). `NotFound` if it does not exist.
 pub(crate) async fn update(
     db: &mut dyn Db,
     table: &DocTable,
-    owner: &Owner,
-    key: &[Value],
-    id: &str,
+    record: &Record,
     doc: String,
     claims: &[String],
 ) -> Result<(), StoreError> {
+    let (owner, key, id) = (&record.owner, &record.key, &record.id);
     let params = concat(vec![Value::Text(doc)], &concat(owner.filter_params(), key));
     let sql = &table.sql().update;
     let updated = query_opt(db, "update record", sql, &params, |row| row.int(0)).await?;
     let Some(row_id) = updated else {
         return Err(StoreError::NotFound {
             kind: table.kind,
-            id: id.to_owned(),
+            id: id.clone(),
         });
     };
     if table.claims.is_some() {
@@ -536,22 +550,27 @@ pub(crate) async fn update(
     Ok(())
 }
 
-/// Deletes a record with its claims and dependent rows. `NotFound` (as `id`) if absent.
+/// Deletes a record with its claims and dependent rows. `NotFound` if absent.
 pub(crate) async fn delete(
     db: &mut dyn Db,
     table: &DocTable,
-    owner: &Owner,
-    key: &[Value],
-    id: &str,
+    record: &Record,
 ) -> Result<(), StoreError> {
+    let (owner, key, id) = (&record.owner, &record.key, &record.id);
     let params = concat(owner.filter_params(), key);
     let not_found = || StoreError::NotFound {
         kind: table.kind,
-        id: id.to_owned(),
+        id: id.clone(),
     };
     let Some(row_column) = table.row_id else {
-        let deleted = db.execute("delete record", &table.sql().delete, &params).await?;
-        return if deleted == 0 { Err(not_found()) } else { Ok(()) };
+        let deleted = db
+            .execute("delete record", &table.sql().delete, &params)
+            .await?;
+        return if deleted == 0 {
+            Err(not_found())
+        } else {
+            Ok(())
+        };
     };
     let sql = &table.sql().find_row_id;
     let row_id = query_opt(db, "delete record", sql, &params, |row| row.int(0))

@@ -14,8 +14,8 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures_util::{pin_mut, TryStreamExt};
 use futures_util::future::BoxFuture;
+use futures_util::{pin_mut, TryStreamExt};
 use serde::Deserialize;
 use switchboard_routing::model::Scope;
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore, SemaphorePermit};
@@ -145,7 +145,11 @@ impl PgStore {
 
     /// Starts a transaction, records `change` in it (revision, log, notify), runs `op` and
     /// commits; the notification goes out with the commit.
-    pub(crate) async fn write<T, F>(&self, change: Change, op: F) -> Result<(Revision, T), StoreError>
+    pub(crate) async fn write<T, F>(
+        &self,
+        change: Change,
+        op: F,
+    ) -> Result<(Revision, T), StoreError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut dyn Db, Revision) -> Op<'a, T> + Send + 'static,

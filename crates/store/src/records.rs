@@ -11,8 +11,8 @@ use switchboard_routing::model::{
 use crate::codec::{self, MemberRow};
 use crate::db::{query_all, query_int, Db, DbRow, Value};
 use crate::docs::{
-    self, Decode, DocTable, Owner, APP_VERSIONS, COHORTS, CONNECTIONS, DEPLOYMENTS, SETTINGS,
-    TRAFFIC_SPLITS,
+    self, Decode, DocTable, Owner, Record, APP_VERSIONS, COHORTS, CONNECTIONS, DEPLOYMENTS,
+    SETTINGS, TRAFFIC_SPLITS,
 };
 use crate::{migrations, Access, Change, Dataset, RecordKind, Revision, Store, StoreError};
 
@@ -54,12 +54,11 @@ impl Store {
         let id = deployment.deployment_id.clone();
         let doc = codec::encode(RecordKind::Deployment, &id, deployment)?;
         let numbers = codec::distinct_numbers(deployment);
-        let owner = Owner::Scope(scope.clone());
-        let change = Change::new(RecordKind::Deployment, scope.clone(), &id);
+        let record = deployment_record(scope, id);
+        let change = Change::new(RecordKind::Deployment, scope.clone(), &record.id);
         self.write_revision(change, move |db, revision| {
             Box::pin(async move {
-                let key = [Value::from(id.as_str())];
-                docs::insert(db, &DEPLOYMENTS, &owner, &key, &id, doc, revision, &numbers).await
+                docs::insert(db, &DEPLOYMENTS, &record, doc, revision, &numbers).await
             })
         })
         .await
@@ -75,13 +74,10 @@ impl Store {
         let id = deployment.deployment_id.clone();
         let doc = codec::encode(RecordKind::Deployment, &id, deployment)?;
         let numbers = codec::distinct_numbers(deployment);
-        let owner = Owner::Scope(scope.clone());
-        let change = Change::new(RecordKind::Deployment, scope.clone(), &id);
+        let record = deployment_record(scope, id);
+        let change = Change::new(RecordKind::Deployment, scope.clone(), &record.id);
         self.write_revision(change, move |db, _| {
-            Box::pin(async move {
-                let key = [Value::from(id.as_str())];
-                docs::update(db, &DEPLOYMENTS, &owner, &key, &id, doc, &numbers).await
-            })
+            Box::pin(async move { docs::update(db, &DEPLOYMENTS, &record, doc, &numbers).await })
         })
         .await
     }
@@ -93,8 +89,13 @@ impl Store {
         deployment_id: &str,
     ) -> Result<Revision, StoreError> {
         let key = vec![Value::from(deployment_id)];
-        self.delete_doc(&DEPLOYMENTS, Owner::Scope(scope.clone()), key, deployment_id)
-            .await
+        self.delete_doc(
+            &DEPLOYMENTS,
+            Owner::Scope(scope.clone()),
+            key,
+            deployment_id,
+        )
+        .await
     }
 
     pub async fn get_deployment(
@@ -103,8 +104,13 @@ impl Store {
         deployment_id: &str,
     ) -> Result<Option<Deployment>, StoreError> {
         let key = vec![Value::from(deployment_id)];
-        self.get_doc(&DEPLOYMENTS, Owner::Scope(scope.clone()), key, codec::decode)
-            .await
+        self.get_doc(
+            &DEPLOYMENTS,
+            Owner::Scope(scope.clone()),
+            key,
+            codec::decode,
+        )
+        .await
     }
 
     /// One page of the scope's deployments in creation order, and the scope's total count.
@@ -114,7 +120,10 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<Deployment>, u64), StoreError> {
-        let page = (codec::to_i64("limit", limit)?, codec::to_i64("offset", offset)?);
+        let page = (
+            codec::to_i64("limit", limit)?,
+            codec::to_i64("offset", offset)?,
+        );
         let owner = Owner::Scope(scope.clone());
         // One snapshot: the count and the page agree.
         self.run(Access::Snapshot, move |db| {
@@ -162,14 +171,24 @@ impl Store {
         connection_id: &str,
     ) -> Result<Option<Connection>, StoreError> {
         let key = vec![Value::from(connection_id)];
-        self.get_doc(&CONNECTIONS, Owner::Scope(scope.clone()), key, codec::decode)
-            .await
+        self.get_doc(
+            &CONNECTIONS,
+            Owner::Scope(scope.clone()),
+            key,
+            codec::decode,
+        )
+        .await
     }
 
     /// The scope's connections ordered by id.
     pub async fn list_connections(&self, scope: &Scope) -> Result<Vec<Connection>, StoreError> {
-        self.list_docs(&CONNECTIONS, Owner::Scope(scope.clone()), Vec::new(), codec::decode)
-            .await
+        self.list_docs(
+            &CONNECTIONS,
+            Owner::Scope(scope.clone()),
+            Vec::new(),
+            codec::decode,
+        )
+        .await
     }
 
     /// `NotFound` if absent. Deployments naming the connection are not checked here (the
@@ -180,8 +199,13 @@ impl Store {
         connection_id: &str,
     ) -> Result<Revision, StoreError> {
         let key = vec![Value::from(connection_id)];
-        self.delete_doc(&CONNECTIONS, Owner::Scope(scope.clone()), key, connection_id)
-            .await
+        self.delete_doc(
+            &CONNECTIONS,
+            Owner::Scope(scope.clone()),
+            key,
+            connection_id,
+        )
+        .await
     }
 
     // ---- app versions -----------------------------------------------------------------
@@ -206,8 +230,13 @@ impl Store {
         version: u32,
     ) -> Result<Option<AppVersion>, StoreError> {
         let key = app_version_key(app_id, version);
-        self.get_doc(&APP_VERSIONS, Owner::Scope(scope.clone()), key, codec::decode)
-            .await
+        self.get_doc(
+            &APP_VERSIONS,
+            Owner::Scope(scope.clone()),
+            key,
+            codec::decode,
+        )
+        .await
     }
 
     /// The app's versions in ascending version order.
@@ -217,8 +246,13 @@ impl Store {
         app_id: &str,
     ) -> Result<Vec<AppVersion>, StoreError> {
         let prefix = vec![Value::from(app_id)];
-        self.list_docs(&APP_VERSIONS, Owner::Scope(scope.clone()), prefix, codec::decode)
-            .await
+        self.list_docs(
+            &APP_VERSIONS,
+            Owner::Scope(scope.clone()),
+            prefix,
+            codec::decode,
+        )
+        .await
     }
 
     /// `NotFound` if absent.
@@ -255,8 +289,13 @@ impl Store {
         app_id: &str,
     ) -> Result<Option<TrafficSplit>, StoreError> {
         let key = vec![Value::from(app_id)];
-        self.get_doc(&TRAFFIC_SPLITS, Owner::Scope(scope.clone()), key, codec::decode)
-            .await
+        self.get_doc(
+            &TRAFFIC_SPLITS,
+            Owner::Scope(scope.clone()),
+            key,
+            codec::decode,
+        )
+        .await
     }
 
     /// The scope's splits ordered by app id.
@@ -455,9 +494,13 @@ impl Store {
         id: &str,
     ) -> Result<Revision, StoreError> {
         let change = Change::new(table.kind, owner.scope(), id);
-        let id = id.to_owned();
+        let record = Record {
+            owner,
+            key,
+            id: id.to_owned(),
+        };
         self.write_revision(change, move |db, _| {
-            Box::pin(async move { docs::delete(db, table, &owner, &key, &id).await })
+            Box::pin(async move { docs::delete(db, table, &record).await })
         })
         .await
     }
@@ -523,6 +566,14 @@ macro_rules! members_of_deployment {
     };
 }
 use members_of_deployment;
+
+fn deployment_record(scope: &Scope, deployment_id: String) -> Record {
+    Record {
+        owner: Owner::Scope(scope.clone()),
+        key: vec![Value::from(deployment_id.as_str())],
+        id: deployment_id,
+    }
+}
 
 fn app_version_key(app_id: &str, version: u32) -> Vec<Value> {
     vec![Value::from(app_id), Value::Int(i64::from(version))]
@@ -602,7 +653,11 @@ async fn load_all(db: &mut dyn Db) -> Result<Dataset, StoreError> {
         let Some((scope, deployment_id)) = by_key.get(&row.int(0)?) else {
             return Ok(()); // unreachable with the write-time checks; never fail start-up over it
         };
-        members.push((scope.clone(), deployment_id.clone(), member_from_row(row, 1)?));
+        members.push((
+            scope.clone(),
+            deployment_id.clone(),
+            member_from_row(row, 1)?,
+        ));
         Ok(())
     })
     .await?;

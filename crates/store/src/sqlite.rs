@@ -105,7 +105,8 @@ fn in_transaction<T>(
 ) -> Result<T, StoreError> {
     if !conn.is_autocommit() {
         // Left open by a panic in an earlier call: discard it.
-        conn.execute_batch("ROLLBACK").ctx("roll back abandoned transaction")?;
+        conn.execute_batch("ROLLBACK")
+            .ctx("roll back abandoned transaction")?;
     }
     conn.execute_batch(begin).ctx("begin transaction")?;
     let result = body(conn).and_then(|output| {
@@ -164,7 +165,11 @@ impl SqliteStore {
 
     /// Runs `op` in one `BEGIN IMMEDIATE` transaction on the writer, after bumping the
     /// revision and logging `change`; commits (fsync) before returning.
-    pub(crate) async fn write<T, F>(&self, change: Change, op: F) -> Result<(Revision, T), StoreError>
+    pub(crate) async fn write<T, F>(
+        &self,
+        change: Change,
+        op: F,
+    ) -> Result<(Revision, T), StoreError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut dyn Db, Revision) -> Op<'a, T> + Send + 'static,
@@ -375,11 +380,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Bumps the revision counter and logs the change; prunes the log beyond its retention.
-fn record_change(
-    conn: &Connection,
-    origin: &str,
-    change: &Change,
-) -> Result<Revision, StoreError> {
+fn record_change(conn: &Connection, origin: &str, change: &Change) -> Result<Revision, StoreError> {
     let revision: Revision = conn
         .prepare_cached(
             "UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value",

@@ -128,7 +128,10 @@ pub async fn query_int(store_url: &str, sql: &str) -> anyhow::Result<i64> {
             let plain = without_tls_params(store_url);
             let (client, connection) = tokio_postgres::connect(&plain, NoTls).await?;
             let driver = tokio::spawn(connection);
-            let row = client.query_one(sql, &[]).await.with_context(|| sql.to_owned())?;
+            let row = client
+                .query_one(sql, &[])
+                .await
+                .with_context(|| sql.to_owned())?;
             let value: i64 = row.try_get(0)?;
             drop(client);
             let _ = driver.await;

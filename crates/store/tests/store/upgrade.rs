@@ -28,7 +28,8 @@ const SEEDED_REVISION: i64 = 7;
 /// both dialects. A new migration must add its rows here: the test fails until it does.
 fn seed_rows(version: u32) -> &'static str {
     match version {
-        1 => r#"
+        1 => {
+            r#"
             UPDATE revision_counter SET value = 7 WHERE id = 1;
             INSERT INTO changes (revision, origin, kind, org_id, workspace_id, key)
                 VALUES (7, 'old-build', 'setting', '', '', 'admin_key');
@@ -48,11 +49,14 @@ fn seed_rows(version: u32) -> &'static str {
                 ((SELECT dep_key FROM deployments WHERE deployment_id = 'dep-old'), 919800000001, '+919800000001',
                  'user-old', '{"customer_name":"name of user-old"}', '{"initial_language_name":"hi"}', 6);
             INSERT INTO settings (key, value) VALUES ('admin_key', 'old-secret');
-        "#,
-        2 => r#"
+        "#
+        }
+        2 => {
+            r#"
             INSERT INTO webhook_outbox (event_id, url, secret, body, attempts, created_ms, next_attempt_ms)
                 VALUES ('ev-old', 'http://127.0.0.1:9/hook', 's3cret', '{"event_id":"ev-old"}', 2, 1000, 2000);
-        "#,
+        "#
+        }
         other => panic!("no representative rows for schema version {other}: add them to seed_rows"),
     }
 }
@@ -116,7 +120,10 @@ async fn upgrade_from(url: &str, files: &[MigrationFile], version: u32) -> anyho
 
     // Old rows read back.
     let old = deployment("dep-old", &["+15550100"]);
-    assert_eq!(store.get_deployment(&s, "dep-old").await?, Some(old.clone()));
+    assert_eq!(
+        store.get_deployment(&s, "dep-old").await?,
+        Some(old.clone())
+    );
     assert_eq!(
         store.number_owner("+15550100").await?,
         Some((s.clone(), "dep-old".to_owned()))
@@ -126,25 +133,43 @@ async fn upgrade_from(url: &str, files: &[MigrationFile], version: u32) -> anyho
         .await?
         .context("old connection")?;
     assert_eq!(trunk.provider.as_deref(), Some("exotel"));
-    assert!(trunk.media_addresses.is_empty(), "fields added later take their defaults");
+    assert!(
+        trunk.media_addresses.is_empty(),
+        "fields added later take their defaults"
+    );
     assert_eq!(trunk.media_encryption, MediaEncryption::Allow);
     let app = store.get_app_version(&s, "app-old", 1).await?;
-    assert_eq!(app.map(|a| a.runtime_url).as_deref(), Some("ws://127.0.0.1:9/app-old/1"));
-    let split = store.get_traffic_split(&s, "app-old").await?.context("old split")?;
+    assert_eq!(
+        app.map(|a| a.runtime_url).as_deref(),
+        Some("ws://127.0.0.1:9/app-old/1")
+    );
+    let split = store
+        .get_traffic_split(&s, "app-old")
+        .await?
+        .context("old split")?;
     assert_eq!(split.percentages, BTreeMap::from([(1, 100.0)]));
     let cohorts = store.list_cohorts(&s, "dep-old").await?;
     assert_eq!(cohorts.len(), 1);
     assert_eq!(cohorts[0].status, CohortStatus::Completed);
     assert_eq!(
-        store.get_cohort_member(&s, "dep-old", "+919800000001").await?,
+        store
+            .get_cohort_member(&s, "dep-old", "+919800000001")
+            .await?,
         Some(member("+919800000001", "user-old"))
     );
-    assert_eq!(store.get_setting("admin_key").await?.as_deref(), Some("old-secret"));
+    assert_eq!(
+        store.get_setting("admin_key").await?.as_deref(),
+        Some("old-secret")
+    );
     let dataset = store.load_all().await?;
     assert_eq!(dataset.revision, SEEDED_REVISION);
     assert_eq!(dataset.deployments, vec![(s.clone(), old)]);
     assert_eq!(
-        (dataset.connections.len(), dataset.app_versions.len(), dataset.splits.len()),
+        (
+            dataset.connections.len(),
+            dataset.app_versions.len(),
+            dataset.splits.len()
+        ),
         (1, 1, 1)
     );
     assert_eq!(dataset.cohort_members.len(), 1);
@@ -165,19 +190,35 @@ async fn upgrade_from(url: &str, files: &[MigrationFile], version: u32) -> anyho
     let mut paused = deployment("dep-old", &["+15550100", "+15550101"]);
     paused.status = DeploymentStatus::Paused;
     store.update_deployment(&s, &paused).await?;
-    assert_eq!(store.number_owner("+15550101").await?.map(|o| o.1).as_deref(), Some("dep-old"));
+    assert_eq!(
+        store
+            .number_owner("+15550101")
+            .await?
+            .map(|o| o.1)
+            .as_deref(),
+        Some("dep-old")
+    );
     store
         .insert_cohort_members(&s, "dep-old", &[member("+919800000002", "user-new")])
         .await?;
     assert_eq!(store.count_cohort_members(&s, "dep-old").await?, 2);
     assert_eq!(
-        store.put_setting_if_absent("admin_key", "new-secret").await?,
+        store
+            .put_setting_if_absent("admin_key", "new-secret")
+            .await?,
         "old-secret"
     );
     if version >= 2 {
         let due = store.outbox_claim_due(5_000, 60_000, 10).await?;
-        let old_delivery: Vec<_> = due.iter().map(|d| (d.event_id.as_str(), d.attempts)).collect();
-        assert_eq!(old_delivery, [("ev-old", 2)], "the queued delivery survives the upgrade");
+        let old_delivery: Vec<_> = due
+            .iter()
+            .map(|d| (d.event_id.as_str(), d.attempts))
+            .collect();
+        assert_eq!(
+            old_delivery,
+            [("ev-old", 2)],
+            "the queued delivery survives the upgrade"
+        );
         store.outbox_remove(due[0].id).await?;
     }
     let id = store
@@ -205,7 +246,9 @@ async fn upgrades_from_every_version(
 ) -> anyhow::Result<()> {
     let files = migration_files(dialect)?;
     for file in &files {
-        let Some(db) = fresh().await? else { return Ok(()) };
+        let Some(db) = fresh().await? else {
+            return Ok(());
+        };
         upgrade_from(&db.url, &files, file.version)
             .await
             .with_context(|| format!("{dialect} upgrade from schema version {}", file.version))?;
@@ -278,6 +321,9 @@ fn seeds_cover_every_stored_kind() {
         (RecordKind::CohortMembers, "cohort_members"),
         (RecordKind::Setting, "settings"),
     ] {
-        assert!(seeds.contains(&format!("INSERT INTO {table} ")), "{kind} has no seeded row");
+        assert!(
+            seeds.contains(&format!("INSERT INTO {table} ")),
+            "{kind} has no seeded row"
+        );
     }
 }
