@@ -24,9 +24,23 @@
 //! Following other gateways: subscribe, then `load_all`, then for each notice re-read the
 //! record it names (`None` = deleted; [`RecordKind::CohortMembers`] → [`Store::cohort_members_at`]).
 //!
-//! Layout: `error.rs` (the error enum), `codec.rs` (JSON documents <-> domain types),
-//! `migrations/` (versioned schema per dialect), `sqlite.rs` and `postgres.rs` (the backends).
-//! [`Store`] itself only dispatches.
+//! Layout, from the API down:
+//! - `records.rs`: the typed methods of [`Store`]; each names a record (its table descriptor,
+//!   owner and key) and runs one generic operation. `outbox.rs`: the webhook outbox's methods.
+//! - `docs.rs`: the document layer: one `DocTable` descriptor per record kind (table, owner
+//!   columns, key columns, document column, list order, row id, unique claims such as phone
+//!   numbers, dependent tables) and every operation's SQL, generated once from it, written once.
+//! - `db.rs`: the thin driver interface those operations run on (`execute`, `query` with a
+//!   row visitor, `execute_batch`, plus the cohort members' bulk upsert, the one fast path
+//!   each driver writes its own way); SQL uses `?` placeholders, rewritten to `$n` for
+//!   PostgreSQL.
+//! - `sqlite.rs`, `postgres.rs`: driver glue only: connections, transactions, the revision
+//!   counter and change log (and, on PostgreSQL, NOTIFY and the listener).
+//! - `migrations/`: versioned schema per dialect; `codec.rs`: JSON documents <-> domain types;
+//!   `error.rs`: the error enum.
+//!
+//! Adding a record kind: a migration creating its table (both dialects), a `DocTable` in
+//! `docs.rs`, a [`RecordKind`], and its typed methods in `records.rs`.
 
 mod codec;
 mod db;
