@@ -88,14 +88,9 @@ impl Store {
         scope: &Scope,
         deployment_id: &str,
     ) -> Result<Revision, StoreError> {
-        let key = vec![Value::from(deployment_id)];
-        self.delete_doc(
-            &DEPLOYMENTS,
-            Owner::Scope(scope.clone()),
-            key,
-            deployment_id,
-        )
-        .await
+        let key = one(deployment_id);
+        self.delete_doc(&DEPLOYMENTS, scoped(scope), key, deployment_id)
+            .await
     }
 
     pub async fn get_deployment(
@@ -103,14 +98,9 @@ impl Store {
         scope: &Scope,
         deployment_id: &str,
     ) -> Result<Option<Deployment>, StoreError> {
-        let key = vec![Value::from(deployment_id)];
-        self.get_doc(
-            &DEPLOYMENTS,
-            Owner::Scope(scope.clone()),
-            key,
-            codec::decode,
-        )
-        .await
+        let key = one(deployment_id);
+        self.get_doc(&DEPLOYMENTS, scoped(scope), key, codec::decode)
+            .await
     }
 
     /// One page of the scope's deployments in creation order, and the scope's total count.
@@ -124,7 +114,7 @@ impl Store {
             codec::to_i64("limit", limit)?,
             codec::to_i64("offset", offset)?,
         );
-        let owner = Owner::Scope(scope.clone());
+        let owner = scoped(scope);
         // One snapshot: the count and the page agree.
         self.run(Access::Snapshot, move |db| {
             Box::pin(async move {
@@ -160,8 +150,8 @@ impl Store {
     ) -> Result<Revision, StoreError> {
         let id = &connection.connection_id;
         let doc = codec::encode(RecordKind::Connection, id, connection)?;
-        let key = vec![Value::from(id.as_str())];
-        self.put_doc(&CONNECTIONS, Owner::Scope(scope.clone()), key, id, doc)
+        let key = one(id.as_str());
+        self.put_doc(&CONNECTIONS, scoped(scope), key, id, doc)
             .await
     }
 
@@ -170,25 +160,15 @@ impl Store {
         scope: &Scope,
         connection_id: &str,
     ) -> Result<Option<Connection>, StoreError> {
-        let key = vec![Value::from(connection_id)];
-        self.get_doc(
-            &CONNECTIONS,
-            Owner::Scope(scope.clone()),
-            key,
-            codec::decode,
-        )
-        .await
+        let key = one(connection_id);
+        self.get_doc(&CONNECTIONS, scoped(scope), key, codec::decode)
+            .await
     }
 
     /// The scope's connections ordered by id.
     pub async fn list_connections(&self, scope: &Scope) -> Result<Vec<Connection>, StoreError> {
-        self.list_docs(
-            &CONNECTIONS,
-            Owner::Scope(scope.clone()),
-            Vec::new(),
-            codec::decode,
-        )
-        .await
+        self.list_docs(&CONNECTIONS, scoped(scope), Vec::new(), codec::decode)
+            .await
     }
 
     /// `NotFound` if absent. Deployments naming the connection are not checked here (the
@@ -198,14 +178,9 @@ impl Store {
         scope: &Scope,
         connection_id: &str,
     ) -> Result<Revision, StoreError> {
-        let key = vec![Value::from(connection_id)];
-        self.delete_doc(
-            &CONNECTIONS,
-            Owner::Scope(scope.clone()),
-            key,
-            connection_id,
-        )
-        .await
+        let key = one(connection_id);
+        self.delete_doc(&CONNECTIONS, scoped(scope), key, connection_id)
+            .await
     }
 
     // ---- app versions -----------------------------------------------------------------
@@ -219,7 +194,7 @@ impl Store {
         let id = codec::app_version_key(&version.app_id, version.version);
         let doc = codec::encode(RecordKind::AppVersion, &id, version)?;
         let key = app_version_key(&version.app_id, version.version);
-        self.put_doc(&APP_VERSIONS, Owner::Scope(scope.clone()), key, &id, doc)
+        self.put_doc(&APP_VERSIONS, scoped(scope), key, &id, doc)
             .await
     }
 
@@ -230,13 +205,8 @@ impl Store {
         version: u32,
     ) -> Result<Option<AppVersion>, StoreError> {
         let key = app_version_key(app_id, version);
-        self.get_doc(
-            &APP_VERSIONS,
-            Owner::Scope(scope.clone()),
-            key,
-            codec::decode,
-        )
-        .await
+        self.get_doc(&APP_VERSIONS, scoped(scope), key, codec::decode)
+            .await
     }
 
     /// The app's versions in ascending version order.
@@ -245,14 +215,9 @@ impl Store {
         scope: &Scope,
         app_id: &str,
     ) -> Result<Vec<AppVersion>, StoreError> {
-        let prefix = vec![Value::from(app_id)];
-        self.list_docs(
-            &APP_VERSIONS,
-            Owner::Scope(scope.clone()),
-            prefix,
-            codec::decode,
-        )
-        .await
+        let prefix = one(app_id);
+        self.list_docs(&APP_VERSIONS, scoped(scope), prefix, codec::decode)
+            .await
     }
 
     /// `NotFound` if absent.
@@ -264,7 +229,7 @@ impl Store {
     ) -> Result<Revision, StoreError> {
         let id = codec::app_version_key(app_id, version);
         let key = app_version_key(app_id, version);
-        self.delete_doc(&APP_VERSIONS, Owner::Scope(scope.clone()), key, &id)
+        self.delete_doc(&APP_VERSIONS, scoped(scope), key, &id)
             .await
     }
 
@@ -278,8 +243,8 @@ impl Store {
     ) -> Result<Revision, StoreError> {
         let id = &split.app_id;
         let doc = codec::encode(RecordKind::TrafficSplit, id, split)?;
-        let key = vec![Value::from(id.as_str())];
-        self.put_doc(&TRAFFIC_SPLITS, Owner::Scope(scope.clone()), key, id, doc)
+        let key = one(id.as_str());
+        self.put_doc(&TRAFFIC_SPLITS, scoped(scope), key, id, doc)
             .await
     }
 
@@ -288,14 +253,9 @@ impl Store {
         scope: &Scope,
         app_id: &str,
     ) -> Result<Option<TrafficSplit>, StoreError> {
-        let key = vec![Value::from(app_id)];
-        self.get_doc(
-            &TRAFFIC_SPLITS,
-            Owner::Scope(scope.clone()),
-            key,
-            codec::decode,
-        )
-        .await
+        let key = one(app_id);
+        self.get_doc(&TRAFFIC_SPLITS, scoped(scope), key, codec::decode)
+            .await
     }
 
     /// The scope's splits ordered by app id.
@@ -303,7 +263,7 @@ impl Store {
         &self,
         scope: &Scope,
     ) -> Result<Vec<TrafficSplit>, StoreError> {
-        let owner = Owner::Scope(scope.clone());
+        let owner = scoped(scope);
         self.list_docs(&TRAFFIC_SPLITS, owner, Vec::new(), codec::decode)
             .await
     }
@@ -314,8 +274,8 @@ impl Store {
         scope: &Scope,
         app_id: &str,
     ) -> Result<Revision, StoreError> {
-        let key = vec![Value::from(app_id)];
-        self.delete_doc(&TRAFFIC_SPLITS, Owner::Scope(scope.clone()), key, app_id)
+        let key = one(app_id);
+        self.delete_doc(&TRAFFIC_SPLITS, scoped(scope), key, app_id)
             .await
     }
 
@@ -328,7 +288,7 @@ impl Store {
         let id = codec::cohort_key(&cohort.deployment_id, &cohort.cohort_id);
         let doc = codec::encode(RecordKind::Cohort, &id, cohort)?;
         let owner = Owner::Deployment(scope.clone(), cohort.deployment_id.clone());
-        let key = vec![Value::from(cohort.cohort_id.as_str())];
+        let key = one(cohort.cohort_id.as_str());
         self.put_doc(&COHORTS, owner, key, &id, doc).await
     }
 
@@ -339,7 +299,7 @@ impl Store {
         cohort_id: &str,
     ) -> Result<Option<Cohort>, StoreError> {
         let owner = Owner::Deployment(scope.clone(), deployment_id.to_owned());
-        self.get_doc(&COHORTS, owner, vec![Value::from(cohort_id)], codec::decode)
+        self.get_doc(&COHORTS, owner, one(cohort_id), codec::decode)
             .await
     }
 
@@ -435,14 +395,14 @@ impl Store {
     // ---- settings ---------------------------------------------------------------------
 
     pub async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.get_doc(&SETTINGS, Owner::Global, vec![Value::from(key)], raw_text)
+        self.get_doc(&SETTINGS, Owner::Global, one(key), raw_text)
             .await
     }
 
     /// Inserts or replaces a global setting.
     pub async fn put_setting(&self, key: &str, value: &str) -> Result<Revision, StoreError> {
         let doc = value.to_owned();
-        self.put_doc(&SETTINGS, Owner::Global, vec![Value::from(key)], key, doc)
+        self.put_doc(&SETTINGS, Owner::Global, one(key), key, doc)
             .await
     }
 
@@ -567,9 +527,19 @@ macro_rules! members_of_deployment {
 }
 use members_of_deployment;
 
+/// The owner of a scope's records.
+fn scoped(scope: &Scope) -> Owner {
+    Owner::Scope(scope.clone())
+}
+
+/// The key of a record keyed by one text column.
+fn one(id: &str) -> Vec<Value> {
+    vec![Value::from(id)]
+}
+
 fn deployment_record(scope: &Scope, deployment_id: String) -> Record {
     Record {
-        owner: Owner::Scope(scope.clone()),
+        owner: scoped(scope),
         key: vec![Value::from(deployment_id.as_str())],
         id: deployment_id,
     }
