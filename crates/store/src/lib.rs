@@ -24,16 +24,33 @@
 //! Following other gateways: subscribe, then `load_all`, then for each notice re-read the
 //! record it names (`None` = deleted; [`RecordKind::CohortMembers`] → [`Store::cohort_members_at`]).
 //!
-//! Layout: `error.rs` (the error enum), `codec.rs` (JSON documents <-> domain types),
-//! `migrations/` (versioned schema per dialect), `sqlite.rs` and `postgres.rs` (the backends).
-//! [`Store`] itself only dispatches.
+//! Layout, from the API down:
+//! - `records.rs`: the typed methods of [`Store`]; each names a record (its table descriptor,
+//!   owner and key) and runs one generic operation. `outbox.rs`: the webhook outbox's methods.
+//! - `docs.rs`: the document layer: one `DocTable` descriptor per record kind (table, owner
+//!   columns, key columns, document column, list order, row id, unique claims such as phone
+//!   numbers, dependent tables) and every operation's SQL, generated once from it, written once.
+//! - `db.rs`: the thin driver interface those operations run on (`execute`, `query` with a
+//!   row visitor, `execute_batch`, plus the cohort members' bulk upsert, the one fast path
+//!   each driver writes its own way); SQL uses `?` placeholders, rewritten to `$n` for
+//!   PostgreSQL.
+//! - `sqlite.rs`, `postgres.rs`: driver glue only: connections, transactions, the revision
+//!   counter and change log (and, on PostgreSQL, NOTIFY and the listener).
+//! - `migrations/`: versioned schema per dialect; `codec.rs`: JSON documents <-> domain types;
+//!   `error.rs`: the error enum.
+//!
+//! Adding a record kind: a migration creating its table (both dialects), a `DocTable` in
+//! `docs.rs`, a [`RecordKind`], and its typed methods in `records.rs`.
 
 mod codec;
+mod db;
+mod docs;
 mod error;
 mod migrations;
 mod outbox;
 mod pg_tls;
 mod postgres;
+mod records;
 mod sqlite;
 
 use std::fmt;
@@ -41,9 +58,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use switchboard_routing::model::{
-    AppVersion, Cohort, CohortMember, Connection, Deployment, Scope, TrafficSplit,
+    AppVersion, CohortMember, Connection, Deployment, Scope, TrafficSplit,
 };
 use tokio::sync::broadcast;
+
+use crate::db::{Db, Op};
 
 pub use error::{BackendKind, BoxedError, StoreError};
 pub use outbox::{NewDelivery, PendingDelivery};
@@ -166,15 +185,6 @@ enum Backend {
     Postgres(postgres::PgStore),
 }
 
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match &$self.backend {
-            Backend::Sqlite(backend) => backend.$method($($arg),*).await,
-            Backend::Postgres(backend) => backend.$method($($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Opens (creating if needed) the store at `url` and brings its schema up to date.
     ///
@@ -233,335 +243,68 @@ impl Store {
         }
     }
 
-    /// Reads everything the routing snapshot is built from, in one consistent snapshot.
-    /// Call at start (and after a resync); it reads every cohort member, so not per request.
-    pub async fn load_all(&self) -> Result<Dataset, StoreError> {
-        dispatch!(self.load_all())
+    /// Runs a write of the document layer as one transaction recording `change`: the
+    /// revision it commits as is bumped and logged (and, on PostgreSQL, notified) with it.
+    async fn write<T, F>(&self, change: Change, op: F) -> Result<(Revision, T), StoreError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut dyn Db, Revision) -> Op<'a, T> + Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.write(change, op).await,
+            Backend::Postgres(backend) => backend.write(change, op).await,
+        }
     }
 
-    /// The revision of the latest committed write (0 for an empty store).
-    pub async fn revision(&self) -> Result<Revision, StoreError> {
-        dispatch!(self.revision())
+    /// [`Store::write`] for operations that return nothing but the revision.
+    async fn write_revision<F>(&self, change: Change, op: F) -> Result<Revision, StoreError>
+    where
+        F: for<'a> FnOnce(&'a mut dyn Db, Revision) -> Op<'a, ()> + Send + 'static,
+    {
+        self.write(change, op).await.map(|(revision, ())| revision)
     }
 
-    /// The schema version the database is at after `open`'s migrations.
-    pub async fn schema_version(&self) -> Result<u32, StoreError> {
-        dispatch!(self.schema_version())
-    }
-
-    // ---- deployments ------------------------------------------------------------------
-
-    /// Stores a new deployment and claims its phone numbers (normalised E.164, as given).
-    /// Fails with `AlreadyExists` if the id is taken in this scope, or `NumberTaken` if any
-    /// number belongs to another deployment (of any scope: a number rings in one place).
-    pub async fn insert_deployment(
-        &self,
-        scope: &Scope,
-        deployment: &Deployment,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.insert_deployment(scope, deployment))
-    }
-
-    /// Replaces a deployment (keyed by its `deployment_id`) and its set of numbers; numbers it
-    /// no longer lists are released. `NotFound` / `NumberTaken`.
-    pub async fn update_deployment(
-        &self,
-        scope: &Scope,
-        deployment: &Deployment,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.update_deployment(scope, deployment))
-    }
-
-    /// Deletes a deployment with its numbers, cohorts and cohort members. `NotFound`.
-    pub async fn delete_deployment(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.delete_deployment(scope, deployment_id))
-    }
-
-    pub async fn get_deployment(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-    ) -> Result<Option<Deployment>, StoreError> {
-        dispatch!(self.get_deployment(scope, deployment_id))
-    }
-
-    /// One page of the scope's deployments in creation order, and the scope's total count.
-    pub async fn list_deployments(
-        &self,
-        scope: &Scope,
-        offset: u64,
-        limit: u64,
-    ) -> Result<(Vec<Deployment>, u64), StoreError> {
-        dispatch!(self.list_deployments(scope, offset, limit))
-    }
-
-    /// The deployment owning `phone_number` (normalised E.164), with its scope.
-    pub async fn number_owner(
-        &self,
-        phone_number: &str,
-    ) -> Result<Option<(Scope, String)>, StoreError> {
-        dispatch!(self.number_owner(phone_number))
-    }
-
-    // ---- connections ------------------------------------------------------------------
-
-    /// Inserts or replaces a connection (trunk).
-    pub async fn put_connection(
-        &self,
-        scope: &Scope,
-        connection: &Connection,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.put_connection(scope, connection))
-    }
-
-    pub async fn get_connection(
-        &self,
-        scope: &Scope,
-        connection_id: &str,
-    ) -> Result<Option<Connection>, StoreError> {
-        dispatch!(self.get_connection(scope, connection_id))
-    }
-
-    /// The scope's connections ordered by id.
-    pub async fn list_connections(&self, scope: &Scope) -> Result<Vec<Connection>, StoreError> {
-        dispatch!(self.list_connections(scope))
-    }
-
-    /// `NotFound` if absent. Deployments naming the connection are not checked here (the
-    /// admin API decides whether that is allowed).
-    pub async fn delete_connection(
-        &self,
-        scope: &Scope,
-        connection_id: &str,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.delete_connection(scope, connection_id))
-    }
-
-    // ---- app versions -----------------------------------------------------------------
-
-    /// Inserts or replaces one version of an app (its runtime url and status).
-    pub async fn put_app_version(
-        &self,
-        scope: &Scope,
-        version: &AppVersion,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.put_app_version(scope, version))
-    }
-
-    pub async fn get_app_version(
-        &self,
-        scope: &Scope,
-        app_id: &str,
-        version: u32,
-    ) -> Result<Option<AppVersion>, StoreError> {
-        dispatch!(self.get_app_version(scope, app_id, version))
-    }
-
-    /// The app's versions in ascending version order.
-    pub async fn list_app_versions(
-        &self,
-        scope: &Scope,
-        app_id: &str,
-    ) -> Result<Vec<AppVersion>, StoreError> {
-        dispatch!(self.list_app_versions(scope, app_id))
-    }
-
-    /// `NotFound` if absent.
-    pub async fn delete_app_version(
-        &self,
-        scope: &Scope,
-        app_id: &str,
-        version: u32,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.delete_app_version(scope, app_id, version))
-    }
-
-    // ---- traffic splits ---------------------------------------------------------------
-
-    /// Inserts or replaces the app's split (validation of the percentages is the caller's).
-    pub async fn put_traffic_split(
-        &self,
-        scope: &Scope,
-        split: &TrafficSplit,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.put_traffic_split(scope, split))
-    }
-
-    pub async fn get_traffic_split(
-        &self,
-        scope: &Scope,
-        app_id: &str,
-    ) -> Result<Option<TrafficSplit>, StoreError> {
-        dispatch!(self.get_traffic_split(scope, app_id))
-    }
-
-    /// The scope's splits ordered by app id.
-    pub async fn list_traffic_splits(
-        &self,
-        scope: &Scope,
-    ) -> Result<Vec<TrafficSplit>, StoreError> {
-        dispatch!(self.list_traffic_splits(scope))
-    }
-
-    /// `NotFound` if absent.
-    pub async fn delete_traffic_split(
-        &self,
-        scope: &Scope,
-        app_id: &str,
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.delete_traffic_split(scope, app_id))
-    }
-
-    // ---- cohorts ----------------------------------------------------------------------
-
-    /// Inserts or replaces a cohort's metadata (status, result, rejections). Call when an
-    /// upload starts (`processing`) and again when it ends. `NotFound` if the deployment is
-    /// missing.
-    pub async fn put_cohort(&self, scope: &Scope, cohort: &Cohort) -> Result<Revision, StoreError> {
-        dispatch!(self.put_cohort(scope, cohort))
-    }
-
-    pub async fn get_cohort(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-        cohort_id: &str,
-    ) -> Result<Option<Cohort>, StoreError> {
-        dispatch!(self.get_cohort(scope, deployment_id, cohort_id))
-    }
-
-    /// The deployment's cohorts ordered by `sequence`.
-    pub async fn list_cohorts(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-    ) -> Result<Vec<Cohort>, StoreError> {
-        dispatch!(self.list_cohorts(scope, deployment_id))
-    }
-
-    /// Upserts members into the deployment: for a phone number already present, the new row
-    /// replaces the old one (the latest cohort wins); within one call the last row for a number
-    /// wins. One transaction per call: callers stream an upload in batches of ~10k rows (one
-    /// commit per batch keeps a million rows to a hundred fsyncs). `NotFound` if the deployment
-    /// is missing.
-    pub async fn insert_cohort_members(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-        members: &[CohortMember],
-    ) -> Result<Revision, StoreError> {
-        dispatch!(self.insert_cohort_members(scope, deployment_id, members))
-    }
-
-    /// The members last written by the write at `revision` (a [`RecordKind::CohortMembers`]
-    /// notice's): what another gateway applies on such a notice.
-    pub async fn cohort_members_at(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-        revision: Revision,
-    ) -> Result<Vec<CohortMember>, StoreError> {
-        dispatch!(self.cohort_members_at(scope, deployment_id, revision))
-    }
-
-    pub async fn get_cohort_member(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-        phone_number: &str,
-    ) -> Result<Option<CohortMember>, StoreError> {
-        dispatch!(self.get_cohort_member(scope, deployment_id, phone_number))
-    }
-
-    /// How many members the deployment has (0 for a missing deployment).
-    pub async fn count_cohort_members(
-        &self,
-        scope: &Scope,
-        deployment_id: &str,
-    ) -> Result<u64, StoreError> {
-        dispatch!(self.count_cohort_members(scope, deployment_id))
-    }
-
-    // ---- settings ---------------------------------------------------------------------
-
-    pub async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        dispatch!(self.get_setting(key))
-    }
-
-    /// Inserts or replaces a global setting.
-    pub async fn put_setting(&self, key: &str, value: &str) -> Result<Revision, StoreError> {
-        dispatch!(self.put_setting(key, value))
-    }
-
-    /// Stores `value` unless the key already has one, and returns the value in effect. Lets
-    /// two gateways starting at once agree on one generated admin key. Counts as a write (a
-    /// revision and a notice) even when the key existed: it is called once per start.
-    pub async fn put_setting_if_absent(
-        &self,
-        key: &str,
-        value: &str,
-    ) -> Result<String, StoreError> {
-        dispatch!(self.put_setting_if_absent(key, value))
+    /// Runs a read (or an unlogged write, see [`Access`]) of the document layer.
+    async fn run<T, F>(&self, access: Access, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut dyn Db) -> Op<'a, T> + Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.run(access, op).await,
+            Backend::Postgres(backend) => backend.run(access, op).await,
+        }
     }
 }
 
-/// The webhook outbox (see `outbox.rs`): at-least-once delivery that survives crashes.
-impl Store {
-    /// Writes a delivery before its first attempt; returns its row id. Committed on return.
-    pub async fn outbox_enqueue(&self, delivery: NewDelivery) -> Result<i64, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(b) => outbox::sqlite_enqueue(b, delivery).await,
-            Backend::Postgres(b) => outbox::pg_enqueue(b, delivery).await,
-        }
-    }
+/// The change a write records: what the change log and notices say about it.
+#[derive(Debug, Clone)]
+struct Change {
+    kind: RecordKind,
+    scope: Scope,
+    key: String,
+}
 
-    /// Up to `limit` deliveries due at `now_ms`, each leased until `lease_until_ms` (nobody
-    /// else claims it before then). Call periodically; rows enqueued by a crashed process come
-    /// back here once their lease runs out.
-    pub async fn outbox_claim_due(
-        &self,
-        now_ms: i64,
-        lease_until_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<PendingDelivery>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(b) => outbox::sqlite_claim_due(b, now_ms, lease_until_ms, limit).await,
-            Backend::Postgres(b) => outbox::pg_claim_due(b, now_ms, lease_until_ms, limit).await,
+impl Change {
+    fn new(kind: RecordKind, scope: Scope, key: impl Into<String>) -> Self {
+        Change {
+            kind,
+            scope,
+            key: key.into(),
         }
     }
+}
 
-    /// Records a failed attempt: `attempts` so far, next try at `next_attempt_ms`.
-    pub async fn outbox_reschedule(
-        &self,
-        id: i64,
-        attempts: u32,
-        next_attempt_ms: i64,
-    ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(b) => outbox::sqlite_reschedule(b, id, attempts, next_attempt_ms).await,
-            Backend::Postgres(b) => outbox::pg_reschedule(b, id, attempts, next_attempt_ms).await,
-        }
-    }
-
-    /// Deletes a delivery that was delivered or given up.
-    pub async fn outbox_remove(&self, id: i64) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(b) => outbox::sqlite_remove(b, id).await,
-            Backend::Postgres(b) => outbox::pg_remove(b, id).await,
-        }
-    }
-
-    /// How many deliveries are pending.
-    pub async fn outbox_pending(&self) -> Result<u64, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(b) => outbox::sqlite_pending(b).await,
-            Backend::Postgres(b) => outbox::pg_pending(b).await,
-        }
-    }
+/// How a read runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Any connection, statement by statement.
+    Read,
+    /// Every statement in one consistent snapshot (several statements that must agree).
+    Snapshot,
+    /// A write outside the revision counter and change log (tables that are not routing
+    /// data: the webhook outbox). On SQLite it runs on the writer connection.
+    UnloggedWrite,
 }
 
 /// A random id per `Store::open`, so notices from this instance can be told apart.

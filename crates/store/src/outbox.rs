@@ -9,10 +9,8 @@
 //!
 //! Outbox writes are not routing data: they bump no revision and send no change notice.
 
-use rusqlite::{params, Connection, Row};
-
-use crate::error::Context;
-use crate::{postgres::PgStore, sqlite::SqliteStore, StoreError};
+use crate::db::{query_all, query_int, DbRow, Value};
+use crate::{Access, BackendKind, Store, StoreError};
 
 /// A delivery to enqueue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,197 +45,127 @@ pub struct PendingDelivery {
 
 const COLUMNS: &str = "id, event_id, url, secret, body, attempts, created_ms, next_attempt_ms";
 
-fn sqlite_row(row: &Row<'_>) -> rusqlite::Result<PendingDelivery> {
+fn delivery_from_row(row: &dyn DbRow) -> Result<PendingDelivery, StoreError> {
     Ok(PendingDelivery {
-        id: row.get(0)?,
-        event_id: row.get(1)?,
-        url: row.get(2)?,
-        secret: row.get(3)?,
-        body: row.get(4)?,
-        attempts: row.get(5)?,
-        created_ms: row.get(6)?,
-        next_attempt_ms: row.get(7)?,
+        id: row.int(0)?,
+        event_id: row.text(1)?.to_owned(),
+        url: row.text(2)?.to_owned(),
+        secret: row.text(3)?.to_owned(),
+        body: row.text(4)?.to_owned(),
+        attempts: u32::try_from(row.int(5)?).unwrap_or(0),
+        created_ms: row.int(6)?,
+        next_attempt_ms: row.int(7)?,
     })
 }
 
-fn pg_row(row: &tokio_postgres::Row) -> PendingDelivery {
-    PendingDelivery {
-        id: row.get(0),
-        event_id: row.get(1),
-        url: row.get(2),
-        secret: row.get(3),
-        body: row.get(4),
-        attempts: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
-        created_ms: row.get(6),
-        next_attempt_ms: row.get(7),
+/// The webhook outbox: at-least-once delivery that survives crashes.
+impl Store {
+    /// Writes a delivery before its first attempt; returns its row id. Committed on return.
+    pub async fn outbox_enqueue(&self, delivery: NewDelivery) -> Result<i64, StoreError> {
+        let params = vec![
+            Value::Text(delivery.event_id),
+            Value::Text(delivery.url),
+            Value::Text(delivery.secret),
+            Value::Text(delivery.body),
+            Value::Int(delivery.created_ms),
+            Value::Int(delivery.next_attempt_ms),
+        ];
+        self.run(Access::UnloggedWrite, move |db| {
+            Box::pin(async move {
+                let sql = "INSERT INTO webhook_outbox \
+                     (event_id, url, secret, body, created_ms, next_attempt_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?) RETURNING id";
+                query_int(db, "enqueue webhook delivery", sql, &params).await
+            })
+        })
+        .await
     }
-}
 
-fn pg_attempts(attempts: u32) -> i32 {
-    i32::try_from(attempts).unwrap_or(i32::MAX)
-}
-
-// ---- SQLite --------------------------------------------------------------------------
-
-pub(crate) async fn sqlite_enqueue(
-    store: &SqliteStore,
-    delivery: NewDelivery,
-) -> Result<i64, StoreError> {
-    store
-        .with_writer(move |conn: &mut Connection| {
-            conn.execute(
-                "INSERT INTO webhook_outbox (event_id, url, secret, body, created_ms, next_attempt_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    delivery.event_id,
-                    delivery.url,
-                    delivery.secret,
-                    delivery.body,
-                    delivery.created_ms,
-                    delivery.next_attempt_ms
-                ],
-            )
-            .ctx("enqueue webhook delivery")?;
-            Ok(conn.last_insert_rowid())
+    /// Up to `limit` deliveries due at `now_ms`, each leased until `lease_until_ms` (nobody
+    /// else claims it before then). Call periodically; rows enqueued by a crashed process come
+    /// back here once their lease runs out.
+    pub async fn outbox_claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        let params = vec![
+            Value::Int(lease_until_ms),
+            Value::Int(now_ms),
+            Value::Int(i64::from(limit)),
+        ];
+        self.run(Access::UnloggedWrite, move |db| {
+            Box::pin(async move {
+                // SKIP LOCKED: PostgreSQL gateways sweeping at once each take different rows
+                // (SQLite has one writer, so nobody to skip).
+                let skip_locked = match db.backend() {
+                    BackendKind::Postgres => " FOR UPDATE SKIP LOCKED",
+                    BackendKind::Sqlite => "",
+                };
+                let sql = format!(
+                    "UPDATE webhook_outbox SET next_attempt_ms = ? WHERE id IN \
+                     (SELECT id FROM webhook_outbox WHERE next_attempt_ms <= ? \
+                      ORDER BY next_attempt_ms LIMIT ?{skip_locked}) RETURNING {COLUMNS}"
+                );
+                let operation = "claim webhook deliveries";
+                query_all(db, operation, &sql, &params, delivery_from_row).await
+            })
         })
         .await
-}
+    }
 
-pub(crate) async fn sqlite_claim_due(
-    store: &SqliteStore,
-    now_ms: i64,
-    lease_until_ms: i64,
-    limit: u32,
-) -> Result<Vec<PendingDelivery>, StoreError> {
-    store
-        .with_writer(move |conn: &mut Connection| {
-            let sql = format!(
-                "UPDATE webhook_outbox SET next_attempt_ms = ?2 WHERE id IN \
-                 (SELECT id FROM webhook_outbox WHERE next_attempt_ms <= ?1 \
-                  ORDER BY next_attempt_ms LIMIT ?3) RETURNING {COLUMNS}"
-            );
-            let mut stmt = conn.prepare(&sql).ctx("claim webhook deliveries")?;
-            let rows = stmt
-                .query_map(params![now_ms, lease_until_ms, limit], sqlite_row)
-                .ctx("claim webhook deliveries")?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .ctx("claim webhook deliveries")
+    /// Records a failed attempt: `attempts` so far, next try at `next_attempt_ms`.
+    pub async fn outbox_reschedule(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_attempt_ms: i64,
+    ) -> Result<(), StoreError> {
+        // The column is a 32-bit INTEGER in PostgreSQL: saturate rather than fail.
+        let attempts = i64::from(attempts.min(i32::MAX as u32));
+        let params = vec![
+            Value::Int(attempts),
+            Value::Int(next_attempt_ms),
+            Value::Int(id),
+        ];
+        let sql = "UPDATE webhook_outbox SET attempts = ?, next_attempt_ms = ? WHERE id = ?";
+        self.outbox_execute("reschedule webhook delivery", sql, params)
+            .await
+    }
+
+    /// Deletes a delivery that was delivered or given up.
+    pub async fn outbox_remove(&self, id: i64) -> Result<(), StoreError> {
+        let sql = "DELETE FROM webhook_outbox WHERE id = ?";
+        self.outbox_execute("remove webhook delivery", sql, vec![Value::Int(id)])
+            .await
+    }
+
+    /// How many deliveries are pending.
+    pub async fn outbox_pending(&self) -> Result<u64, StoreError> {
+        let count = self
+            .run(Access::Read, |db| {
+                Box::pin(async move {
+                    let sql = "SELECT COUNT(*) FROM webhook_outbox";
+                    query_int(db, "count webhook deliveries", sql, &[]).await
+                })
+            })
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn outbox_execute(
+        &self,
+        operation: &'static str,
+        sql: &'static str,
+        params: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        self.run(Access::UnloggedWrite, move |db| {
+            Box::pin(async move {
+                db.execute(operation, sql, &params).await?;
+                Ok(())
+            })
         })
         .await
-}
-
-pub(crate) async fn sqlite_reschedule(
-    store: &SqliteStore,
-    id: i64,
-    attempts: u32,
-    next_attempt_ms: i64,
-) -> Result<(), StoreError> {
-    store
-        .with_writer(move |conn: &mut Connection| {
-            conn.execute(
-                "UPDATE webhook_outbox SET attempts = ?2, next_attempt_ms = ?3 WHERE id = ?1",
-                params![id, attempts, next_attempt_ms],
-            )
-            .ctx("reschedule webhook delivery")?;
-            Ok(())
-        })
-        .await
-}
-
-pub(crate) async fn sqlite_remove(store: &SqliteStore, id: i64) -> Result<(), StoreError> {
-    store
-        .with_writer(move |conn: &mut Connection| {
-            conn.execute("DELETE FROM webhook_outbox WHERE id = ?1", params![id])
-                .ctx("remove webhook delivery")?;
-            Ok(())
-        })
-        .await
-}
-
-pub(crate) async fn sqlite_pending(store: &SqliteStore) -> Result<u64, StoreError> {
-    store
-        .with_writer(|conn: &mut Connection| {
-            let n: i64 = conn
-                .query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))
-                .ctx("count webhook deliveries")?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
-        .await
-}
-
-// ---- PostgreSQL ----------------------------------------------------------------------
-
-pub(crate) async fn pg_enqueue(store: &PgStore, delivery: NewDelivery) -> Result<i64, StoreError> {
-    let client = store.client().await?;
-    let row = client
-        .query_one(
-            "INSERT INTO webhook_outbox (event_id, url, secret, body, created_ms, next_attempt_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[
-                &delivery.event_id,
-                &delivery.url,
-                &delivery.secret,
-                &delivery.body,
-                &delivery.created_ms,
-                &delivery.next_attempt_ms,
-            ],
-        )
-        .await
-        .ctx("enqueue webhook delivery")?;
-    Ok(row.get(0))
-}
-
-pub(crate) async fn pg_claim_due(
-    store: &PgStore,
-    now_ms: i64,
-    lease_until_ms: i64,
-    limit: u32,
-) -> Result<Vec<PendingDelivery>, StoreError> {
-    let client = store.client().await?;
-    // SKIP LOCKED: gateways sweeping at once each take different rows.
-    let sql = format!(
-        "UPDATE webhook_outbox SET next_attempt_ms = $2 WHERE id IN \
-         (SELECT id FROM webhook_outbox WHERE next_attempt_ms <= $1 \
-          ORDER BY next_attempt_ms LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
-    );
-    let rows = client
-        .query(&sql, &[&now_ms, &lease_until_ms, &i64::from(limit)])
-        .await
-        .ctx("claim webhook deliveries")?;
-    Ok(rows.iter().map(pg_row).collect())
-}
-
-pub(crate) async fn pg_reschedule(
-    store: &PgStore,
-    id: i64,
-    attempts: u32,
-    next_attempt_ms: i64,
-) -> Result<(), StoreError> {
-    let client = store.client().await?;
-    client
-        .execute(
-            "UPDATE webhook_outbox SET attempts = $2, next_attempt_ms = $3 WHERE id = $1",
-            &[&id, &pg_attempts(attempts), &next_attempt_ms],
-        )
-        .await
-        .ctx("reschedule webhook delivery")?;
-    Ok(())
-}
-
-pub(crate) async fn pg_remove(store: &PgStore, id: i64) -> Result<(), StoreError> {
-    let client = store.client().await?;
-    client
-        .execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
-        .await
-        .ctx("remove webhook delivery")?;
-    Ok(())
-}
-
-pub(crate) async fn pg_pending(store: &PgStore) -> Result<u64, StoreError> {
-    let client = store.client().await?;
-    let row = client
-        .query_one("SELECT COUNT(*) FROM webhook_outbox", &[])
-        .await
-        .ctx("count webhook deliveries")?;
-    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
 }

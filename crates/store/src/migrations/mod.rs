@@ -5,6 +5,10 @@
 //! takes an advisory lock so gateways starting together do not race). A database already at a
 //! newer version than this build knows is refused. Never edit a released migration: append one.
 
+use crate::codec;
+use crate::db::{query_int, Db, Value};
+use crate::StoreError;
+
 /// One schema step.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Migration {
@@ -45,6 +49,60 @@ pub(crate) const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS schem
     name       TEXT NOT NULL,
     applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 )";
+
+/// The version the database is at (0 for a new one).
+pub(crate) async fn current(db: &mut dyn Db) -> Result<u32, StoreError> {
+    let version = query_int(
+        db,
+        "read schema version",
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        &[],
+    )
+    .await?;
+    codec::to_u32("schema_version", version)
+}
+
+/// Brings the database up to the newest of `migrations`, inside the caller's transaction (which
+/// the caller commits). A database already past them was written by a newer build: it is
+/// refused untouched ([`StoreError::SchemaTooNew`]), never used with a schema we do not know.
+pub(crate) async fn apply(db: &mut dyn Db, migrations: &[Migration]) -> Result<(), StoreError> {
+    db.execute_batch("create schema_version", CREATE_SCHEMA_VERSION)
+        .await?;
+    let current = current(db).await?;
+    let supported = latest(migrations);
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: i64::from(current),
+            supported,
+        });
+    }
+    let backend = db.backend();
+    for migration in migrations.iter().filter(|m| m.version > current) {
+        db.execute_batch("migrate", migration.sql)
+            .await
+            .map_err(|err| StoreError::Migration {
+                version: migration.version,
+                name: migration.name,
+                source: Box::new(err),
+            })?;
+        db.execute(
+            "record schema version",
+            "INSERT INTO schema_version (version, name) VALUES (?, ?)",
+            &[
+                Value::Int(i64::from(migration.version)),
+                Value::from(migration.name),
+            ],
+        )
+        .await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            %backend,
+            "applied migration"
+        );
+    }
+    Ok(())
+}
 
 /// The highest version in `migrations`.
 pub(crate) fn latest(migrations: &[Migration]) -> u32 {

@@ -7,6 +7,7 @@ mod crash;
 mod multi_gateway;
 mod suite;
 mod support;
+mod upgrade;
 
 use std::time::Duration;
 

@@ -94,7 +94,8 @@ pub async fn admin_execute(url: &str, sql: &str) -> anyhow::Result<u64> {
     Ok(rows)
 }
 
-/// Runs raw SQL on a store's database behind its back (to damage it on purpose).
+/// Runs raw SQL (one or several `;`-separated statements) on a store's database behind its
+/// back: to damage it on purpose, or to build it as an older build left it.
 pub async fn execute_sql(store_url: &str, sql: &str) -> anyhow::Result<()> {
     match store_url.strip_prefix("sqlite://") {
         Some(path) => {
@@ -102,10 +103,41 @@ pub async fn execute_sql(store_url: &str, sql: &str) -> anyhow::Result<()> {
             conn.execute_batch(sql)?;
         }
         None => {
-            admin_execute(store_url, sql).await?;
+            let plain = without_tls_params(store_url);
+            let (client, connection) = tokio_postgres::connect(&plain, NoTls).await?;
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(sql)
+                .await
+                .with_context(|| sql.to_owned())?;
+            drop(client);
+            let _ = driver.await;
         }
     }
     Ok(())
+}
+
+/// The integer `sql` selects, read behind the store's back.
+pub async fn query_int(store_url: &str, sql: &str) -> anyhow::Result<i64> {
+    match store_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let conn = rusqlite::Connection::open(path)?;
+            Ok(conn.query_row(sql, [], |row| row.get(0))?)
+        }
+        None => {
+            let plain = without_tls_params(store_url);
+            let (client, connection) = tokio_postgres::connect(&plain, NoTls).await?;
+            let driver = tokio::spawn(connection);
+            let row = client
+                .query_one(sql, &[])
+                .await
+                .with_context(|| sql.to_owned())?;
+            let value: i64 = row.try_get(0)?;
+            drop(client);
+            let _ = driver.await;
+            Ok(value)
+        }
+    }
 }
 
 /// `url` without its `sslmode` and `sslrootcert` query parameters.
