@@ -54,6 +54,7 @@ fn connection(index: usize) -> Connection {
         media_encryption: Default::default(),
         headers_to_parameters: Default::default(),
         include_headers: Default::default(),
+        transfer: Default::default(),
     }
 }
 
