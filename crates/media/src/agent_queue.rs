@@ -93,7 +93,10 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(order[0], "mark-a");
         assert_eq!(order[1], "media-5", "media-0..4 were the oldest audio");
-        assert_eq!(order[MAX_QUEUED_MEDIA], format!("media-{}", MAX_QUEUED_MEDIA + 4));
+        assert_eq!(
+            order[MAX_QUEUED_MEDIA],
+            format!("media-{}", MAX_QUEUED_MEDIA + 4)
+        );
         assert_eq!(order[MAX_QUEUED_MEDIA + 1], "dtmf");
         assert!(q.is_empty());
         // Counters stay right after draining: a fresh burst gets the full media allowance.

@@ -34,9 +34,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::agent_link::{AgentLink, AgentSocket, AGENT_CLOSE_TIMEOUT};
+use crate::agent_queue::AgentQueue;
 use crate::dtmf::DtmfDetector;
 use crate::framer::CallerFramer;
-use crate::agent_queue::AgentQueue;
 use crate::g711::{self, ALAW_SILENCE, ULAW_SILENCE};
 use crate::pacer::{Due, Pacer};
 use crate::playout::Playout;
@@ -668,7 +668,12 @@ impl Bridge {
 }
 
 /// Queues one message for the agent, counting audio dropped to keep the queue bounded.
-fn queue_for_agent(queue: &mut AgentQueue<Message>, stats: &BridgeStats, text: String, media: bool) {
+fn queue_for_agent(
+    queue: &mut AgentQueue<Message>,
+    stats: &BridgeStats,
+    text: String,
+    media: bool,
+) {
     let dropped = queue.push(Message::text(text), media);
     bump(&stats.media_dropped_agent_busy, dropped);
 }

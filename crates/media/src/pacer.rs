@@ -239,7 +239,10 @@ mod tests {
                 break;
             }
             steps += 1;
-            assert!(steps < 10 * end / 20_000, "no progress at {now} µs: {pacer:?}");
+            assert!(
+                steps < 10 * end / 20_000,
+                "no progress at {now} µs: {pacer:?}"
+            );
             let d = if arrival_first {
                 packet += 1;
                 pacer.on_caller_packet(at(now), true)
