@@ -3,9 +3,8 @@
 //! The gateway calls [`crate::connect_agent`] before answering (a failure there becomes a 503), then
 //! [`spawn_bridge`] once the 200 OK is sent. The task owns the RTP socket and the WebSocket
 //! and reacts to four things: a caller datagram, an agent message (or a finished write), the
-//! pacer's timer and
-//! the [`BridgeHandle`] (hang-up, re-INVITE). It ends with an [`EndReason`] the gateway turns
-//! into a BYE (or not, when the caller hung up).
+//! pacer's timer and the [`BridgeHandle`] (hang-up, re-INVITE). It ends with an [`EndReason`]
+//! the gateway turns into a BYE (or not, when the caller hung up).
 //!
 //! Pacing is [`crate::pacer`]'s: the 20 ms frame slots phase-lock to the caller's packets, so
 //! while the caller talks the wake-up that receives its packet also sends ours, and the timer
