@@ -1,25 +1,35 @@
-//! Load driver for the media bridge: N concurrent bridged calls on loopback.
+//! Load driver for the media bridge: N concurrent calls on loopback, three relays side by side.
 //!
 //! ```text
-//! cargo bench -p switchboard-benches --bench media_bridge -- --calls 500,2000 --seconds 5
+//! cargo bench -p switchboard-benches --bench media_bridge -- \
+//!     --calls 500,1000,2000 --seconds 5 --rounds 3 --modes relay,rtpengine,bridge
 //! ```
-//! Threads: the bridges run on ONE current-thread tokio runtime on their own OS thread (so its
-//! CPU time is "one core's worth" of bridging); the callers and an echo agent run on the main
-//! thread. Each caller sends a 20 ms PCMU frame every 20 ms (calls spread over the 20 ms slot),
-//! the agent echoes every `media` message back, the bridge paces the echo out as RTP.
+//! Modes, run alternately (round 1: relay, rtpengine, bridge; round 2: ...) so machine noise
+//! hits all alike; the table at the end gives the median of the rounds:
+//! * `bridge`: switchboard's bridges, all on ONE current-thread tokio runtime on their own OS
+//!   thread (so its CPU time is "one core's worth" of bridging);
+//! * `relay` (also `--baseline`): a bare relay in the same place doing only what any bridge
+//!   must (one UDP receive + one WebSocket message per frame each way, base64 included, no
+//!   pacing, framing, marks or DTMF): the kernel/runtime floor;
+//! * `rtpengine`: Debian's `rtpengine-daemon` in userspace forwarding (`--table=-1`, one
+//!   worker thread), a port pair per call allocated over its ng protocol, the far end a UDP
+//!   echo instead of a WebSocket agent. Skipped with a notice when not installed.
+//!
+//! Each caller sends a 20 ms PCMU frame every 20 ms (calls spread over the 20 ms slot), the
+//! agent (or UDP echo) returns every frame, the relay sends it back to the caller.
+//! With two or more CPUs the relay under test is pinned to CPU 0 and the callers, echo agent
+//! and this driver to CPU 1 (`taskset`), so the CPU figure is the relay's own.
 //!
 //! Reported per run:
-//! * uplink latency: caller RTP sent → `media` JSON received by the agent (p50/p99/max);
-//! * round trip: caller RTP → bridge → agent → bridge pacer → caller RTP (includes the 0-20 ms
-//!   wait for the call's next frame slot, by design);
+//! * uplink latency: caller RTP sent → `media` JSON (or UDP echo) received (p50/p99/max);
+//! * round trip: caller RTP → relay → agent → relay (pacer) → caller RTP (the bridge adds the
+//!   0-20 ms wait for the call's next frame slot, by design);
 //! * pacing jitter at the caller: |arrival interval − 20 ms| between consecutive packets;
-//! * bridge thread CPU (from /proc/thread-self/schedstat: ns-precise, per thread, the safe
-//!   equivalent of getrusage(RUSAGE_THREAD) under `forbid(unsafe_code)`), µs per packet
-//!   (RTP in + RTP out), and calls per core = calls / bridge-thread utilisation.
-//!
-//! `--baseline` replaces the bridge by a bare relay doing only what any bridge must (one UDP
-//! receive + one WebSocket message per frame each way, base64 included, no pacing, framing,
-//! marks or DTMF): the kernel/VM floor the real bridge is compared against.
+//! * relay CPU (from /proc/.../schedstat: ns-precise, per thread, the safe equivalent of
+//!   getrusage(RUSAGE_THREAD) under `forbid(unsafe_code)`; all of rtpengine's threads), µs
+//!   per caller-leg packet (RTP in + RTP out), and calls per core = calls / utilisation;
+//! * heap allocated while setting the calls up, per call (counting allocator; includes the
+//!   echo agent's end of each WebSocket), and the kernel's default socket buffer sizes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use switchboard_media::twilio::new_sid;
 use switchboard_media::{
     connect_agent, negotiate, spawn_bridge, AgentTls, BridgeConfig, BridgeHandle, CustomParameters,
@@ -38,6 +49,16 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "media_bridge/bare_relay.rs"]
+mod bare_relay;
+#[path = "media_bridge/rtpengine.rs"]
+mod rtpengine;
+use bare_relay::{raw_relay, RelayCounters};
+use rtpengine::Rtpengine;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Caller sockets shared by all calls (one receive task each): enough to keep each socket's
 /// receive queue short at 100k packets/s.
@@ -46,20 +67,54 @@ const CALLER_SOCKETS: usize = 16;
 const FRAME_MS: u64 = 20;
 const PAYLOAD: usize = 160;
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The relay under test runs here; everything else on [`DRIVER_CPU`].
+const RELAY_CPU: usize = 0;
+const DRIVER_CPU: usize = 1;
+const RTPENGINE_NG_PORT: u16 = 22_999;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Relay,
+    Rtpengine,
+    Bridge,
+}
+
+impl Mode {
+    fn parse(name: &str) -> Result<Mode> {
+        Ok(match name {
+            "relay" => Mode::Relay,
+            "rtpengine" => Mode::Rtpengine,
+            "bridge" => Mode::Bridge,
+            other => bail!("unknown mode {other:?} (relay, rtpengine, bridge)"),
+        })
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Relay => "bare relay (tokio, WebSocket)",
+            Mode::Rtpengine => "rtpengine userspace",
+            Mode::Bridge => "switchboard bridge",
+        }
+    }
+}
 
 struct Args {
-    baseline: bool,
+    modes: Vec<Mode>,
     calls: Vec<usize>,
     seconds: u64,
     warmup: u64,
+    rounds: usize,
+    pin: bool,
 }
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
-        baseline: false,
+        modes: vec![Mode::Bridge],
         calls: vec![500, 2000],
         seconds: 5,
         warmup: 2,
+        rounds: 1,
+        pin: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -69,13 +124,58 @@ fn parse_args() -> Result<Args> {
                 args.calls = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
             }
             "--seconds" => args.seconds = it.next().context("--seconds needs a value")?.parse()?,
-            "--baseline" => args.baseline = true,
+            "--baseline" => args.modes = vec![Mode::Relay],
+            "--modes" => {
+                let list = it.next().context("--modes needs a list")?;
+                args.modes = list.split(',').map(Mode::parse).collect::<Result<_>>()?;
+            }
+            "--rounds" => args.rounds = it.next().context("--rounds needs a value")?.parse()?,
+            "--no-pin" => args.pin = false,
             "--warmup" => args.warmup = it.next().context("--warmup needs a value")?.parse()?,
             // cargo bench passes --bench; criterion-style flags are ignored too.
             _ => {}
         }
     }
     Ok(args)
+}
+
+/// Pins the calling thread to `cpu` (taskset on its thread id: no unsafe, no extra crate).
+fn pin_current_thread(cpu: usize) -> Result<()> {
+    let link = std::fs::read_link("/proc/thread-self")?;
+    let tid = link
+        .file_name()
+        .and_then(|t| t.to_str())
+        .context("no thread id")?
+        .to_owned();
+    let status = std::process::Command::new("taskset")
+        .args(["-p", "-c", &cpu.to_string(), &tid])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("taskset failed for thread {tid}");
+    }
+    Ok(())
+}
+
+fn heap_in_use() -> i64 {
+    let stats = GLOBAL.stats();
+    stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
+}
+
+/// Kernel defaults that bound each socket's queued data (reserved on demand, not up front).
+fn socket_buffer_defaults() -> String {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{name}"))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join("/"))
+            .unwrap_or_else(|_| "?".into())
+    };
+    format!(
+        "UDP rmem_default {} B, wmem_default {} B; TCP tcp_rmem {} B, tcp_wmem {} B (min/default/max)",
+        read("core/rmem_default"),
+        read("core/wmem_default"),
+        read("ipv4/tcp_rmem"),
+        read("ipv4/tcp_wmem")
+    )
 }
 
 /// (CPU time, time spent runnable but waiting for a CPU) of the calling thread, in ns.
@@ -94,70 +194,29 @@ enum BridgeCommand {
     Shutdown,
 }
 
-/// The bridge side: binds, negotiates, connects and spawns `calls` bridges, then serves samples.
-/// Packet counters of the baseline relays.
-#[derive(Default)]
-struct RelayCounters {
-    rtp_in: AtomicU64,
-    rtp_out: AtomicU64,
-}
+/// The relay thread's addresses for the callers, and the heap it took per call to set up.
+type Ready = Result<(Vec<SocketAddr>, i64)>;
 
-/// The baseline: caller RTP → `media` JSON at once, agent `media` → RTP at once.
-async fn raw_relay(
-    socket: UdpSocket,
-    caller: SocketAddr,
-    agent_url: String,
-    counters: Arc<RelayCounters>,
-) -> Result<()> {
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(agent_url.as_str(), None, true).await?;
-    let engine = base64::engine::general_purpose::STANDARD;
-    let mut buf = [0u8; 1500];
-    let mut packet = [0u8; 12 + PAYLOAD];
-    packet[0] = 0x80;
-    let mut seq: u16 = 0;
-    loop {
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let Ok((len, _)) = received else { continue };
-                if len <= 12 { continue }
-                counters.rtp_in.fetch_add(1, Ordering::Relaxed);
-                let mut text = String::with_capacity(300);
-                text.push_str("{\"event\":\"media\",\"media\":{\"payload\":\"");
-                engine.encode_string(&buf[12..len], &mut text);
-                text.push_str("\"}}");
-                ws.send(Message::text(text)).await?;
-            }
-            message = ws.next() => {
-                let Some(Ok(Message::Text(text))) = message else { return Ok(()) };
-                let payload = text.as_str().split("\"payload\":\"").nth(1).unwrap_or_default();
-                let payload = payload.split('"').next().unwrap_or_default();
-                let Ok(bytes) = engine.decode(payload) else { continue };
-                let len = bytes.len().min(PAYLOAD);
-                seq = seq.wrapping_add(1);
-                packet[2..4].copy_from_slice(&seq.to_be_bytes());
-                packet[12..12 + len].copy_from_slice(&bytes[..len]);
-                if socket.try_send_to(&packet[..12 + len], caller).is_ok() {
-                    counters.rtp_out.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-}
-
+/// The bridge side: binds, negotiates, connects and spawns `calls` bridges (or bare relays),
+/// then serves samples.
 fn bridge_thread(
     baseline: bool,
     calls: usize,
     agent_url: String,
     caller_addrs: Vec<SocketAddr>,
-    ready: oneshot::Sender<Result<Vec<SocketAddr>>>,
+    pin: bool,
+    ready: oneshot::Sender<Ready>,
     mut commands: mpsc::Receiver<BridgeCommand>,
 ) -> Result<()> {
+    if pin {
+        pin_current_thread(RELAY_CPU)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let counters = Arc::new(RelayCounters::default());
     runtime.block_on(async move {
+        let heap_before = heap_in_use();
         let setup = async {
             let mut handles: Vec<BridgeHandle> = Vec::with_capacity(calls);
             let mut relays = Vec::new();
@@ -202,7 +261,8 @@ fn bridge_thread(
         };
         let (handles, relays) = match setup.await {
             Ok((handles, relays, addrs)) => {
-                let _ = ready.send(Ok(addrs));
+                let per_call = (heap_in_use() - heap_before) / calls.max(1) as i64;
+                let _ = ready.send(Ok((addrs, per_call)));
                 (handles, relays)
             }
             Err(e) => {
@@ -225,7 +285,19 @@ fn bridge_thread(
                     });
                     let _ = reply.send((thread_cpu_ns(), rx, tx));
                 }
-                BridgeCommand::Shutdown => break,
+                BridgeCommand::Shutdown => {
+                    let total = |f: fn(&BridgeHandle) -> u64| handles.iter().map(f).sum::<u64>();
+                    let locked = total(|h| h.stats().frames_phase_locked.load(Ordering::Relaxed));
+                    let sent = total(|h| h.stats().rtp_sent.load(Ordering::Relaxed));
+                    let dropped = total(|h| h.stats().media_dropped_agent_busy.load(Ordering::Relaxed));
+                    if !handles.is_empty() {
+                        println!(
+                            "  bridge: {:.1}% of frames sent by the caller's packet (phase lock), {dropped} caller frames dropped for a busy agent socket",
+                            locked as f64 * 100.0 / sent.max(1) as f64
+                        );
+                    }
+                    break;
+                }
             }
         }
         for relay in relays {
@@ -260,7 +332,10 @@ async fn echo_agent(
     recording: Arc<AtomicBool>,
 ) -> Vec<u32> {
     let mut uplink_us = Vec::new();
-    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+    // The same 4 KiB initial read buffer as the bridge's end, so the heap figure is ~2x ours.
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
         return uplink_us;
     };
     while let Some(Ok(message)) = ws.next().await {
@@ -302,19 +377,81 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[index]) / 1000.0
 }
 
-fn summary(name: &str, mut samples_us: Vec<u32>) -> String {
+/// Prints the distribution; returns its p99 in ms.
+fn summary(name: &str, mut samples_us: Vec<u32>) -> f64 {
     samples_us.sort_unstable();
-    format!(
-        "{name}: n={} p50={:.3}ms p99={:.3}ms p99.9={:.3}ms max={:.3}ms",
+    println!(
+        "  {name}: n={} p50={:.3}ms p99={:.3}ms p99.9={:.3}ms max={:.3}ms",
         samples_us.len(),
         percentile(&samples_us, 0.50),
         percentile(&samples_us, 0.99),
         percentile(&samples_us, 0.999),
         percentile(&samples_us, 1.0)
-    )
+    );
+    percentile(&samples_us, 0.99)
 }
 
-fn run(baseline: bool, calls: usize, seconds: u64, warmup: u64) -> Result<()> {
+/// The figures of one run, for the medians table.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    us_per_packet: f64,
+    /// None when the run did not keep up (echoes lost or the relay saturated).
+    calls_per_core: Option<f64>,
+    /// One core's CPU divided by what one call's 100 caller-leg packets a second cost: the
+    /// ceiling the cost allows, also when a crowded machine kept the run from sustaining it.
+    calls_per_core_by_cost: f64,
+    uplink_p99_ms: f64,
+    jitter_p99_ms: f64,
+}
+
+/// Where the CPU of the relay under test is read.
+enum Relay {
+    /// Our thread (bridge or bare relay): answers samples over a channel.
+    Thread(
+        mpsc::Sender<BridgeCommand>,
+        std::thread::JoinHandle<Result<()>>,
+    ),
+    /// The rtpengine daemon and the call-ids to delete afterwards.
+    Daemon(Vec<String>),
+}
+
+/// UDP far end for rtpengine: returns each frame to where it came from, recording uplink
+/// latency from the stamp.
+async fn udp_echo(
+    socket: Arc<UdpSocket>,
+    base: Instant,
+    recording: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<u32> {
+    let mut uplink_us = Vec::new();
+    let mut buf = [0u8; 1500];
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((len, from)) = received else { continue };
+                if recording.load(Ordering::Relaxed) {
+                    if let Some((sent, _)) = buf.get(12..len).and_then(read_stamp) {
+                        let now = base.elapsed().as_nanos() as u64;
+                        uplink_us.push((now.saturating_sub(sent) / 1000) as u32);
+                    }
+                }
+                let _ = socket.try_send_to(&buf[..len], from);
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    uplink_us
+}
+
+fn run(
+    mode: Mode,
+    calls: usize,
+    args: &Args,
+    mut engine: Option<&mut Rtpengine>,
+    round: usize,
+) -> Result<Figures> {
+    let (seconds, warmup, pin) = (args.seconds, args.warmup, args.pin);
+    let engine_pid = engine.as_ref().map(|e| e.pid());
     let base = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -342,18 +479,45 @@ fn run(baseline: bool, calls: usize, seconds: u64, warmup: u64) -> Result<()> {
             callers.push(Arc::new(UdpSocket::bind((LOOPBACK, 0)).await?));
         }
         let caller_addrs = callers.iter().map(|s| s.local_addr()).collect::<Result<Vec<_>, _>>()?;
-
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (command_tx, command_rx) = mpsc::channel(4);
-        let setup_started = Instant::now();
-        let bridge = std::thread::Builder::new().name("bridges".into()).spawn(move || {
-            bridge_thread(baseline, calls, agent_url, caller_addrs, ready_tx, command_rx)
-        })?;
-        let bridge_addrs = ready_rx.await.context("bridge thread died")??;
-        println!("  set up {calls} calls in {:.2}s", setup_started.elapsed().as_secs_f64());
-
-        // Receivers: round-trip time per echoed packet.
         let (stop_tx, stop_rx) = watch::channel(false);
+
+        let setup_started = Instant::now();
+        let mut udp_echoes = Vec::new();
+        let (relay, bridge_addrs, heap_per_call) = if mode == Mode::Rtpengine {
+            let engine = engine.as_deref_mut().context("rtpengine not started")?;
+            let mut echo_addrs = Vec::with_capacity(CALLER_SOCKETS);
+            for _ in 0..CALLER_SOCKETS {
+                let socket = Arc::new(UdpSocket::bind((LOOPBACK, 0)).await?);
+                echo_addrs.push(socket.local_addr()?);
+                udp_echoes.push(tokio::spawn(udp_echo(socket, base, recording.clone(), stop_rx.clone())));
+            }
+            let mut addrs = Vec::with_capacity(calls);
+            let mut call_ids = Vec::with_capacity(calls);
+            for i in 0..calls {
+                let call_id = format!("bench-{round}-{calls}-{i}");
+                let (to_relay, _) = engine
+                    .relay(&call_id, caller_addrs[i % CALLER_SOCKETS], echo_addrs[i % CALLER_SOCKETS])?;
+                addrs.push(to_relay);
+                call_ids.push(call_id);
+            }
+            (Relay::Daemon(call_ids), addrs, None)
+        } else {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (command_tx, command_rx) = mpsc::channel(4);
+            let caller_addrs = caller_addrs.clone();
+            let baseline = mode == Mode::Relay;
+            let thread = std::thread::Builder::new().name("bridges".into()).spawn(move || {
+                bridge_thread(baseline, calls, agent_url, caller_addrs, pin, ready_tx, command_rx)
+            })?;
+            let (addrs, heap) = ready_rx.await.context("bridge thread died")??;
+            // The bare relay's tasks connect after set-up returns: only the bridge's figure counts.
+            (Relay::Thread(command_tx, thread), addrs, (mode == Mode::Bridge).then_some(heap))
+        };
+        println!("  set up {calls} calls in {:.2}s", setup_started.elapsed().as_secs_f64());
+        if let Some(heap) = heap_per_call {
+            println!("  heap allocated by the setup: {:.1} kB per call (both ends of each WebSocket)", heap as f64 / 1000.0);
+        }
+        // Receivers: round-trip time per echoed packet.
         let mut receivers = Vec::new();
         for socket in &callers {
             let socket = socket.clone();
@@ -439,25 +603,39 @@ fn run(baseline: bool, calls: usize, seconds: u64, warmup: u64) -> Result<()> {
             })
         };
 
-        let sample = |command_tx: mpsc::Sender<BridgeCommand>| async move {
-            let (tx, rx) = oneshot::channel();
-            command_tx.send(BridgeCommand::Sample(tx)).await.ok().context("bridge thread gone")?;
-            rx.await.context("no sample")
+        // ((relay CPU ns, ns it waited for a CPU), caller-leg packets it handled) now; rtpengine's
+        // packets are counted at the callers instead (sent + echoes received).
+        let sample = |relay: &Relay| {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let engine_cpu = engine_pid.map_or(0, rtpengine::process_cpu_ns);
+            let command = match relay {
+                Relay::Thread(commands, _) => Some(commands.clone()),
+                Relay::Daemon(_) => None,
+            };
+            async move {
+                match command {
+                    Some(commands) => {
+                        commands.send(BridgeCommand::Sample(reply_tx)).await.ok().context("bridge thread gone")?;
+                        let (cpu, rx, tx) = reply_rx.await.context("no sample")?;
+                        Ok((cpu, Some(rx + tx)))
+                    }
+                    None => anyhow::Ok(((engine_cpu, 0), None)),
+                }
+            }
         };
         tokio::time::sleep(Duration::from_secs(warmup)).await;
         recording.store(true, Ordering::Relaxed);
         let window_start = Instant::now();
         let driver_cpu_start = thread_cpu_ns();
-        let (cpu0, in0, out0) = sample(command_tx.clone()).await?;
+        let cpu0 = sample(&relay).await?;
         tokio::time::sleep(Duration::from_secs(seconds)).await;
-        let (cpu1, in1, out1) = sample(command_tx.clone()).await?;
+        let cpu1 = sample(&relay).await?;
         let driver_cpu = thread_cpu_ns().0 - driver_cpu_start.0;
         let wall = window_start.elapsed();
         recording.store(false, Ordering::Relaxed);
 
         let _ = stop_tx.send(true);
         let _ = sender.await;
-        let _ = command_tx.send(BridgeCommand::Shutdown).await;
         let mut rtt = Vec::new();
         let mut jitter = Vec::new();
         for r in receivers {
@@ -466,65 +644,138 @@ fn run(baseline: bool, calls: usize, seconds: u64, warmup: u64) -> Result<()> {
             jitter.extend(deviations);
         }
         let mut uplink = Vec::new();
-        for _ in 0..calls {
-            match tokio::time::timeout(Duration::from_secs(5), uplink_rx.recv()).await {
-                Ok(Some(samples)) => uplink.extend(samples),
-                _ => break,
+        match relay {
+            Relay::Thread(commands, thread) => {
+                let _ = commands.send(BridgeCommand::Shutdown).await;
+                for _ in 0..calls {
+                    match tokio::time::timeout(Duration::from_secs(5), uplink_rx.recv()).await {
+                        Ok(Some(samples)) => uplink.extend(samples),
+                        _ => break,
+                    }
+                }
+                match thread.join() {
+                    Ok(result) => result?,
+                    Err(_) => bail!("bridge thread panicked"),
+                }
+            }
+            Relay::Daemon(call_ids) => {
+                for echo in udp_echoes {
+                    uplink.extend(echo.await?);
+                }
+                if let Some(engine) = engine.as_deref_mut() {
+                    for call_id in call_ids {
+                        let _ = engine.delete(&call_id);
+                    }
+                }
             }
         }
         acceptor.abort();
-        match bridge.join() {
-            Ok(result) => result?,
-            Err(_) => bail!("bridge thread panicked"),
-        }
 
-        let bridge_cpu = cpu1.0 - cpu0.0;
-        let bridge_wait = cpu1.1 - cpu0.1;
-        let (packets_in, packets_out) = (in1 - in0, out1 - out0);
-        let utilisation = bridge_cpu as f64 / wall.as_nanos() as f64;
+        let ((relay_cpu, relay_wait), handled) = match (cpu0, cpu1) {
+            (((cpu0, wait0), Some(p0)), ((cpu1, wait1), Some(p1))) => ((cpu1 - cpu0, wait1 - wait0), Some(p1 - p0)),
+            (((cpu0, wait0), _), ((cpu1, wait1), _)) => ((cpu1 - cpu0, wait1 - wait0), None),
+        };
+        let utilisation = relay_cpu as f64 / wall.as_nanos() as f64;
         let sent = sent_in_window.load(Ordering::Relaxed);
+        let packets = handled.unwrap_or(sent + rtt.len() as u64);
         println!(
-            "  window {:.2}s: caller sent {sent} packets, bridge RTP in {packets_in} out {packets_out}, echoes received {}",
+            "  window {:.2}s: caller sent {sent} packets, echoes received {}",
             wall.as_secs_f64(),
             rtt.len()
         );
-        println!("  {}", summary("uplink (RTP in -> agent WS)", uplink));
-        println!("  {}", summary("round trip (RTP -> WS -> echo -> pacer -> RTP)", rtt.iter().map(|(_, us)| *us).collect()));
-        println!("  {}", summary("caller-side pacing jitter |interval - 20 ms| of consecutive packets", jitter));
+        let uplink_p99 = summary("uplink (RTP in -> agent)", uplink);
+        let jitter_p99 = summary("caller-side pacing jitter |interval - 20 ms| of consecutive packets", jitter);
+        summary("round trip (RTP -> agent -> echo -> relay -> RTP)", rtt.iter().map(|(_, us)| *us).collect());
         // The per-core extrapolation means something only if both directions kept up.
         let sustained = rtt.len() as f64 >= 0.99 * sent as f64 && utilisation < 0.9;
-        let verdict = if sustained {
-            format!("sustained => {:.0} calls per core at this cost", calls as f64 / utilisation.max(f64::EPSILON))
-        } else {
-            "NOT sustained (echoes lost or bridge thread saturated): no per-core figure".to_owned()
+        let calls_per_core = sustained.then(|| calls as f64 / utilisation.max(f64::EPSILON));
+        let verdict = match calls_per_core {
+            Some(per_core) => format!("sustained => {per_core:.0} calls per core at this cost"),
+            None => "NOT sustained (echoes lost or relay saturated): no per-core figure".to_owned(),
         };
+        let us_per_packet = relay_cpu as f64 / 1000.0 / packets.max(1) as f64;
         println!(
-            "  bridge thread CPU {:.1}% of one core, {:.2} µs per RTP packet (in+out), {:.2} µs per call-second; \
-             {verdict}; bridge thread waited {:.1}% of the window for a CPU; \
-             driver+echo-agent thread CPU {:.1}%",
+            "  {} CPU {:.1}% of one core, {us_per_packet:.2} µs per caller RTP packet (in+out), {:.2} µs per call-second; \
+             {verdict}; relay waited {:.1}% of the window for a CPU; driver+echo thread CPU {:.1}%",
+            mode.label(),
             utilisation * 100.0,
-            bridge_cpu as f64 / 1000.0 / (packets_in + packets_out).max(1) as f64,
-            bridge_cpu as f64 / 1000.0 / calls as f64 / wall.as_secs_f64(),
-            bridge_wait as f64 / wall.as_nanos() as f64 * 100.0,
+            relay_cpu as f64 / 1000.0 / calls as f64 / wall.as_secs_f64(),
+            relay_wait as f64 / wall.as_nanos() as f64 * 100.0,
             driver_cpu as f64 / wall.as_nanos() as f64 * 100.0
         );
-        anyhow::Ok(())
+        // Each call is 50 packets/s in and 50 out on the caller leg.
+        let calls_per_core_by_cost = 1e6 / (us_per_packet * 100.0).max(f64::EPSILON);
+        anyhow::Ok(Figures { us_per_packet, calls_per_core, calls_per_core_by_cost, uplink_p99_ms: uplink_p99, jitter_p99_ms: jitter_p99 })
     })
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn main() -> Result<()> {
-    let args = parse_args()?;
-    for calls in args.calls {
-        let what = if args.baseline {
-            "BASELINE bare relay"
+    let mut args = parse_args()?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    args.pin &= cpus >= 2;
+    if args.pin {
+        pin_current_thread(DRIVER_CPU)?;
+        println!("relay under test on CPU {RELAY_CPU}; callers, echo agent and driver on CPU {DRIVER_CPU}");
+    }
+    println!("kernel socket buffers: {}", socket_buffer_defaults());
+    let mut engine = None;
+    if args.modes.contains(&Mode::Rtpengine) {
+        if Rtpengine::available() {
+            engine = Some(Rtpengine::start(RELAY_CPU, RTPENGINE_NG_PORT)?);
         } else {
-            "switchboard bridge"
-        };
-        println!(
-            "media_bridge ({what}): {calls} concurrent calls, {}s measured after {}s warm-up",
-            args.seconds, args.warmup
-        );
-        run(args.baseline, calls, args.seconds, args.warmup)?;
+            println!(
+                "NOTE: {} not found (apt-get install rtpengine-daemon): rtpengine runs skipped",
+                rtpengine::BINARY
+            );
+            args.modes.retain(|m| *m != Mode::Rtpengine);
+        }
+    }
+    let mut results: Vec<(Mode, usize, Figures)> = Vec::new();
+    for round in 1..=args.rounds {
+        for &calls in &args.calls {
+            for &mode in &args.modes {
+                println!(
+                    "media_bridge round {round}/{} ({}): {calls} concurrent calls, {}s measured after {}s warm-up",
+                    args.rounds,
+                    mode.label(),
+                    args.seconds,
+                    args.warmup
+                );
+                let figures = run(mode, calls, &args, engine.as_mut(), round)?;
+                results.push((mode, calls, figures));
+            }
+        }
+    }
+    println!("\nmedians of {} round(s):", args.rounds);
+    println!("| relay | calls | µs CPU per packet | calls per core (sustained) | calls per core by CPU cost | uplink p99 | jitter p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for &calls in &args.calls {
+        for &mode in &args.modes {
+            let runs: Vec<Figures> = results
+                .iter()
+                .filter(|(m, c, _)| *m == mode && *c == calls)
+                .map(|(_, _, f)| *f)
+                .collect();
+            let sustained: Vec<f64> = runs.iter().filter_map(|f| f.calls_per_core).collect();
+            let per_core = if sustained.len() * 2 > runs.len() {
+                format!("{:.0}", median(sustained))
+            } else {
+                format!("not sustained ({}/{} runs)", sustained.len(), runs.len())
+            };
+            println!(
+                "| {} | {calls} | {:.2} | {per_core} | {:.0} | {:.2} ms | {:.2} ms |",
+                mode.label(),
+                median(runs.iter().map(|f| f.us_per_packet).collect()),
+                median(runs.iter().map(|f| f.calls_per_core_by_cost).collect()),
+                median(runs.iter().map(|f| f.uplink_p99_ms).collect()),
+                median(runs.iter().map(|f| f.jitter_p99_ms).collect()),
+            );
+        }
     }
     Ok(())
 }

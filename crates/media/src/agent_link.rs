@@ -17,6 +17,10 @@ use crate::MediaError;
 
 /// Largest WebSocket message accepted from the agent (a 60 s burst in base64 is ~640 kB).
 const MAX_AGENT_MESSAGE: usize = 1 << 20;
+/// Initial receive buffer per agent socket. tungstenite's default (128 KiB, allocated up front
+/// and touched as reads walk through it) would cost 256 MB at 2,000 calls; agent messages are
+/// ~300 bytes and the buffer grows for the odd large one.
+const READ_BUFFER: usize = 4096;
 /// How long the closing handshake with the agent may take once the call is over.
 pub(crate) const AGENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -79,6 +83,7 @@ pub async fn connect_agent(
     };
     let handshake = async {
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(MAX_AGENT_MESSAGE))
             .max_frame_size(Some(MAX_AGENT_MESSAGE));
         // Nagle off: every 20 ms frame should leave at once.

@@ -2,17 +2,14 @@
 //!
 //! The gateway calls [`crate::connect_agent`] before answering (a failure there becomes a 503), then
 //! [`spawn_bridge`] once the 200 OK is sent. The task owns the RTP socket and the WebSocket
-//! and reacts to four things: a caller datagram, an agent message, the 20 ms pacer tick and
-//! the [`BridgeHandle`] (hang-up, re-INVITE). It ends with an [`EndReason`] the gateway turns
-//! into a BYE (or not, when the caller hung up).
+//! and reacts to four things: a caller datagram, an agent message (or a finished write), the
+//! pacer's timer and the [`BridgeHandle`] (hang-up, re-INVITE). It ends with an [`EndReason`]
+//! the gateway turns into a BYE (or not, when the caller hung up).
 //!
-//! Pacing deviates from a plain `Interval` with `MissedTickBehavior::Delay` on purpose: Delay
-//! re-anchors the schedule after every tick that is more than 5 ms late, so under load the
-//! bridge sent fewer than 50 frames/s while the agent kept producing 50, and the playout queue
-//! (hence latency) grew without bound — measured at 500 calls as a 1.1 s median round trip.
-//! Here the schedule is anchored to the call's start: each wake-up sends the frames that are
-//! due (at most [`MAX_FRAMES_PER_WAKE`], so a late tick makes up one frame, never a burst),
-//! and a bridge that fell more than [`MAX_PACING_LAG`] behind re-anchors instead of catching up.
+//! Pacing is [`crate::pacer`]'s: the 20 ms frame slots phase-lock to the caller's packets, so
+//! while the caller talks the wake-up that receives its packet also sends ours, and the timer
+//! only stands in for a missing packet. Writes to the agent never wait: while the WebSocket is
+//! busy, messages wait in a bounded [`AgentQueue`] that drops the oldest audio first.
 //!
 //! Which packets count as the caller's, and where ours go, is [`crate::strict_rtp`]'s call:
 //! media from any other IP is dropped and counted, never latched.
@@ -27,38 +24,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::agent_link::{AgentLink, AgentSocket, AGENT_CLOSE_TIMEOUT};
+use crate::agent_queue::AgentQueue;
 use crate::dtmf::DtmfDetector;
 use crate::framer::CallerFramer;
+use crate::pacer::{Due, Pacer};
 use crate::playout::Playout;
-use crate::rtp::{Inbound, RtpReceiver, RtpSender, MAX_PACKET};
+use crate::rtp::{Inbound, RtpReceiver, RtpSender, FRAME_SAMPLES, MAX_PACKET};
 use crate::sdp::NegotiatedMedia;
 use crate::srtp::{SrtpDrop, SrtpStream, Unprotected};
 use crate::strict_rtp::{AllowedSources, SourceGuard, Verdict};
 use crate::transcode::Transcoder;
 use crate::twilio::{parse_agent_message, AgentEvent, Outbound, StreamIds, TransferStatus};
 
-/// One frame of audio: the pacer's period.
-pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
-/// Frames one late wake-up may send back to back: one frame of catch-up is within any
-/// receiver's jitter buffer, more would be a burst.
-pub const MAX_FRAMES_PER_WAKE: u32 = 2;
-/// Further behind schedule than this (a stalled process), the pacer skips ahead instead of
-/// catching up; the RTP timestamp still advances over the gap.
-pub const MAX_PACING_LAG: Duration = Duration::from_millis(60);
+pub use crate::pacer::{FRAME_INTERVAL, MAX_FRAMES_PER_WAKE, MAX_PACING_LAG};
+
 /// Default `[media] timeout`: carriers send RTP continuously, so half a minute without a
 /// packet means the caller is gone (lost BYE, dropped NAT binding) and the call should end.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default cap on agent audio waiting to be played: a minute covers any sane TTS burst
 /// while bounding memory to 480 kB per call.
 pub const DEFAULT_MAX_AGENT_BACKLOG: Duration = Duration::from_secs(60);
-/// An agent that does not read its socket for this long is treated as dead.
+/// An agent whose socket takes a write for this long is treated as dead.
 const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Receive buffer: G.711 and G.722 packets are ~172 bytes; anything bigger than this is not ours.
 const RECV_BUFFER: usize = 2048;
@@ -146,6 +142,12 @@ pub struct BridgeStats {
     pub dtmf_digits: AtomicU64,
     pub marks_echoed: AtomicU64,
     pub bad_agent_messages: AtomicU64,
+    /// Caller audio dropped, oldest first, because the agent's socket was still busy with
+    /// earlier writes (a slow agent or an overloaded host; see [`crate::agent_queue`]).
+    pub media_dropped_agent_busy: AtomicU64,
+    /// Frames sent by the wake-up that received the caller's packet (pacer in phase lock)
+    /// rather than by the timer.
+    pub frames_phase_locked: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -262,10 +264,12 @@ pub fn spawn_bridge(
         dtmf: DtmfDetector::new(),
         last_rtp: Instant::now(),
         first_timestamp: None,
+        last_audio_timestamp: None,
         framer: CallerFramer::default(),
         playout: Playout::new(backlog).with_silence(dialect.silence()),
-        to_agent: Vec::new(),
-        ws_dirty: false,
+        pacer: Pacer::starting(Instant::now()),
+        to_agent: AgentQueue::default(),
+        writing_since: None,
         socket_errors: 0,
         stats: stats.clone(),
         cfg,
@@ -277,57 +281,6 @@ pub fn spawn_bridge(
         ended: ended_rx,
         stats,
         ids,
-    }
-}
-
-/// What a pacer wake-up must do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Due {
-    /// Frame slots given up because the bridge stalled past [`MAX_PACING_LAG`].
-    skipped: u32,
-    /// Frames to send now.
-    send: u32,
-    /// When to wake next.
-    wake_at: Instant,
-}
-
-/// The 20 ms frame schedule, anchored at the call's start so the long-run rate is exactly 50
-/// frames/s however late individual wake-ups are. Pure: tested on simulated instants.
-#[derive(Debug, Clone, Copy)]
-struct FrameSchedule {
-    next_due: Instant,
-}
-
-impl FrameSchedule {
-    fn starting(at: Instant) -> FrameSchedule {
-        FrameSchedule { next_due: at }
-    }
-
-    fn poll(&mut self, now: Instant) -> Due {
-        let mut skipped = 0;
-        if now.saturating_duration_since(self.next_due) > MAX_PACING_LAG {
-            while self.next_due + FRAME_INTERVAL <= now {
-                self.next_due += FRAME_INTERVAL;
-                skipped += 1;
-            }
-        }
-        let mut send = 0;
-        while self.next_due <= now && send < MAX_FRAMES_PER_WAKE {
-            self.next_due += FRAME_INTERVAL;
-            send += 1;
-        }
-        // Still behind: come back after half a frame, not at once, so catch-up is at most
-        // MAX_FRAMES_PER_WAKE per 10 ms rather than a burst.
-        let wake_at = if self.next_due <= now {
-            now + FRAME_INTERVAL / 2
-        } else {
-            self.next_due
-        };
-        Due {
-            skipped,
-            send,
-            wake_at,
-        }
     }
 }
 
@@ -346,15 +299,20 @@ struct Bridge {
     sources: SourceGuard,
     last_rtp: Instant,
     first_timestamp: Option<u32>,
+    /// RTP timestamp of the caller's previous audio packet: tells the pacer whether packets
+    /// come as a steady 20 ms stream it can lock to.
+    last_audio_timestamp: Option<u32>,
     framer: CallerFramer,
     playout: Playout,
     /// Caller codec ⇄ agent dialect (G.722 and resampler state, reused buffers).
     transcoder: Transcoder,
     /// Reused buffer for one 20 ms frame of agent audio.
     agent_frame: Vec<u8>,
-    /// Reused list of messages produced while handling one event.
-    to_agent: Vec<String>,
-    ws_dirty: bool,
+    pacer: Pacer,
+    /// Messages for the agent not yet handed to the WebSocket (bounded).
+    to_agent: AgentQueue<Message>,
+    /// Since when a WebSocket write has been in flight (the agent has not taken it all yet).
+    writing_since: Option<Instant>,
     socket_errors: u32,
     stats: Arc<BridgeStats>,
 }
@@ -373,11 +331,13 @@ impl Bridge {
             ended_tx.send_replace(Some(EndReason::SrtpSetup(why)));
             return;
         }
-        let mut schedule = FrameSchedule::starting(Instant::now());
-        let pacer = tokio::time::sleep_until(schedule.next_due);
+        let mut armed = self.pacer.deadline();
+        let pacer = tokio::time::sleep_until(armed);
         tokio::pin!(pacer);
         let mut buf = vec![0u8; RECV_BUFFER];
         let reason = loop {
+            let writing = self.writing_since.is_some();
+            let ws = &mut self.ws;
             // Unbiased: a flood on one input must not starve the others (or the pacer).
             let step = tokio::select! {
                 woken = wake.recv() => {
@@ -388,44 +348,62 @@ impl Bridge {
                     let transfers = std::mem::take(
                         &mut *control.transfers.lock().unwrap_or_else(|e| e.into_inner()),
                     );
+                    // Queued, so a `stop` after a completed transfer follows them (the queue is
+                    // written before `stop` at hang-up).
                     for (status, sip_status) in transfers {
-                        self.to_agent.push(self.out.transfer(status, sip_status));
+                        let event = self.out.transfer(status, sip_status);
+                        queue_for_agent(&mut self.to_agent, &self.stats, event, false);
                     }
-                    // Queued now so a `stop` sent after a completed transfer follows them.
-                    let queued = self.send_pending().await;
                     // A dropped handle (None) hangs up too.
                     if woken.is_none() || control.hangup.load(Ordering::Relaxed) {
                         Err(EndReason::CallerHangup)
                     } else {
-                        queued
+                        Ok(())
                     }
                 }
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
                         self.socket_errors = 0;
-                        self.on_datagram(&buf[..len], from).await
+                        self.on_datagram(&buf[..len], from)
                     }
                     Err(e) => self.on_socket_error(e),
                 },
-                message = self.ws.next() => match message {
-                    None => Err(EndReason::AgentClosed),
-                    Some(Ok(message)) => self.on_agent_message(message).await,
-                    Some(Err(e)) => Err(EndReason::AgentError(e.to_string())),
+                io = poll_fn(|cx| poll_agent(ws, writing, cx)) => match io {
+                    AgentIo::Written(result) => {
+                        self.writing_since = None;
+                        result.map_err(|e| EndReason::AgentError(e.to_string()))
+                    }
+                    AgentIo::Received(None) => Err(EndReason::AgentClosed),
+                    AgentIo::Received(Some(Ok(message))) => self.on_agent_message(message),
+                    AgentIo::Received(Some(Err(e))) => Err(EndReason::AgentError(e.to_string())),
                 },
                 () = &mut pacer => {
-                    let due = schedule.poll(Instant::now());
-                    pacer.as_mut().reset(due.wake_at);
-                    self.on_tick(due).await
+                    armed = Instant::now();
+                    self.on_timer(armed)
                 }
             };
-            if let Err(reason) = step.and(self.flush().await) {
+            if let Err(reason) = step.and_then(|()| self.write_to_agent()) {
                 break reason;
+            }
+            // Moving a tokio timer later is a compare-and-swap; the timer only fires when no
+            // caller packet served the slot.
+            let deadline = self.pacer.deadline();
+            if deadline != armed {
+                pacer.as_mut().reset(deadline);
+                armed = deadline;
             }
         };
         if matches!(reason, EndReason::CallerHangup | EndReason::MediaTimeout) {
-            let stop = self.out.stop();
-            let _ =
-                tokio::time::timeout(AGENT_CLOSE_TIMEOUT, self.ws.send(Message::text(stop))).await;
+            let stop = Message::text(self.out.stop());
+            let mut waiting = std::mem::take(&mut self.to_agent);
+            let ws = &mut self.ws;
+            let _ = tokio::time::timeout(AGENT_CLOSE_TIMEOUT, async {
+                while let Some(message) = waiting.pop() {
+                    ws.feed(message).await?;
+                }
+                ws.send(stop).await
+            })
+            .await;
         }
         let Bridge { socket, mut ws, .. } = self;
         drop(socket);
@@ -473,7 +451,7 @@ impl Bridge {
         Ok(())
     }
 
-    async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), EndReason> {
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), EndReason> {
         if !self.sources.allows_ip(from.ip()) {
             bump(&self.stats.rtp_dropped_foreign, 1);
             return Ok(());
@@ -538,7 +516,8 @@ impl Bridge {
             }
         }
         bump(&self.stats.rtp_received, 1);
-        self.last_rtp = Instant::now();
+        let now = Instant::now();
+        self.last_rtp = now;
         let first = *self.first_timestamp.get_or_insert(timestamp);
         match inbound {
             Inbound::Audio { payload, .. } => {
@@ -550,27 +529,38 @@ impl Bridge {
                 let out = &mut self.out;
                 let to_agent = &mut self.to_agent;
                 let transcoder = &mut self.transcoder;
+                let stats = &self.stats;
                 self.framer
                     .push(timestamp, payload, |chunk_timestamp, chunk| {
                         let ms = chunk_timestamp.wrapping_sub(first) / SAMPLES_PER_MS;
                         if let Some(audio) = transcoder.caller_to_agent(chunk) {
-                            to_agent.push(out.media(u64::from(ms), audio));
+                            bump(&stats.media_to_agent, 1);
+                            queue_for_agent(to_agent, stats, out.media(u64::from(ms), audio), true);
                         }
                     });
-                bump(&self.stats.media_to_agent, self.to_agent.len() as u64);
+                // One 20 ms frame after the previous one (RTP clock 8 kHz for PCMU, PCMA and
+                // G.722): a stream the pacer may lock to.
+                let steady = self
+                    .last_audio_timestamp
+                    .replace(timestamp)
+                    .is_some_and(|last| timestamp.wrapping_sub(last) == FRAME_SAMPLES as u32);
+                let due = self.pacer.on_caller_packet(now, steady);
+                bump(&self.stats.frames_phase_locked, u64::from(due.send));
+                self.on_due(due);
             }
             Inbound::Event { payload, .. } => {
                 if let Some(digit) = self.dtmf.on_packet(ssrc, timestamp, payload) {
                     bump(&self.stats.dtmf_digits, 1);
-                    self.to_agent.push(self.out.dtmf(digit));
+                    let dtmf = self.out.dtmf(digit);
+                    queue_for_agent(&mut self.to_agent, &self.stats, dtmf, false);
                 }
             }
             Inbound::Ignored => {}
         }
-        self.send_pending().await
+        Ok(())
     }
 
-    async fn on_agent_message(&mut self, message: Message) -> Result<(), EndReason> {
+    fn on_agent_message(&mut self, message: Message) -> Result<(), EndReason> {
         let text = match message {
             Message::Text(text) => text,
             Message::Close(_) => return Err(EndReason::AgentClosed),
@@ -588,12 +578,12 @@ impl Bridge {
             }
             Ok(AgentEvent::Mark(name)) => {
                 if let Some(name) = self.playout.push_mark(name) {
-                    self.to_agent.push(self.out.mark(&name));
+                    self.echo_mark(&name);
                 }
             }
             Ok(AgentEvent::Clear) => {
                 for name in self.playout.clear() {
-                    self.to_agent.push(self.out.mark(&name));
+                    self.echo_mark(&name);
                 }
             }
             Ok(_) => {}
@@ -603,17 +593,30 @@ impl Bridge {
                 tracing::debug!(error = %e, "ignoring agent message");
             }
         }
-        bump(&self.stats.marks_echoed, self.to_agent.len() as u64);
-        self.send_pending().await
+        Ok(())
     }
 
-    /// Sends the frames `due`, checks the media timeout, echoes marks whose audio was sent.
-    async fn on_tick(&mut self, due: Due) -> Result<(), EndReason> {
+    fn echo_mark(&mut self, name: &str) {
+        bump(&self.stats.marks_echoed, 1);
+        let mark = self.out.mark(name);
+        queue_for_agent(&mut self.to_agent, &self.stats, mark, false);
+    }
+
+    /// The pacer's timer: no caller packet served the slot (or the caller is silent). Also
+    /// where the media timeout is noticed.
+    fn on_timer(&mut self, now: Instant) -> Result<(), EndReason> {
         if self.media.direction.receives()
-            && Instant::now().duration_since(self.last_rtp) >= self.cfg.media_timeout
+            && now.duration_since(self.last_rtp) >= self.cfg.media_timeout
         {
             return Err(EndReason::MediaTimeout);
         }
+        let due = self.pacer.on_timer(now);
+        self.on_due(due);
+        Ok(())
+    }
+
+    /// Sends the frames `due` and echoes the marks whose audio has now been sent.
+    fn on_due(&mut self, due: Due) {
         for _ in 0..due.skipped {
             // Their RTP time passes (the receiver sees a gap); the agent's audio stays queued.
             let mut unused = [0u8; MAX_PACKET];
@@ -624,10 +627,8 @@ impl Bridge {
             self.send_frame();
         }
         while let Some(name) = self.playout.due_mark() {
-            bump(&self.stats.marks_echoed, 1);
-            self.to_agent.push(self.out.mark(&name));
+            self.echo_mark(&name);
         }
-        self.send_pending().await
     }
 
     /// One 20 ms frame slot: the next agent frame, or filler, or nothing (hold / no address).
@@ -663,106 +664,61 @@ impl Bridge {
         }
     }
 
-    /// Queues the produced messages on the WebSocket (written by [`Bridge::flush`]).
-    async fn send_pending(&mut self) -> Result<(), EndReason> {
-        for text in self.to_agent.drain(..) {
-            self.ws
-                .feed(Message::text(text))
-                .await
-                .map_err(|e| EndReason::AgentError(e.to_string()))?;
-            self.ws_dirty = true;
-        }
-        Ok(())
-    }
-
-    /// Writes queued messages out, once per loop turn (one syscall for a burst).
-    async fn flush(&mut self) -> Result<(), EndReason> {
-        if !self.ws_dirty {
+    /// Hands the waiting messages to the WebSocket and writes them with one flush, unless a
+    /// write is still in flight (then the loop's agent branch finishes it first). Never waits.
+    fn write_to_agent(&mut self) -> Result<(), EndReason> {
+        if let Some(since) = self.writing_since {
+            if since.elapsed() >= AGENT_WRITE_TIMEOUT {
+                return Err(EndReason::AgentError(
+                    "agent stopped reading its socket".into(),
+                ));
+            }
             return Ok(());
         }
-        self.ws_dirty = false;
-        let result = match self.ws.flush().now_or_never() {
-            Some(result) => result,
-            None => tokio::time::timeout(AGENT_WRITE_TIMEOUT, self.ws.flush())
-                .await
-                .map_err(|_| EndReason::AgentError("agent stopped reading its socket".into()))?,
-        };
-        result.map_err(|e| EndReason::AgentError(e.to_string()))
+        if self.to_agent.is_empty() {
+            return Ok(());
+        }
+        let failed = |e: WsError| EndReason::AgentError(e.to_string());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        while let Some(message) = self.to_agent.pop() {
+            // Ready: the previous flush completed. tungstenite buffers the frame (128 kB
+            // before it writes on its own) and accepts it even when the socket is full.
+            self.ws.start_send_unpin(message).map_err(failed)?;
+        }
+        match self.ws.poll_flush_unpin(&mut cx) {
+            Poll::Ready(result) => result.map_err(failed),
+            Poll::Pending => {
+                self.writing_since = Some(Instant::now());
+                Ok(())
+            }
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Queues one message for the agent, counting audio dropped to keep the queue bounded.
+fn queue_for_agent(
+    queue: &mut AgentQueue<Message>,
+    stats: &BridgeStats,
+    text: String,
+    media: bool,
+) {
+    let dropped = queue.push(Message::text(text), media);
+    bump(&stats.media_dropped_agent_busy, dropped);
+}
 
-    #[test]
-    fn schedule_keeps_fifty_frames_per_second_despite_late_wakeups() {
-        let start = Instant::now();
-        let ms = |n: u64| start + Duration::from_millis(n);
-        let mut schedule = FrameSchedule::starting(start);
-        assert_eq!(
-            schedule.poll(ms(0)),
-            Due {
-                skipped: 0,
-                send: 1,
-                wake_at: ms(20)
-            }
-        );
-        // 1 ms late: still one frame, next wake on the original grid (no drift).
-        assert_eq!(
-            schedule.poll(ms(21)),
-            Due {
-                skipped: 0,
-                send: 1,
-                wake_at: ms(40)
-            }
-        );
-        // 25 ms late (the 40 and 60 slots are both due): one frame of catch-up, no more.
-        assert_eq!(
-            schedule.poll(ms(65)),
-            Due {
-                skipped: 0,
-                send: 2,
-                wake_at: ms(80)
-            }
-        );
-        // 50 ms late (80, 100, 120 due): two now, back in half a frame for 120 and 140.
-        assert_eq!(
-            schedule.poll(ms(130)),
-            Due {
-                skipped: 0,
-                send: 2,
-                wake_at: ms(140)
-            }
-        );
-        assert_eq!(
-            schedule.poll(ms(140)),
-            Due {
-                skipped: 0,
-                send: 2,
-                wake_at: ms(160)
-            }
-        );
-        // A stall past MAX_PACING_LAG skips instead of bursting.
-        assert_eq!(
-            schedule.poll(ms(1000)),
-            Due {
-                skipped: 42,
-                send: 1,
-                wake_at: ms(1020)
-            }
-        );
-        // Over a long run with jittery wake-ups the frame count matches wall time.
-        let mut schedule = FrameSchedule::starting(start);
-        let mut frames = 0;
-        let mut now = 0;
-        while now < 10_000 {
-            let due = schedule.poll(ms(now));
-            frames += due.send + due.skipped;
-            // Wake 0-7 ms late, as a loaded runtime does.
-            let late = (now * 7919) % 8;
-            now = due.wake_at.duration_since(start).as_millis() as u64 + late;
+/// What happened on the agent's WebSocket.
+enum AgentIo {
+    /// The write in flight completed.
+    Written(Result<(), WsError>),
+    Received(Option<Result<Message, WsError>>),
+}
+
+/// Polls the agent's socket: the write in flight (when `writing`) and the next message.
+fn poll_agent(ws: &mut AgentSocket, writing: bool, cx: &mut Context<'_>) -> Poll<AgentIo> {
+    if writing {
+        if let Poll::Ready(result) = ws.poll_flush_unpin(cx) {
+            return Poll::Ready(AgentIo::Written(result));
         }
-        assert!((499..=501).contains(&frames), "{frames} frames in 10 s");
     }
+    ws.poll_next_unpin(cx).map(AgentIo::Received)
 }

@@ -13,20 +13,23 @@
 //! * [`playout`] — the agent's audio queue with Twilio `mark` / `clear` semantics.
 //! * [`connect_agent`] (the private `agent_link`) before answering, then [`bridge`]'s
 //!   [`spawn_bridge`] after: one task per call owning its RTP socket and WebSocket, paced by
-//!   a 20 ms interval (the private `framer` re-cuts caller packets into 20 ms frames for the
-//!   agent).
+//!   the private `pacer` (20 ms slots phase-locked to the caller's packets, so one wake-up
+//!   serves both directions); the private `framer` re-cuts caller packets into 20 ms frames
+//!   for the agent, the private `agent_queue` bounds what waits for a busy agent socket.
 //! * [`strict_rtp`] — the bridge's source check: caller media only from the signalled or
 //!   allowed IPs, relatching only after a run of in-sequence packets (defeats RTP Bleed).
 //!
 //! Errors from every module are one [`MediaError`].
 
 mod agent_link;
+mod agent_queue;
 pub mod agent_tls;
 pub mod bridge;
 pub mod dtmf;
 mod error;
 mod framer;
 pub mod g711;
+mod pacer;
 pub mod playout;
 pub mod rtp;
 pub mod sdp;

@@ -733,3 +733,71 @@ async fn unreachable_agent_is_a_503() -> Result<()> {
     drop(silent);
     Ok(())
 }
+
+/// An agent that stops reading: the bridge never waits on its socket. Caller audio beyond the
+/// bounded queue is dropped oldest first and counted, the caller keeps getting RTP meanwhile,
+/// and once the agent reads again it gets what was written before the stall, then the newest
+/// frames, in order, and the call goes on.
+#[tokio::test]
+async fn a_stalled_agent_loses_the_oldest_audio_never_the_call() -> Result<()> {
+    let mut call = start_call(0, BridgeConfig::default()).await?;
+    // 120 ms packets (the longest the bridge takes): 6 `media` messages each, 27,000 frames
+    // and 8 MB of JSON in all, more than loopback TCP buffers take (the send buffer grows up to
+    // `tcp_wmem`'s 4 MB max).
+    const PACKETS: u32 = 4500;
+    let mut timestamp = 0;
+    for i in 0..PACKETS {
+        call.send_rtp(0, timestamp, false, &pattern(960, i as u8))
+            .await?;
+        timestamp += 960;
+        if i % 10 == 0 {
+            // Let the bridge drain its socket (one runtime thread in this test).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let stats = call.handle.stats();
+    let deadline = Instant::now() + WAIT;
+    while stats.rtp_received.load(Ordering::Relaxed) < u64::from(PACKETS) * 9 / 10
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dropped = stats.media_dropped_agent_busy.load(Ordering::Relaxed);
+    assert!(
+        dropped > 0,
+        "loopback TCP buffers should fill before 27,000 frames"
+    );
+    // The caller's side never waited for the agent: silence frames keep coming.
+    call.drain_rtp();
+    call.recv_rtp().await?;
+    assert!(call.handle.end_reason().is_none());
+
+    // The agent reads again: chunks in order, a gap where the oldest were dropped, the newest
+    // frame last.
+    let produced = stats.media_to_agent.load(Ordering::Relaxed);
+    let mut chunks = Vec::new();
+    while chunks.last() != Some(&produced) {
+        let message = next_json(&mut call.agent).await?;
+        if message["event"] == "media" {
+            chunks.push(
+                message["media"]["chunk"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .parse::<u64>()?,
+            );
+        }
+    }
+    assert!(chunks.windows(2).all(|w| w[0] < w[1]), "in order");
+    let dropped = stats.media_dropped_agent_busy.load(Ordering::Relaxed);
+    assert_eq!(
+        chunks.len() as u64 + dropped,
+        produced,
+        "every frame delivered or counted"
+    );
+    assert!(
+        chunks.windows(2).any(|w| w[1] > w[0] + 1),
+        "a gap of dropped audio"
+    );
+    assert!(call.handle.end_reason().is_none(), "the call goes on");
+    Ok(())
+}

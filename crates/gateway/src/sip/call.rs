@@ -121,6 +121,9 @@ impl DropExport {
             follow(dropped.with_label_values(&["bad_payload"]), |s| {
                 load(&s.rtp_dropped_bad_payload)
             }),
+            follow(dropped.with_label_values(&["agent_busy"]), |s| {
+                load(&s.media_dropped_agent_busy)
+            }),
             follow(packets.with_label_values(&["in"]), |s| {
                 load(&s.rtp_received)
             }),
@@ -352,6 +355,7 @@ mod tests {
             .rtp_dropped_unauthenticated
             .store(4, Ordering::Relaxed);
         stats.rtp_dropped_replayed.store(2, Ordering::Relaxed);
+        stats.media_dropped_agent_busy.store(6, Ordering::Relaxed);
         export.flush(&stats);
         export.flush(&stats);
         stats.rtp_dropped_foreign.store(7, Ordering::Relaxed);
@@ -366,6 +370,7 @@ mod tests {
         assert_eq!(value("learning"), 3);
         assert_eq!(value("srtp_auth"), 8);
         assert_eq!(value("srtp_replay"), 4);
+        assert_eq!(value("agent_busy"), 12);
         // Both calls' bridges read 50 received packets: each adds its own.
         assert_eq!(packets.with_label_values(&["in"]).get(), 100);
     }

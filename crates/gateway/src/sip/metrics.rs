@@ -221,7 +221,7 @@ impl SipMetrics {
         let rtp_dropped = IntCounterVec::new(
             Opts::new(
                 "rtp_dropped_total",
-                "Caller RTP packets dropped by strict RTP, SRTP (authentication, replay) or an unusable audio payload (bad_payload), by reason",
+                "Caller RTP packets dropped by strict RTP, SRTP (authentication, replay), an unusable audio payload (bad_payload), or as audio the agent socket was too busy to take (agent_busy), by reason",
             ),
             &["reason"],
         )?;
