@@ -313,6 +313,36 @@ fn bench_lookup(c: &mut Criterion) {
             ))
         })
     });
+    // Misses spread like the hits: same shape and range, one digit off (no deployment has them).
+    let unknown: Vec<String> = fx
+        .lookups
+        .iter()
+        .map(|(called, _, _)| called.replacen("+9180", "+9181", 1))
+        .collect();
+    let mut i = 0usize;
+    group.bench_function(format!("route_{}_unknown_numbers_random", scale_label()), |b| {
+        b.iter(|| {
+            let (_, caller, call_id) = &fx.lookups[i & (LOOKUP_SET - 1)];
+            let called = &unknown[i & (LOOKUP_SET - 1)];
+            i = i.wrapping_add(1);
+            black_box(fx.snapshot.route(
+                now,
+                black_box(called),
+                black_box(caller),
+                black_box(call_id),
+            ))
+        })
+    });
+    // The number table alone (normalise, probe, the deployment's connection): no schedule,
+    // split or cohort.
+    let mut i = 0usize;
+    group.bench_function(format!("trunk_for_{}_numbers_random", scale_label()), |b| {
+        b.iter(|| {
+            let (called, _, _) = &fx.lookups[i & (LOOKUP_SET - 1)];
+            i = i.wrapping_add(1);
+            black_box(fx.snapshot.trunk_for_number(black_box(called)).is_some())
+        })
+    });
     let table = RoutingTable::new((*fx.snapshot).clone());
     let mut i = 0usize;
     group.bench_function("table_load_and_route_random", |b| {

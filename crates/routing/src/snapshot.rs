@@ -24,9 +24,9 @@ use crate::schedule::Schedule;
 use crate::sources::SourceFilter;
 use crate::split::{call_hash, CompiledSplit, ReadyBranches, SPLIT_BUCKETS};
 
-/// 4096 number shards: at 1M numbers a shard holds ~250 keys (8 KiB), so a deployment with 100
+/// 4096 number shards: at 1M numbers a shard holds ~250 keys (~5 KiB), so a deployment with 100
 /// numbers copies ~100 small tables on change (well under a millisecond), and the shard
-/// pointer array (32 KiB) stays in L1/L2 for lookups.
+/// pointer array (64 KiB) stays in L2 for lookups.
 const NUMBER_SHARD_BITS: u32 = 12;
 
 /// Snapshot-wide settings that affect how numbers are read.
