@@ -18,6 +18,25 @@ const MAX_LOAD: (usize, usize) = (7, 8);
 /// Smallest non-empty table.
 const MIN_TABLE_SLOTS: usize = 8;
 
+/// Keys per shard a map is sized for. A change copies each shard it touches, and every write
+/// copies the shard pointer array (16 B and a reference count per shard): ~256 keys (~5 KiB)
+/// per shard balances the two, so a 100-number change at 10M copies ~1 MiB of shards plus a
+/// 512 KiB pointer array instead of 10 MiB of 52 KiB shards.
+const KEYS_PER_SHARD: usize = 256;
+/// 64k shards (a 1 MiB pointer array, the size of one core's L2 here) at most.
+const MAX_SHARD_BITS: u32 = 16;
+/// A map that outgrows its shards by this factor is re-sharded (a full copy, so amortised over
+/// the 4x growth in between; a table built at its size never re-shards).
+const RESHARD_FACTOR: usize = 4;
+
+/// Shard bits for `keys` keys: at least `min_bits`, about [`KEYS_PER_SHARD`] keys per shard.
+fn shard_bits_for(keys: usize, min_bits: u32) -> u32 {
+    (keys / KEYS_PER_SHARD)
+        .checked_ilog2()
+        .unwrap_or(0)
+        .clamp(min_bits.min(MAX_SHARD_BITS), MAX_SHARD_BITS)
+}
+
 /// Key 0 marks an empty slot: valid keys (E.164 digits, at least 7 of them) are never 0.
 const EMPTY: u64 = 0;
 
@@ -107,9 +126,11 @@ impl<V: Clone + Default> ShardedMap<V> {
         }
     }
 
-    /// Like [`ShardedMap::new`] with every shard pre-sized for `expected` keys in total, so a
+    /// A map of at least `2^min_bits` shards (more when `expected` keys call for them, see
+    /// [`KEYS_PER_SHARD`]), every shard pre-sized for its share of `expected` keys so that a
     /// bulk build does not grow tables.
-    pub(crate) fn with_capacity(bits: u32, expected: usize) -> Self {
+    pub(crate) fn with_capacity(min_bits: u32, expected: usize) -> Self {
+        let bits = shard_bits_for(expected, min_bits);
         let count = 1usize << bits;
         // Sized for the mean: the few shards that the binomial spread pushes past the maximum
         // load grow once, which is cheaper than sizing every shard for the worst.
@@ -169,6 +190,21 @@ impl<V: Clone + Default> ShardedMap<V> {
         }
         Arc::make_mut(&mut self.lens)[shard] += 1;
         self.len += 1;
+        if self.bits < MAX_SHARD_BITS && self.len > RESHARD_FACTOR * (KEYS_PER_SHARD << self.bits)
+        {
+            self.reshard();
+        }
+    }
+
+    /// Rebuilds the map with the shard count its size calls for (see [`RESHARD_FACTOR`]).
+    fn reshard(&mut self) {
+        let mut resharded = Self::with_capacity(self.bits, self.len);
+        for shard in self.shards.iter() {
+            for (key, value) in shard.iter().filter(|(k, _)| *k != EMPTY) {
+                resharded.insert(*key, value.clone());
+            }
+        }
+        *self = resharded;
     }
 
     fn rehash(table: &[(u64, V)], slots: usize) -> Table<V> {
@@ -352,6 +388,8 @@ mod tests {
             (3, 2, 300, 512),
             (4, 4, 1000, 4096),
             (5, 0, 7, 24),
+            // Grows through two re-shardings (1 -> 4 -> 16 shards).
+            (6, 0, 0, 12_000),
         ] {
             let mut map: ShardedMap<u64> = ShardedMap::with_capacity(bits, presized);
             let mut model = std::collections::BTreeMap::new();
@@ -375,6 +413,9 @@ mod tests {
                 if step == 10_000 {
                     frozen = Some((map.clone(), model.clone()));
                 }
+            }
+            if key_space > 10_000 {
+                assert!(map.bits >= 4, "re-sharded to {} bits", map.bits);
             }
             let (frozen_map, frozen_model) = frozen.expect("taken at step 10000");
             for key in 0..=key_space + 1 {
