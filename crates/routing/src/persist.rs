@@ -190,8 +190,7 @@ impl<V: Clone + Default> ShardedMap<V> {
         }
         Arc::make_mut(&mut self.lens)[shard] += 1;
         self.len += 1;
-        if self.bits < MAX_SHARD_BITS && self.len > RESHARD_FACTOR * (KEYS_PER_SHARD << self.bits)
-        {
+        if self.bits < MAX_SHARD_BITS && self.len > RESHARD_FACTOR * (KEYS_PER_SHARD << self.bits) {
             self.reshard();
         }
     }
