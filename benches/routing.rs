@@ -301,17 +301,52 @@ fn bench_lookup(c: &mut Criterion) {
         "lookups should mostly accept with a cohort row"
     );
 
+    // Misses spread like the hits: same shape and range, one digit off (no deployment has them).
+    let unknown: Vec<(String, String, String)> = fx
+        .lookups
+        .iter()
+        .map(|(called, caller, call_id)| {
+            let called = called.replacen("+9180", "+9181", 1);
+            (called, caller.clone(), call_id.clone())
+        })
+        .collect();
+    let scale = scale_label();
+    for (name, lookups, set) in [
+        (
+            format!("route_{scale}_numbers_random"),
+            &fx.lookups,
+            LOOKUP_SET,
+        ),
+        (
+            format!("route_{scale}_unknown_numbers_random"),
+            &unknown,
+            LOOKUP_SET,
+        ),
+        // Sets are powers of two: a mask, not a division, picks the next lookup.
+        ("route_1k_hot_numbers_random".to_string(), &fx.lookups, 1024),
+    ] {
+        let mut i = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (called, caller, call_id) = &lookups[i & (set - 1)];
+                i = i.wrapping_add(1);
+                black_box(fx.snapshot.route(
+                    now,
+                    black_box(called),
+                    black_box(caller),
+                    black_box(call_id),
+                ))
+            })
+        });
+    }
+    // The number table alone (normalise, probe, the deployment's connection): no schedule,
+    // split or cohort.
     let mut i = 0usize;
-    group.bench_function(format!("route_{}_numbers_random", scale_label()), |b| {
+    group.bench_function(format!("trunk_for_{scale}_numbers_random"), |b| {
         b.iter(|| {
-            let (called, caller, call_id) = &fx.lookups[i & (LOOKUP_SET - 1)];
+            let (called, _, _) = &fx.lookups[i & (LOOKUP_SET - 1)];
             i = i.wrapping_add(1);
-            black_box(fx.snapshot.route(
-                now,
-                black_box(called),
-                black_box(caller),
-                black_box(call_id),
-            ))
+            black_box(fx.snapshot.trunk_for_number(black_box(called)).is_some())
         })
     });
     let table = RoutingTable::new((*fx.snapshot).clone());
@@ -321,19 +356,6 @@ fn bench_lookup(c: &mut Criterion) {
             let (called, caller, call_id) = &fx.lookups[i & (LOOKUP_SET - 1)];
             i = i.wrapping_add(1);
             black_box(table.load().route(now, called, caller, call_id))
-        })
-    });
-    let mut i = 0usize;
-    group.bench_function("route_1k_hot_numbers_random", |b| {
-        b.iter(|| {
-            let (called, caller, call_id) = &fx.lookups[i % 1000];
-            i = i.wrapping_add(1);
-            black_box(fx.snapshot.route(
-                now,
-                black_box(called),
-                black_box(caller),
-                black_box(call_id),
-            ))
         })
     });
     let (called, caller, call_id) = &fx.lookups[0];

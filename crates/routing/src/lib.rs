@@ -21,8 +21,9 @@
 //!
 //! # A lookup
 //! Normalise the called number (a fast path for `+` and digits; no allocation) → one linear
-//! probe in an open-addressing table, one of 4096 shards picked by key, stored inline in its
-//! `Arc` → the deployment's compiled entry (outbound-only? paused? schedule open?) → the app
+//! probe in an open-addressing table of 16-byte slots (key, deployment slot, connection) at
+//! 3/4 load, one of 4096 shards (more beyond ~1M numbers, ~256 numbers a shard) picked by key,
+//! stored inline in its `Arc` → the deployment's compiled entry (outbound-only? paused? schedule open?) → the app
 //! entry embedded in it (split, versions, runtime status) → one probe in the deployment's
 //! cohort table by caller. The accepted [`Route`] holds one `Arc` to the deployment entry (two
 //! with a cohort row) and indexes into it: no strings are copied, and reference counting (the

@@ -24,10 +24,11 @@ use crate::schedule::Schedule;
 use crate::sources::SourceFilter;
 use crate::split::{call_hash, CompiledSplit, ReadyBranches, SPLIT_BUCKETS};
 
-/// 4096 number shards: at 1M numbers a shard holds ~250 keys (8 KiB), so a deployment with 100
-/// numbers copies ~100 small tables on change (well under a millisecond), and the shard
-/// pointer array (32 KiB) stays in L1/L2 for lookups.
-const NUMBER_SHARD_BITS: u32 = 12;
+/// At least 4096 number shards (more for large tables, ~256 numbers a shard, see
+/// `persist::KEYS_PER_SHARD`): at 1M numbers a shard holds ~250 keys (~5 KiB), so a deployment
+/// with 100 numbers copies ~100 small tables on change (well under a millisecond), and the
+/// shard pointer array (64 KiB; 512 KiB at 10M) stays in L2 for lookups.
+const MIN_NUMBER_SHARD_BITS: u32 = 12;
 
 /// Snapshot-wide settings that affect how numbers are read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -135,7 +136,7 @@ impl RoutingSnapshot {
             version: 0,
             settings,
             country_code,
-            numbers: ShardedMap::with_capacity(NUMBER_SHARD_BITS, numbers),
+            numbers: ShardedMap::with_capacity(MIN_NUMBER_SHARD_BITS, numbers),
             deployments: Slab::default(),
             deployment_ids: HashTrieMapSync::new_sync(),
             free_slots: Arc::new(Vec::new()),
