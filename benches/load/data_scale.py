@@ -62,9 +62,15 @@ def main():
     with tempfile.TemporaryDirectory(prefix="sb-data-") as tmp:
         work = Path(tmp)
         procs = Procs(work / "pids")
+        body, content_type = multipart([
+            ("name", None, b"data-scale"),
+            ("cohort_file", "cohort.csv", cohort_csv(args.rows)),
+        ])
+        # The default upload cap (256 MiB) fits ~4M rows of this CSV; larger runs raise it.
+        upload_cap = f"max_upload_bytes = {max(len(body) + (1 << 20), 256 << 20)}"
         try:
             p, _, admin = start_switchboard(procs, work, args.binary, "ws://127.0.0.1:9/agent",
-                                            "40000-40999")
+                                            "40000-40999", admin_extra=upload_cap)
             result["rss_idle_kb"] = rss_kb(p.pid)
             admin.call("PUT", Admin.scoped(f"/connections/{CONNECTION}"),
                        {"allowed_addresses": ["127.0.0.1/32"]})
@@ -84,10 +90,6 @@ def main():
             log(f"{args.numbers} numbers in {result['numbers_load_s']} s, "
                 f"RSS {result['rss_after_numbers_kb'] // 1024} MiB")
 
-            body, content_type = multipart([
-                ("name", None, b"data-scale"),
-                ("cohort_file", "cohort.csv", cohort_csv(args.rows)),
-            ])
             req = urllib.request.Request(
                 admin.base + Admin.scoped(f"/deployments/{first}/cohorts/upload"), data=body,
                 method="POST", headers={"X-API-Key": API_KEY, "Content-Type": content_type})

@@ -260,7 +260,7 @@ class Admin:
         return f"/v1/orgs/{ORG}/workspaces/{WS}{path}"
 
 
-def start_switchboard(procs, work, binary, agent_url, rtp_ports):
+def start_switchboard(procs, work, binary, agent_url, rtp_ports, admin_extra=""):
     cfg = work / "switchboard.toml"
     # rate_limit_*: far above the highest rate so the per-source bucket never shapes the load.
     # timeout_secs: SIPp sends no RTP; the mem mode holds calls longer than the default 30 s.
@@ -274,6 +274,7 @@ rate_limit_burst = 200000
 [admin]
 listen = "127.0.0.1:0"
 api_keys = ["{API_KEY}"]
+{admin_extra}
 
 [store]
 url = "sqlite://{work / 'switchboard.db'}"
