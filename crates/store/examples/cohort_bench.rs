@@ -11,12 +11,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use switchboard_routing::model::{
     AppOverrides, ChannelDirection, CohortMember, ConnectionConfig, Deployment, DeploymentStatus,
     Scope,
 };
 use switchboard_store::Store;
+
+mod common;
+
+use common::BenchArgs;
 
 const DEFAULT_MEMBERS: usize = 1_000_000;
 const DEFAULT_BATCH: usize = 10_000;
@@ -41,25 +44,10 @@ fn member(index: usize) -> CohortMember {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = tempfile::tempdir()?;
-    let url = match args.first() {
-        Some(url) => url.clone(),
-        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
-    };
-    let total: usize = args
-        .get(1)
-        .map(|n| n.parse())
-        .transpose()
-        .context("MEMBERS")?
-        .unwrap_or(DEFAULT_MEMBERS);
-    let batch: usize = args
-        .get(2)
-        .map(|n| n.parse())
-        .transpose()
-        .context("BATCH")?
-        .unwrap_or(DEFAULT_BATCH);
-    anyhow::ensure!(batch > 0, "BATCH must be positive");
+    let args = BenchArgs::from_env()?;
+    let url = args.url.clone();
+    let total = args.count(1, "MEMBERS", DEFAULT_MEMBERS)?;
+    let batch = args.count(2, "BATCH", DEFAULT_BATCH)?;
 
     let store = Store::open(&url).await?;
     let run = rand::random::<u32>();

@@ -11,11 +11,14 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use switchboard_routing::model::{
     ChannelDirection, Connection, ConnectionConfig, Deployment, DeploymentStatus, Scope,
 };
 use switchboard_store::Store;
+
+mod common;
+
+use common::BenchArgs;
 
 const DEFAULT_RECORDS: usize = 500;
 /// Page size of the list calls (the admin API's default page).
@@ -82,19 +85,9 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = tempfile::tempdir()?;
-    let url = match args.first() {
-        Some(url) => url.clone(),
-        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
-    };
-    let records: usize = args
-        .get(1)
-        .map(|n| n.parse())
-        .transpose()
-        .context("RECORDS")?
-        .unwrap_or(DEFAULT_RECORDS);
-    anyhow::ensure!(records > 0, "RECORDS must be positive");
+    let args = BenchArgs::from_env()?;
+    let url = args.url.clone();
+    let records = args.count(1, "RECORDS", DEFAULT_RECORDS)?;
 
     let store = Store::open(&url).await?;
     let backend = store.backend_kind().to_string();
