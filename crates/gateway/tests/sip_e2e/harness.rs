@@ -594,35 +594,43 @@ async fn serve_agent(
     }
 }
 
-/// The agent's first call once its stream has ended with `stop` (within 10 s): the bridge
-/// sends `stop` after the SIP side has ended, so a test that just saw SIPp finish waits here.
-pub async fn first_call_stopped(agent: &Agent) -> AgentSession {
+/// Polls the agent's first call every 20 ms for up to 10 s until `found` picks something out
+/// of it; panics with `what` and the sessions seen otherwise.
+async fn wait_on_first_call<T>(
+    agent: &Agent,
+    what: &str,
+    found: impl Fn(&AgentSession) -> Option<T>,
+) -> T {
     for _ in 0..500 {
-        if let Some(call) = agent.calls().into_iter().next() {
-            if call.messages.last().is_some_and(|m| m["event"] == "stop") {
-                return call;
-            }
+        if let Some(value) = agent.calls().first().and_then(&found) {
+            return value;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("the agent's first call got no stop: {:?}", agent.calls());
+    panic!("the agent's first call got no {what}: {:?}", agent.calls());
+}
+
+/// The agent's first call once its stream has ended with `stop` (within 10 s): the bridge
+/// sends `stop` after the SIP side has ended, so a test that just saw SIPp finish waits here.
+pub async fn first_call_stopped(agent: &Agent) -> AgentSession {
+    wait_on_first_call(agent, "stop", |call| {
+        call.messages
+            .last()
+            .is_some_and(|m| m["event"] == "stop")
+            .then(|| call.clone())
+    })
+    .await
 }
 
 /// The `start` of the agent's first call (within 10 s).
 pub async fn first_start(agent: &Agent) -> Value {
-    for _ in 0..500 {
-        let start = agent.calls().first().and_then(|c| {
-            c.messages
-                .iter()
-                .find(|m| m["event"] == "start")
-                .map(|m| m["start"].clone())
-        });
-        if let Some(start) = start {
-            return start;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the agent got no start event");
+    wait_on_first_call(agent, "start event", |call| {
+        call.messages
+            .iter()
+            .find(|m| m["event"] == "start")
+            .map(|m| m["start"].clone())
+    })
+    .await
 }
 
 /// The `Authorization` header a Twilio SDK sends for `account_sid` with the admin key.
